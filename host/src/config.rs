@@ -1,0 +1,436 @@
+//! The server's configuration: a TOML file (or the embedded default), with every limit documented
+//! and defaulted here, in one place.
+//!
+//! A bad config stops start-up with an error naming the file, the line and the field: syntax and
+//! type errors come from the TOML parser with their position; semantic checks (route paths,
+//! duplicates, zero limits) use the spans kept by `toml::Spanned`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// The configuration compiled into the binary, used when neither `--config` nor `--route` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A configuration error, naming where it was found.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// A directory served as static files on paths that are not WebSocket routes (optional).
+    #[serde(default)]
+    pub static_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConfig>>,
+    /// Where relative paths in this config are resolved from (the config file's directory).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Per-connection and server-wide limits. Each has a default suited to a public server; the comment
+/// says what it protects and what it costs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame payload accepted (bytes; "16MiB" style strings allowed). Larger → close 1009,
+    /// decided from the header before buffering. Default 16 MiB.
+    #[serde(deserialize_with = "de_size")]
+    pub max_frame_size: usize,
+    /// Largest message (all fragments) accepted; the read buffer of a connection can grow to this.
+    /// Larger → close 1009. Default 16 MiB.
+    #[serde(deserialize_with = "de_size")]
+    pub max_message_size: usize,
+    /// Largest HTTP request head. Larger → 431. Default 8 KiB.
+    #[serde(deserialize_with = "de_size")]
+    pub max_head_size: usize,
+    /// Most header fields in a request head. More → 431. Default 100.
+    pub max_headers: usize,
+    /// Time a client has to send its whole request head (slowloris guard). Default 10 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub handshake_timeout: Duration,
+    /// After this long without any frame from the client, the server sends a ping. Default 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub ping_interval: Duration,
+    /// After this long without any frame from the client, the connection is closed with 1001.
+    /// Default 75 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// How long to wait for the peer's close frame (or TCP close) after sending ours. Default 5 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub close_timeout: Duration,
+    /// A socket write that makes no progress for this long drops the connection (a client that
+    /// stopped reading). Default 30 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub write_timeout: Duration,
+    /// Most concurrent connections (handshaking or open). More → 503. Default 10 000.
+    pub max_connections: usize,
+    /// Most frames queued for one connection's writer. Default 256.
+    pub outbound_queue_frames: usize,
+    /// Most payload bytes queued for one connection's writer; the cap on memory a slow reader can
+    /// pin. A sender that finds it full waits (its own replies) or closes the slow target with 1013
+    /// (fan-out). Default 4 MiB (one larger message still passes, alone).
+    #[serde(deserialize_with = "de_size")]
+    pub outbound_queue_bytes: usize,
+    /// On SIGINT/SIGTERM, how long open connections get to finish their close handshake. Default 5 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_size: 16 << 20,
+            max_message_size: 16 << 20,
+            max_head_size: 8 << 10,
+            max_headers: 100,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            close_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            outbound_queue_frames: 256,
+            outbound_queue_bytes: 4 << 20,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One WebSocket route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The path, e.g. "/chat" (matched without the query).
+    pub path: String,
+    /// A built-in route kind: "echo".
+    #[serde(default)]
+    pub kind: Option<RouteKind>,
+    /// Subprotocols this route speaks, in preference order; the first one the client offers is chosen.
+    #[serde(default)]
+    pub subprotocols: Vec<String>,
+}
+
+/// The built-in route kinds (native, no Wasm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// Echoes every message back to its sender.
+    Echo,
+}
+
+impl fmt::Display for RouteKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Echo => f.write_str("echo"),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &name, base)
+    }
+
+    /// The embedded default config; relative paths resolve from the source checkout.
+    pub fn embedded_default() -> Self {
+        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        Self::parse(DEFAULT_CONFIG, "embedded default config", base)
+            .expect("the embedded default config is valid")
+    }
+
+    /// A config with default limits and no routes (for `--route` on the command line).
+    pub fn empty() -> Self {
+        Self::parse(
+            "",
+            "command line",
+            std::env::current_dir().unwrap_or_default(),
+        )
+        .expect("empty config is valid")
+    }
+
+    /// Parses and checks config text; `source_name` names it in errors.
+    pub fn parse(text: &str, source_name: &str, base_dir: PathBuf) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            source_name: source_name.to_owned(),
+            message,
+        };
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        config.base_dir = base_dir;
+        config.check().map_err(|(span, msg)| match span {
+            Some(span) => err(format!("line {}: {msg}", line_of(text, span.start))),
+            None => err(msg),
+        })?;
+        Ok(config)
+    }
+
+    /// Adds a route from the command line (`PATH=KIND`).
+    pub fn add_route_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
+        let err = |message: String| ConfigError {
+            source_name: format!("--route {arg}"),
+            message,
+        };
+        let (path, target) = arg
+            .split_once('=')
+            .ok_or_else(|| err("expected PATH=KIND, e.g. /echo=echo".into()))?;
+        let kind = match target {
+            "echo" => RouteKind::Echo,
+            other => return Err(err(format!("unknown route kind {other:?} (known: echo)"))),
+        };
+        let route = RouteConfig {
+            path: path.to_owned(),
+            kind: Some(kind),
+            subprotocols: Vec::new(),
+        };
+        self.routes.push(Spanned::new(0..0, route));
+        self.check().map_err(|(_, msg)| err(msg))
+    }
+
+    /// Resolves a path from this config relative to its directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
+        let l = &self.limits;
+        for (name, value) in [
+            ("max_frame_size", l.max_frame_size),
+            ("max_message_size", l.max_message_size),
+            ("max_head_size", l.max_head_size),
+            ("max_headers", l.max_headers),
+            ("max_connections", l.max_connections),
+            ("outbound_queue_frames", l.outbound_queue_frames),
+            ("outbound_queue_bytes", l.outbound_queue_bytes),
+        ] {
+            if value == 0 {
+                return Err((None, format!("limits.{name} must be greater than 0")));
+            }
+        }
+        if l.max_frame_size > l.max_message_size {
+            return Err((
+                None,
+                "limits.max_frame_size must not exceed limits.max_message_size".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for route in &self.routes {
+            let span = Some(route.span());
+            let r = route.get_ref();
+            if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
+                return Err((
+                    span,
+                    format!(
+                        "route path {:?} must start with '/' and hold no query",
+                        r.path
+                    ),
+                ));
+            }
+            if !seen.insert(r.path.as_str()) {
+                return Err((span, format!("route path {:?} is defined twice", r.path)));
+            }
+            if r.kind.is_none() {
+                return Err((span, format!("route {:?} needs `kind` (\"echo\")", r.path)));
+            }
+            if let Some(bad) = r
+                .subprotocols
+                .iter()
+                .find(|p| !crate::protocol::handshake::is_token(p))
+            {
+                return Err((
+                    span,
+                    format!(
+                        "route {:?}: subprotocol {bad:?} is not a valid token",
+                        r.path
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// A size: an integer of bytes, or a string like "64KiB", "16MiB", "1GiB", "512B".
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => usize::try_from(n).map_err(serde::de::Error::custom),
+        Raw::Text(s) => parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {s:?} (e.g. 65536, \"64KiB\", \"16MiB\")"
+            ))
+        }),
+    }
+}
+
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// A duration: a string like "250ms", "10s", "2m", or an integer of milliseconds.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Millis(n) => Ok(Duration::from_millis(n)),
+        Raw::Text(s) => parse_duration(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} (e.g. \"250ms\", \"10s\", \"2m\")"
+            ))
+        }),
+    }
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml", PathBuf::new())
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert!(!c.routes.is_empty());
+    }
+
+    #[test]
+    fn sizes_and_durations_accept_units() {
+        let c = parse("[limits]\nmax_frame_size = \"64KiB\"\nmax_message_size = 1048576\nhandshake_timeout = \"250ms\"\nidle_timeout = \"2m\"\n").unwrap();
+        assert_eq!(c.limits.max_frame_size, 64 << 10);
+        assert_eq!(c.limits.max_message_size, 1 << 20);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let e = parse("listen = \"127.0.0.1:1\"\n[limits]\nmax_frame_sise = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml: "), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("max_frame_sise"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_the_line() {
+        let e = parse("\n\n[limits]\nhandshake_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 4") && e.contains("invalid duration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn semantic_route_errors_name_the_line() {
+        let e = parse("[[routes]]\npath = \"/a\"\nkind = \"echo\"\n\n[[routes]]\npath = \"/a\"\nkind = \"echo\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("defined twice"), "{e}");
+        let e = parse("[[routes]]\npath = \"nope\"\nkind = \"echo\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must start with '/'"), "{e}");
+        let e = parse("[[routes]]\npath = \"/x\"\nkind = \"mirror\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("mirror"), "{e}");
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let e = parse("[limits]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn route_args() {
+        let mut c = Config::empty();
+        c.add_route_arg("/e=echo").unwrap();
+        assert_eq!(c.routes[0].get_ref().path, "/e");
+        assert!(
+            c.add_route_arg("/e=echo")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        assert!(c.add_route_arg("nope").is_err());
+        assert!(
+            c.add_route_arg("/f=mirror")
+                .unwrap_err()
+                .to_string()
+                .contains("mirror")
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! # wsplug
+//!
+//! A WebSocket server whose behaviour lives in sandboxed, hot-reloaded WebAssembly plugins.
+//!
+//! The crate is layered so that each folder owns one concern and knows nothing of the ones above:
+//!
+//! | module | owns | knows nothing of |
+//! | --- | --- | --- |
+//! | [`protocol`] | RFC 6455 as pure functions and state machines over byte slices | sockets, plugins |
+//! | [`server`] | the listener, connection tasks, outbound queues, shutdown, routes | Wasm |
+//! | [`config`] | the TOML configuration, its defaults and checks | |
+//!
+//! `main.rs` is the command line around them.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,170 @@
+//! Sockets and tasks: the listener, one task per connection, graceful shutdown.
+//!
+//! - [`Server`] binds, accepts, bounds the number of connections (503 when full) and, on shutdown,
+//!   stops accepting, asks every connection to close with 1001 and waits a bounded time for them.
+//! - `connection`: one connection from handshake to close.
+//! - `outbound`: a connection's bounded outbound queue and its coalescing writer task.
+//! - `routes`: which handler serves which path.
+//! - `static_files`: the demo's static files on non-route paths.
+
+mod connection;
+mod outbound;
+mod routes;
+mod static_files;
+
+pub use connection::{Control, Ending};
+pub use outbound::{OutFrame, Outbound, QueueError};
+pub use routes::{Handler, Route, Routes};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::config::{Config, Limits};
+use crate::protocol::handshake::http_response;
+
+/// State every connection task shares.
+pub(crate) struct Shared {
+    pub limits: Arc<Limits>,
+    pub routes: Routes,
+    pub static_dir: Option<PathBuf>,
+    /// Flips to true when the server shuts down; sessions then close with 1001.
+    pub shutdown: watch::Receiver<bool>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    /// A connection id, unique for the life of the process.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Triggers a graceful shutdown of a running [`Server`].
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A bound, not yet running, server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown_tx: Arc<watch::Sender<bool>>,
+    /// Bounds live connections; a permit travels with each connection task.
+    slots: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Binds the listener and builds the route table.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let routes = Routes::from_config(config)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let static_dir = config.static_dir.as_ref().map(|d| config.resolve(d));
+        let shared = Arc::new(Shared {
+            limits: Arc::new(config.limits.clone()),
+            routes,
+            static_dir,
+            shutdown: shutdown_rx,
+            next_id: AtomicU64::new(1),
+        });
+        Ok(Self {
+            listener,
+            slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            shared,
+            shutdown_tx: Arc::new(shutdown_tx),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown_tx.clone())
+    }
+
+    /// Accepts connections until shut down, then closes them gracefully (bounded by
+    /// `limits.shutdown_timeout`).
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            shared,
+            shutdown_tx,
+            slots,
+        } = self;
+        let mut shutdown = shared.shutdown.clone();
+        // Every connection task holds a clone; when all are dropped, every connection has ended.
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        for path in shared.routes.paths() {
+            tracing::info!(path, "route mounted");
+        }
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            tracing::warn!(%peer, "connection limit reached: 503");
+                            tokio::spawn(over_capacity(stream));
+                            continue;
+                        };
+                        let shared = shared.clone();
+                        let alive = alive_tx.clone();
+                        tokio::spawn(async move {
+                            connection::serve(stream, peer, shared).await;
+                            drop(permit);
+                            drop(alive);
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors or a transient error: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            }
+        }
+        drop(listener);
+        shutdown_tx.send_replace(true);
+        drop(alive_tx);
+        let open = shared.limits.max_connections - slots.available_permits();
+        tracing::info!(open, "shutting down: closing connections with 1001");
+        if tokio::time::timeout(shared.limits.shutdown_timeout, alive_rx.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timeout: dropping connections still open");
+        }
+        Ok(())
+    }
+}
+
+/// Answers a connection beyond `max_connections` with 503 and closes it.
+async fn over_capacity(mut stream: TcpStream) {
+    let resp = http_response(
+        503,
+        &[("Retry-After", "1")],
+        "text/plain; charset=utf-8",
+        b"server is at its connection limit\n",
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(&resp).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
