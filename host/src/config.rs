@@ -149,10 +149,8 @@ impl Config {
     /// Reads and checks a config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            source_name: name.clone(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { source_name: name.clone(), message: format!("cannot read: {e}") })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse(&text, &name, base)
     }
@@ -160,28 +158,18 @@ impl Config {
     /// The embedded default config; relative paths resolve from the source checkout.
     pub fn embedded_default() -> Self {
         let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        Self::parse(DEFAULT_CONFIG, "embedded default config", base)
-            .expect("the embedded default config is valid")
+        Self::parse(DEFAULT_CONFIG, "embedded default config", base).expect("the embedded default config is valid")
     }
 
     /// A config with default limits and no routes (for `--route` on the command line).
     pub fn empty() -> Self {
-        Self::parse(
-            "",
-            "command line",
-            std::env::current_dir().unwrap_or_default(),
-        )
-        .expect("empty config is valid")
+        Self::parse("", "command line", std::env::current_dir().unwrap_or_default()).expect("empty config is valid")
     }
 
     /// Parses and checks config text; `source_name` names it in errors.
     pub fn parse(text: &str, source_name: &str, base_dir: PathBuf) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError {
-            source_name: source_name.to_owned(),
-            message,
-        };
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let err = |message: String| ConfigError { source_name: source_name.to_owned(), message };
+        let mut config: Config = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
         config.base_dir = base_dir;
         config.check().map_err(|(span, msg)| match span {
             Some(span) => err(format!("line {}: {msg}", line_of(text, span.start))),
@@ -192,33 +180,20 @@ impl Config {
 
     /// Adds a route from the command line (`PATH=KIND`).
     pub fn add_route_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
-        let err = |message: String| ConfigError {
-            source_name: format!("--route {arg}"),
-            message,
-        };
-        let (path, target) = arg
-            .split_once('=')
-            .ok_or_else(|| err("expected PATH=KIND, e.g. /echo=echo".into()))?;
+        let err = |message: String| ConfigError { source_name: format!("--route {arg}"), message };
+        let (path, target) = arg.split_once('=').ok_or_else(|| err("expected PATH=KIND, e.g. /echo=echo".into()))?;
         let kind = match target {
             "echo" => RouteKind::Echo,
             other => return Err(err(format!("unknown route kind {other:?} (known: echo)"))),
         };
-        let route = RouteConfig {
-            path: path.to_owned(),
-            kind: Some(kind),
-            subprotocols: Vec::new(),
-        };
+        let route = RouteConfig { path: path.to_owned(), kind: Some(kind), subprotocols: Vec::new() };
         self.routes.push(Spanned::new(0..0, route));
         self.check().map_err(|(_, msg)| err(msg))
     }
 
     /// Resolves a path from this config relative to its directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            self.base_dir.join(path)
-        }
+        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
     }
 
     fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
@@ -237,23 +212,14 @@ impl Config {
             }
         }
         if l.max_frame_size > l.max_message_size {
-            return Err((
-                None,
-                "limits.max_frame_size must not exceed limits.max_message_size".into(),
-            ));
+            return Err((None, "limits.max_frame_size must not exceed limits.max_message_size".into()));
         }
         let mut seen = std::collections::HashSet::new();
         for route in &self.routes {
             let span = Some(route.span());
             let r = route.get_ref();
             if !r.path.starts_with('/') || r.path.contains(['?', '#', ' ']) {
-                return Err((
-                    span,
-                    format!(
-                        "route path {:?} must start with '/' and hold no query",
-                        r.path
-                    ),
-                ));
+                return Err((span, format!("route path {:?} must start with '/' and hold no query", r.path)));
             }
             if !seen.insert(r.path.as_str()) {
                 return Err((span, format!("route path {:?} is defined twice", r.path)));
@@ -261,18 +227,8 @@ impl Config {
             if r.kind.is_none() {
                 return Err((span, format!("route {:?} needs `kind` (\"echo\")", r.path)));
             }
-            if let Some(bad) = r
-                .subprotocols
-                .iter()
-                .find(|p| !crate::protocol::handshake::is_token(p))
-            {
-                return Err((
-                    span,
-                    format!(
-                        "route {:?}: subprotocol {bad:?} is not a valid token",
-                        r.path
-                    ),
-                ));
+            if let Some(bad) = r.subprotocols.iter().find(|p| !crate::protocol::handshake::is_token(p)) {
+                return Err((span, format!("route {:?}: subprotocol {bad:?} is not a valid token", r.path)));
             }
         }
         Ok(())
@@ -294,11 +250,8 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     }
     match Raw::deserialize(d)? {
         Raw::Int(n) => usize::try_from(n).map_err(serde::de::Error::custom),
-        Raw::Text(s) => parse_size(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid size {s:?} (e.g. 65536, \"64KiB\", \"16MiB\")"
-            ))
-        }),
+        Raw::Text(s) => parse_size(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid size {s:?} (e.g. 65536, \"64KiB\", \"16MiB\")"))),
     }
 }
 
@@ -328,9 +281,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match Raw::deserialize(d)? {
         Raw::Millis(n) => Ok(Duration::from_millis(n)),
         Raw::Text(s) => parse_duration(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} (e.g. \"250ms\", \"10s\", \"2m\")"
-            ))
+            serde::de::Error::custom(format!("invalid duration {s:?} (e.g. \"250ms\", \"10s\", \"2m\")"))
         }),
     }
 }
@@ -373,9 +324,7 @@ mod tests {
 
     #[test]
     fn unknown_field_names_file_line_and_field() {
-        let e = parse("listen = \"127.0.0.1:1\"\n[limits]\nmax_frame_sise = 10\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("listen = \"127.0.0.1:1\"\n[limits]\nmax_frame_sise = 10\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml: "), "{e}");
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("max_frame_sise"), "{e}");
@@ -383,34 +332,25 @@ mod tests {
 
     #[test]
     fn bad_value_names_the_line() {
-        let e = parse("\n\n[limits]\nhandshake_timeout = \"soon\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("line 4") && e.contains("invalid duration"),
-            "{e}"
-        );
+        let e = parse("\n\n[limits]\nhandshake_timeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("invalid duration"), "{e}");
     }
 
     #[test]
     fn semantic_route_errors_name_the_line() {
-        let e = parse("[[routes]]\npath = \"/a\"\nkind = \"echo\"\n\n[[routes]]\npath = \"/a\"\nkind = \"echo\"\n").unwrap_err().to_string();
+        let e = parse("[[routes]]\npath = \"/a\"\nkind = \"echo\"\n\n[[routes]]\npath = \"/a\"\nkind = \"echo\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 5") && e.contains("defined twice"), "{e}");
-        let e = parse("[[routes]]\npath = \"nope\"\nkind = \"echo\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[[routes]]\npath = \"nope\"\nkind = \"echo\"\n").unwrap_err().to_string();
         assert!(e.contains("must start with '/'"), "{e}");
-        let e = parse("[[routes]]\npath = \"/x\"\nkind = \"mirror\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[[routes]]\npath = \"/x\"\nkind = \"mirror\"\n").unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("mirror"), "{e}");
     }
 
     #[test]
     fn zero_limits_are_refused() {
-        let e = parse("[limits]\nmax_connections = 0\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[limits]\nmax_connections = 0\n").unwrap_err().to_string();
         assert!(e.contains("max_connections"), "{e}");
     }
 
@@ -419,18 +359,8 @@ mod tests {
         let mut c = Config::empty();
         c.add_route_arg("/e=echo").unwrap();
         assert_eq!(c.routes[0].get_ref().path, "/e");
-        assert!(
-            c.add_route_arg("/e=echo")
-                .unwrap_err()
-                .to_string()
-                .contains("twice")
-        );
+        assert!(c.add_route_arg("/e=echo").unwrap_err().to_string().contains("twice"));
         assert!(c.add_route_arg("nope").is_err());
-        assert!(
-            c.add_route_arg("/f=mirror")
-                .unwrap_err()
-                .to_string()
-                .contains("mirror")
-        );
+        assert!(c.add_route_arg("/f=mirror").unwrap_err().to_string().contains("mirror"));
     }
 }

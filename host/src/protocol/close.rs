@@ -66,10 +66,7 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame>, CloseFr
                 return Err(CloseFrameError::ForbiddenCode(code.0));
             }
             let reason = std::str::from_utf8(reason).map_err(|_| CloseFrameError::InvalidReason)?;
-            Ok(Some(CloseFrame {
-                code,
-                reason: reason.to_owned(),
-            }))
+            Ok(Some(CloseFrame { code, reason: reason.to_owned() }))
         }
     }
 }
@@ -106,25 +103,17 @@ mod tests {
 
     #[test]
     fn rfc_7_4_codes_allowed_on_wire() {
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
-            4000, 4999,
-        ] {
+        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999, 4000, 4999] {
             assert!(CloseCode(code).is_allowed_on_wire(), "{code}");
         }
-        for code in [
-            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-        ] {
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
             assert!(!CloseCode(code).is_allowed_on_wire(), "{code}");
         }
     }
 
     #[test]
     fn rfc_5_5_1_one_byte_payload_is_protocol_error() {
-        assert_eq!(
-            parse_close_payload(&[0x03]),
-            Err(CloseFrameError::OneBytePayload)
-        );
+        assert_eq!(parse_close_payload(&[0x03]), Err(CloseFrameError::OneBytePayload));
     }
 
     #[test]
@@ -134,24 +123,15 @@ mod tests {
 
     #[test]
     fn code_and_reason_round_trip() {
-        let frame = CloseFrame {
-            code: CloseCode(4001),
-            reason: "bye ✓".into(),
-        };
+        let frame = CloseFrame { code: CloseCode(4001), reason: "bye ✓".into() };
         let payload = close_payload(Some(&frame));
         assert_eq!(parse_close_payload(&payload), Ok(Some(frame)));
     }
 
     #[test]
     fn forbidden_code_and_bad_reason_are_rejected() {
-        assert_eq!(
-            parse_close_payload(&[0x03, 0xED]),
-            Err(CloseFrameError::ForbiddenCode(1005))
-        );
-        assert_eq!(
-            parse_close_payload(&[0x03, 0xE8, 0xFF]),
-            Err(CloseFrameError::InvalidReason)
-        );
+        assert_eq!(parse_close_payload(&[0x03, 0xED]), Err(CloseFrameError::ForbiddenCode(1005)));
+        assert_eq!(parse_close_payload(&[0x03, 0xE8, 0xFF]), Err(CloseFrameError::InvalidReason));
     }
 
     #[test]

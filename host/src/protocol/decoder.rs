@@ -26,10 +26,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_frame_size: 16 << 20,
-            max_message_size: 16 << 20,
-        }
+        Self { max_frame_size: 16 << 20, max_message_size: 16 << 20 }
     }
 }
 
@@ -93,9 +90,7 @@ impl ProtocolError {
     pub fn close_code(&self) -> CloseCode {
         match self {
             Self::FrameTooBig { .. } | Self::MessageTooBig { .. } => CloseCode::TOO_BIG,
-            Self::InvalidUtf8 | Self::InvalidClose(CloseFrameError::InvalidReason) => {
-                CloseCode::INVALID_PAYLOAD
-            }
+            Self::InvalidUtf8 | Self::InvalidClose(CloseFrameError::InvalidReason) => CloseCode::INVALID_PAYLOAD,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
@@ -132,28 +127,17 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for frames sent by a client (masked, as §5.1 requires).
     pub fn server(limits: Limits) -> Self {
-        Self {
-            limits,
-            require_mask: true,
-            frame: None,
-            message: None,
-            utf8: Utf8Validator::new(),
-        }
+        Self { limits, require_mask: true, frame: None, message: None, utf8: Utf8Validator::new() }
     }
 
     /// A decoder for frames sent by a server (unmasked); used by test clients.
     pub fn client(limits: Limits) -> Self {
-        Self {
-            require_mask: false,
-            ..Self::server(limits)
-        }
+        Self { require_mask: false, ..Self::server(limits) }
     }
 
     /// How many more bytes the frame in progress needs, to size the next read (0 when unknown).
     pub fn bytes_wanted(&self, buffered: usize) -> usize {
-        self.frame
-            .as_ref()
-            .map_or(0, |f| f.payload_len.saturating_sub(buffered))
+        self.frame.as_ref().map_or(0, |f| f.payload_len.saturating_sub(buffered))
     }
 
     /// Decodes the next event from the front of `buf`, consuming what it used. `Ok(None)` means more
@@ -178,9 +162,7 @@ impl Decoder {
                     apply_mask(fresh, key, frame.processed);
                 }
                 if frame.text {
-                    self.utf8
-                        .feed(fresh)
-                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                    self.utf8.feed(fresh).map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 frame.processed = available;
             }
@@ -212,37 +194,22 @@ impl Decoder {
             }
             let limit = self.limits.max_frame_size;
             if header.payload_len > limit as u64 {
-                return Err(ProtocolError::FrameTooBig {
-                    len: header.payload_len,
-                    limit,
-                });
+                return Err(ProtocolError::FrameTooBig { len: header.payload_len, limit });
             }
             let so_far = self.message.as_ref().map_or(0, |m| m.data.len()) as u64;
             let limit = self.limits.max_message_size;
             if so_far + header.payload_len > limit as u64 {
-                return Err(ProtocolError::MessageTooBig {
-                    len: so_far + header.payload_len,
-                    limit,
-                });
+                return Err(ProtocolError::MessageTooBig { len: so_far + header.payload_len, limit });
             }
         }
         // Control payloads are ≤ 125 (checked by the header parser); data payloads ≤ the limits,
         // which are usize: the cast cannot truncate.
         let payload_len = header.payload_len as usize;
-        Ok(FrameInProgress {
-            header,
-            payload_len,
-            processed: 0,
-            text,
-        })
+        Ok(FrameInProgress { header, payload_len, processed: 0, text })
     }
 
     /// Turns a complete frame into an event, or into part of a message (`None`).
-    fn finish_frame(
-        &mut self,
-        header: FrameHeader,
-        payload: BytesMut,
-    ) -> Result<Option<Event>, ProtocolError> {
+    fn finish_frame(&mut self, header: FrameHeader, payload: BytesMut) -> Result<Option<Event>, ProtocolError> {
         let event = match header.opcode {
             OpCode::Ping => Event::Ping(payload.freeze()),
             OpCode::Pong => Event::Pong(payload.freeze()),
@@ -252,10 +219,7 @@ impl Decoder {
                 self.complete_message(text, payload.freeze())?
             }
             OpCode::Text | OpCode::Binary => {
-                self.message = Some(MessageInProgress {
-                    text: header.opcode == OpCode::Text,
-                    data: payload,
-                });
+                self.message = Some(MessageInProgress { text: header.opcode == OpCode::Text, data: payload });
                 return Ok(None);
             }
             OpCode::Continuation => {
@@ -296,10 +260,7 @@ mod tests {
     }
 
     fn server() -> Decoder {
-        Decoder::server(Limits {
-            max_frame_size: 1 << 20,
-            max_message_size: 2 << 20,
-        })
+        Decoder::server(Limits { max_frame_size: 1 << 20, max_message_size: 2 << 20 })
     }
 
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -310,14 +271,9 @@ mod tests {
 
     #[test]
     fn rfc_5_7_single_frame_masked_text() {
-        let bytes = [
-            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ];
+        let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
         let events = decode_all(&mut server(), &bytes).unwrap();
-        assert_eq!(
-            events,
-            vec![Event::Message(Message::Text(Bytes::from_static(b"Hello")))]
-        );
+        assert_eq!(events, vec![Event::Message(Message::Text(Bytes::from_static(b"Hello")))]);
     }
 
     #[test]
@@ -325,10 +281,7 @@ mod tests {
         let mut bytes = frame(false, 0x1, b"Hel");
         bytes.extend(frame(true, 0x0, b"lo"));
         let events = decode_all(&mut server(), &bytes).unwrap();
-        assert_eq!(
-            events,
-            vec![Event::Message(Message::Text(Bytes::from_static(b"Hello")))]
-        );
+        assert_eq!(events, vec![Event::Message(Message::Text(Bytes::from_static(b"Hello")))]);
     }
 
     #[test]
@@ -369,10 +322,7 @@ mod tests {
         let events = decode_all(&mut server(), &bytes).unwrap();
         assert_eq!(
             events,
-            vec![
-                Event::Ping(Bytes::from_static(b"abc")),
-                Event::Pong(Bytes::from_static(b"unsolicited"))
-            ]
+            vec![Event::Ping(Bytes::from_static(b"abc")), Event::Pong(Bytes::from_static(b"unsolicited"))]
         );
     }
 
@@ -412,12 +362,7 @@ mod tests {
         bytes.extend(frame(false, 0x0, &euro[1..2]));
         bytes.extend(frame(true, 0x0, &euro[2..]));
         let events = decode_all(&mut server(), &bytes).unwrap();
-        assert_eq!(
-            events,
-            vec![Event::Message(Message::Text(Bytes::from_static(
-                "€".as_bytes()
-            )))]
-        );
+        assert_eq!(events, vec![Event::Message(Message::Text(Bytes::from_static("€".as_bytes())))]);
     }
 
     #[test]
@@ -453,10 +398,7 @@ mod tests {
 
     #[test]
     fn frame_over_limit_is_1009_from_header_alone() {
-        let mut d = Decoder::server(Limits {
-            max_frame_size: 10,
-            max_message_size: 100,
-        });
+        let mut d = Decoder::server(Limits { max_frame_size: 10, max_message_size: 100 });
         // Header claims 11 bytes; no payload has arrived.
         let mut buf = BytesMut::from(&[0x82u8, 0x8B, 1, 2, 3, 4][..]);
         let err = d.decode(&mut buf).unwrap_err();
@@ -467,23 +409,13 @@ mod tests {
     #[test]
     fn header_claiming_2_pow_63_minus_1_bytes_is_1009_without_buffering() {
         let mut d = server();
-        let mut buf = BytesMut::from(
-            &[
-                0x82u8, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4,
-            ][..],
-        );
-        assert_eq!(
-            d.decode(&mut buf).unwrap_err().close_code(),
-            CloseCode::TOO_BIG
-        );
+        let mut buf = BytesMut::from(&[0x82u8, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4][..]);
+        assert_eq!(d.decode(&mut buf).unwrap_err().close_code(), CloseCode::TOO_BIG);
     }
 
     #[test]
     fn message_over_limit_is_1009_at_the_fragment_that_crosses_it() {
-        let mut d = Decoder::server(Limits {
-            max_frame_size: 10,
-            max_message_size: 15,
-        });
+        let mut d = Decoder::server(Limits { max_frame_size: 10, max_message_size: 15 });
         let mut bytes = frame(false, 0x2, &[0; 10]);
         bytes.extend(frame(true, 0x0, &[0; 6]));
         let err = decode_all(&mut d, &bytes).unwrap_err();
@@ -492,10 +424,7 @@ mod tests {
 
     #[test]
     fn message_at_exactly_the_limit_is_accepted() {
-        let mut d = Decoder::server(Limits {
-            max_frame_size: 10,
-            max_message_size: 15,
-        });
+        let mut d = Decoder::server(Limits { max_frame_size: 10, max_message_size: 15 });
         let mut bytes = frame(false, 0x2, &[0; 10]);
         bytes.extend(frame(true, 0x0, &[0; 5]));
         assert_eq!(decode_all(&mut d, &bytes).unwrap().len(), 1);
@@ -503,27 +432,13 @@ mod tests {
 
     #[test]
     fn rfc_5_5_1_close_frames() {
-        let events =
-            decode_all(&mut server(), &frame(true, 0x8, &[0x03, 0xE8, b'o', b'k'])).unwrap();
-        assert_eq!(
-            events,
-            vec![Event::Close(Some(CloseFrame {
-                code: CloseCode::NORMAL,
-                reason: "ok".into()
-            }))]
-        );
-        assert_eq!(
-            decode_all(&mut server(), &frame(true, 0x8, &[])).unwrap(),
-            vec![Event::Close(None)]
-        );
+        let events = decode_all(&mut server(), &frame(true, 0x8, &[0x03, 0xE8, b'o', b'k'])).unwrap();
+        assert_eq!(events, vec![Event::Close(Some(CloseFrame { code: CloseCode::NORMAL, reason: "ok".into() }))]);
+        assert_eq!(decode_all(&mut server(), &frame(true, 0x8, &[])).unwrap(), vec![Event::Close(None)]);
         let err = decode_all(&mut server(), &frame(true, 0x8, &[0x03])).unwrap_err();
         assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
         let err = decode_all(&mut server(), &frame(true, 0x8, &[0x03, 0xEE])).unwrap_err();
-        assert_eq!(
-            err.close_code(),
-            CloseCode::PROTOCOL_ERROR,
-            "1006 must not be on the wire"
-        );
+        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR, "1006 must not be on the wire");
         let err = decode_all(&mut server(), &frame(true, 0x8, &[0x03, 0xE8, 0xFF])).unwrap_err();
         assert_eq!(err.close_code(), CloseCode::INVALID_PAYLOAD);
     }

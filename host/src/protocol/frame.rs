@@ -132,13 +132,7 @@ impl FrameHeader {
         } else {
             None
         };
-        Ok(Some(Self {
-            fin,
-            opcode,
-            mask,
-            payload_len,
-            header_len: pos,
-        }))
+        Ok(Some(Self { fin, opcode, mask, payload_len, header_len: pos }))
     }
 }
 
@@ -168,6 +162,29 @@ pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Encodes a masked frame as a client sends it; `opcode` is the raw 4-bit value so that tests can
+/// also produce invalid frames. Used by test clients and property tests.
+pub fn encode_client_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut buf = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());
+    buf.put_u8((u8::from(fin) << 7) | (opcode & 0x0F));
+    match payload.len() {
+        n @ 0..=125 => buf.put_u8(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            buf.put_u8(0x80 | 126);
+            buf.put_u16(n as u16);
+        }
+        n => {
+            buf.put_u8(0x80 | 127);
+            buf.put_u64(n as u64);
+        }
+    }
+    buf.put_slice(&key);
+    let start = buf.len();
+    buf.put_slice(payload);
+    crate::protocol::mask::apply_mask(&mut buf[start..], key, 0);
+    buf.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,22 +195,13 @@ mod tests {
 
     #[test]
     fn rfc_5_7_unmasked_hello_encoding() {
-        assert_eq!(
-            &encode_frame(OpCode::Text, b"Hello")[..],
-            &[0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]
-        );
+        assert_eq!(&encode_frame(OpCode::Text, b"Hello")[..], &[0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
     }
 
     #[test]
     fn rfc_5_7_unmasked_ping_and_pong() {
-        assert_eq!(
-            &encode_frame(OpCode::Ping, b"Hello")[..],
-            &[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]
-        );
-        assert_eq!(
-            &encode_frame(OpCode::Pong, b"Hello")[..],
-            &[0x8a, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]
-        );
+        assert_eq!(&encode_frame(OpCode::Ping, b"Hello")[..], &[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
+        assert_eq!(&encode_frame(OpCode::Pong, b"Hello")[..], &[0x8a, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
     }
 
     #[test]
@@ -203,17 +211,12 @@ mod tests {
         assert_eq!(&buf[..], &[0x82, 0x7E, 0x01, 0x00]);
         buf.clear();
         encode_header(&mut buf, true, OpCode::Binary, 65536);
-        assert_eq!(
-            &buf[..],
-            &[0x82, 0x7F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]
-        );
+        assert_eq!(&buf[..], &[0x82, 0x7F, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]);
     }
 
     #[test]
     fn rfc_5_7_masked_hello_header() {
-        let h = parse(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d])
-            .unwrap()
-            .unwrap();
+        let h = parse(&[0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d]).unwrap().unwrap();
         assert_eq!(
             h,
             FrameHeader {
@@ -247,37 +250,25 @@ mod tests {
     #[test]
     fn rfc_5_2_reserved_bits_fail() {
         for b0 in [0xC1, 0xA1, 0x91] {
-            assert_eq!(
-                parse(&[b0, 0x80, 0, 0, 0, 0]),
-                Err(HeaderError::ReservedBits)
-            );
+            assert_eq!(parse(&[b0, 0x80, 0, 0, 0, 0]), Err(HeaderError::ReservedBits));
         }
     }
 
     #[test]
     fn rfc_5_2_unknown_opcodes_fail() {
         for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
-            assert_eq!(
-                parse(&[0x80 | op, 0x80, 0, 0, 0, 0]),
-                Err(HeaderError::UnknownOpcode(op))
-            );
+            assert_eq!(parse(&[0x80 | op, 0x80, 0, 0, 0, 0]), Err(HeaderError::UnknownOpcode(op)));
         }
     }
 
     #[test]
     fn rfc_5_5_control_frames_must_not_be_fragmented() {
-        assert_eq!(
-            parse(&[0x09, 0x80, 0, 0, 0, 0]),
-            Err(HeaderError::FragmentedControl)
-        );
+        assert_eq!(parse(&[0x09, 0x80, 0, 0, 0, 0]), Err(HeaderError::FragmentedControl));
     }
 
     #[test]
     fn rfc_5_5_control_payload_at_most_125() {
-        assert_eq!(
-            parse(&[0x89, 0xFE, 0, 126, 0, 0, 0, 0]),
-            Err(HeaderError::ControlTooLong(126))
-        );
+        assert_eq!(parse(&[0x89, 0xFE, 0, 126, 0, 0, 0, 0]), Err(HeaderError::ControlTooLong(126)));
         assert!(parse(&[0x89, 0xFD, 0, 0, 0, 0]).unwrap().is_some());
     }
 
@@ -288,46 +279,13 @@ mod tests {
 
     #[test]
     fn rfc_5_2_64bit_length_high_bit_fails() {
-        assert_eq!(
-            parse(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0]),
-            Err(HeaderError::LengthHighBit)
-        );
+        assert_eq!(parse(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0]), Err(HeaderError::LengthHighBit));
     }
 
     #[test]
     fn opcodes_round_trip() {
-        for op in [
-            OpCode::Continuation,
-            OpCode::Text,
-            OpCode::Binary,
-            OpCode::Close,
-            OpCode::Ping,
-            OpCode::Pong,
-        ] {
+        for op in [OpCode::Continuation, OpCode::Text, OpCode::Binary, OpCode::Close, OpCode::Ping, OpCode::Pong] {
             assert_eq!(OpCode::from_u8(op.as_u8()), Some(op));
         }
     }
-}
-
-/// Encodes a masked frame as a client sends it; `opcode` is the raw 4-bit value so that tests can
-/// also produce invalid frames. Used by test clients and property tests.
-pub fn encode_client_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut buf = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());
-    buf.put_u8((u8::from(fin) << 7) | (opcode & 0x0F));
-    match payload.len() {
-        n @ 0..=125 => buf.put_u8(0x80 | n as u8),
-        n @ 126..=0xFFFF => {
-            buf.put_u8(0x80 | 126);
-            buf.put_u16(n as u16);
-        }
-        n => {
-            buf.put_u8(0x80 | 127);
-            buf.put_u64(n as u64);
-        }
-    }
-    buf.put_slice(&key);
-    let start = buf.len();
-    buf.put_slice(payload);
-    crate::protocol::mask::apply_mask(&mut buf[start..], key, 0);
-    buf.to_vec()
 }

@@ -22,10 +22,7 @@ pub struct HeadLimits {
 
 impl Default for HeadLimits {
     fn default() -> Self {
-        Self {
-            max_head_size: 8192,
-            max_headers: 100,
-        }
+        Self { max_head_size: 8192, max_headers: 100 }
     }
 }
 
@@ -44,26 +41,17 @@ pub struct Request {
 impl Request {
     /// The first value of a header (name in lower case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// All values of a header (name in lower case).
     pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     /// The comma-separated tokens of every occurrence of a header, trimmed.
     pub fn header_tokens<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.header_all(name)
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        self.header_all(name).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
     }
 
     /// The path without the query.
@@ -140,21 +128,13 @@ impl HandshakeError {
 
     /// The complete HTTP response for this error.
     pub fn response(&self) -> Vec<u8> {
-        http_response(
-            self.status(),
-            self.extra_headers(),
-            "text/plain; charset=utf-8",
-            format!("{self}\n").as_bytes(),
-        )
+        http_response(self.status(), self.extra_headers(), "text/plain; charset=utf-8", format!("{self}\n").as_bytes())
     }
 }
 
 /// Parses the request head at the start of `buf`. `Ok(None)`: incomplete, read more.
 /// `Ok(Some((request, head_len)))`: the head took `head_len` bytes; the rest is frame data.
-pub fn parse_request(
-    buf: &[u8],
-    limits: HeadLimits,
-) -> Result<Option<(Request, usize)>, HandshakeError> {
+pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<(Request, usize)>, HandshakeError> {
     let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -181,12 +161,7 @@ pub fn parse_request(
         headers: req
             .headers
             .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
             .collect(),
     };
     Ok(Some((request, head_len)))
@@ -194,9 +169,7 @@ pub fn parse_request(
 
 /// Whether the request asks for a WebSocket upgrade at all (as opposed to a plain GET).
 pub fn wants_upgrade(request: &Request) -> bool {
-    request
-        .header_tokens("upgrade")
-        .any(|t| t.eq_ignore_ascii_case("websocket"))
+    request.header_tokens("upgrade").any(|t| t.eq_ignore_ascii_case("websocket"))
 }
 
 /// Checks the §4.2.1 rules on a request for a WebSocket route.
@@ -208,27 +181,19 @@ pub fn validate_upgrade(request: &Request) -> Result<Upgrade, HandshakeError> {
         return Err(HandshakeError::HttpVersion);
     }
     if !request.target.starts_with('/') {
-        return Err(HandshakeError::Malformed(format!(
-            "request target {:?} is not an absolute path",
-            request.target
-        )));
+        return Err(HandshakeError::Malformed(format!("request target {:?} is not an absolute path", request.target)));
     }
     match request.header_all("host").count() {
         0 => return Err(HandshakeError::MissingHost),
         1 => {}
         _ => {
-            return Err(HandshakeError::Malformed(
-                "more than one Host header".into(),
-            ));
+            return Err(HandshakeError::Malformed("more than one Host header".into()));
         }
     }
     if !wants_upgrade(request) {
         return Err(HandshakeError::NotUpgrade);
     }
-    if !request
-        .header_tokens("connection")
-        .any(|t| t.eq_ignore_ascii_case("upgrade"))
-    {
+    if !request.header_tokens("connection").any(|t| t.eq_ignore_ascii_case("upgrade")) {
         return Err(HandshakeError::ConnectionNotUpgrade);
     }
     let mut versions = request.header_all("sec-websocket-version");
@@ -236,10 +201,7 @@ pub fn validate_upgrade(request: &Request) -> Result<Upgrade, HandshakeError> {
         return Err(HandshakeError::UnsupportedVersion);
     }
     let mut keys = request.header_all("sec-websocket-key");
-    let key = keys
-        .next()
-        .ok_or(HandshakeError::InvalidKey("missing"))?
-        .trim();
+    let key = keys.next().ok_or(HandshakeError::InvalidKey("missing"))?.trim();
     if keys.next().is_some() {
         return Err(HandshakeError::InvalidKey("sent more than once"));
     }
@@ -255,11 +217,7 @@ pub fn validate_upgrade(request: &Request) -> Result<Upgrade, HandshakeError> {
         }
         protocols.push(token.to_owned());
     }
-    Ok(Upgrade {
-        key: key.to_owned(),
-        protocols,
-        origin: request.header("origin").map(str::to_owned),
-    })
+    Ok(Upgrade { key: key.to_owned(), protocols, origin: request.header("origin").map(str::to_owned) })
 }
 
 /// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + GUID)) (§4.2.2).
@@ -286,12 +244,7 @@ pub fn accept_response(key: &str, protocol: Option<&str>) -> Vec<u8> {
 }
 
 /// A complete HTTP/1.1 response that closes the connection.
-pub fn http_response(
-    status: u16,
-    extra_headers: &[(&str, &str)],
-    content_type: &str,
-    body: &[u8],
-) -> Vec<u8> {
+pub fn http_response(status: u16, extra_headers: &[(&str, &str)], content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
         reason_phrase(status),
@@ -327,16 +280,14 @@ pub fn reason_phrase(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
-        400..=499 => "Client Error",
+        s if s < 500 => "Client Error",
         _ => "Server Error",
     }
 }
 
 /// An RFC 7230 token: what a subprotocol name must be.
 pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -348,10 +299,7 @@ mod tests {
         Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn parse(text: &str) -> Request {
-        parse_request(text.as_bytes(), HeadLimits::default())
-            .unwrap()
-            .unwrap()
-            .0
+        parse_request(text.as_bytes(), HeadLimits::default()).unwrap().unwrap().0
     }
 
     fn error_for(text: &str) -> HandshakeError {
@@ -360,10 +308,7 @@ mod tests {
 
     #[test]
     fn rfc_1_3_accept_key_example() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -376,8 +321,7 @@ mod tests {
 
     #[test]
     fn rfc_4_2_2_response_carries_accept_and_protocol() {
-        let resp =
-            String::from_utf8(accept_response("dGhlIHNhbXBsZSBub25jZQ==", Some("chat"))).unwrap();
+        let resp = String::from_utf8(accept_response("dGhlIHNhbXBsZSBub25jZQ==", Some("chat"))).unwrap();
         assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.contains("Sec-WebSocket-Protocol: chat\r\n"));
@@ -389,15 +333,9 @@ mod tests {
         let mut bytes = RFC_REQUEST.as_bytes().to_vec();
         bytes.extend_from_slice(&[0x81, 0x80]);
         for cut in 0..RFC_REQUEST.len() {
-            assert_eq!(
-                parse_request(&bytes[..cut], HeadLimits::default()),
-                Ok(None),
-                "cut {cut}"
-            );
+            assert_eq!(parse_request(&bytes[..cut], HeadLimits::default()), Ok(None), "cut {cut}");
         }
-        let (_, head_len) = parse_request(&bytes, HeadLimits::default())
-            .unwrap()
-            .unwrap();
+        let (_, head_len) = parse_request(&bytes, HeadLimits::default()).unwrap().unwrap();
         assert_eq!(head_len, RFC_REQUEST.len());
     }
 
@@ -417,18 +355,12 @@ mod tests {
 
     #[test]
     fn rfc_4_2_1_http_1_0_is_refused() {
-        assert_eq!(
-            error_for(&RFC_REQUEST.replacen("HTTP/1.1", "HTTP/1.0", 1)).status(),
-            505
-        );
+        assert_eq!(error_for(&RFC_REQUEST.replacen("HTTP/1.1", "HTTP/1.0", 1)).status(), 505);
     }
 
     #[test]
     fn rfc_4_2_1_host_is_required() {
-        assert_eq!(
-            error_for(&RFC_REQUEST.replace("Host: server.example.com\r\n", "")),
-            HandshakeError::MissingHost
-        );
+        assert_eq!(error_for(&RFC_REQUEST.replace("Host: server.example.com\r\n", "")), HandshakeError::MissingHost);
     }
 
     #[test]
@@ -449,28 +381,17 @@ mod tests {
     fn rfc_4_4_wrong_version_is_426_with_supported_version() {
         let e = error_for(&RFC_REQUEST.replace("Version: 13", "Version: 8"));
         assert_eq!(e.status(), 426);
-        assert!(
-            String::from_utf8(e.response())
-                .unwrap()
-                .contains("Sec-WebSocket-Version: 13\r\n")
-        );
+        assert!(String::from_utf8(e.response()).unwrap().contains("Sec-WebSocket-Version: 13\r\n"));
         let e = error_for(&RFC_REQUEST.replace("Sec-WebSocket-Version: 13\r\n", ""));
         assert_eq!(e.status(), 426);
     }
 
     #[test]
     fn rfc_4_2_1_key_must_decode_to_16_bytes() {
+        assert_eq!(error_for(&RFC_REQUEST.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")).status(), 400);
+        assert_eq!(error_for(&RFC_REQUEST.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!notbase64!!!")).status(), 400);
         assert_eq!(
-            error_for(&RFC_REQUEST.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=")).status(),
-            400
-        );
-        assert_eq!(
-            error_for(&RFC_REQUEST.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!notbase64!!!")).status(),
-            400
-        );
-        assert_eq!(
-            error_for(&RFC_REQUEST.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""))
-                .status(),
+            error_for(&RFC_REQUEST.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")).status(),
             400
         );
     }
@@ -492,23 +413,14 @@ mod tests {
 
     #[test]
     fn oversized_head_is_431_even_when_incomplete() {
-        let limits = HeadLimits {
-            max_head_size: 64,
-            max_headers: 100,
-        };
+        let limits = HeadLimits { max_head_size: 64, max_headers: 100 };
         let long = format!("GET / HTTP/1.1\r\nX-Long: {}", "a".repeat(100));
-        assert_eq!(
-            parse_request(long.as_bytes(), limits).unwrap_err().status(),
-            431
-        );
+        assert_eq!(parse_request(long.as_bytes(), limits).unwrap_err().status(), 431);
     }
 
     #[test]
     fn too_many_headers_is_431() {
-        let limits = HeadLimits {
-            max_head_size: 1 << 20,
-            max_headers: 4,
-        };
+        let limits = HeadLimits { max_head_size: 1 << 20, max_headers: 4 };
         let e = parse_request(RFC_REQUEST.as_bytes(), limits).unwrap_err();
         assert_eq!(e, HandshakeError::TooManyHeaders(4));
         assert_eq!(e.status(), 431);

@@ -8,9 +8,7 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let mut key = key;
     key.rotate_left(offset % 4);
     // Word-at-a-time: the compiler turns this into SIMD; the head/tail loops stay tiny.
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let wide = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let word = u64::from_ne_bytes((&*chunk).try_into().expect("chunk of 8")) ^ wide;

@@ -50,10 +50,7 @@ pub struct Ending {
 
 impl Ending {
     fn abnormal() -> Self {
-        Self {
-            code: CloseCode::ABNORMAL.0,
-            reason: String::new(),
-        }
+        Self { code: CloseCode::ABNORMAL.0, reason: String::new() }
     }
 }
 
@@ -62,33 +59,26 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     let _ = stream.set_nodelay(true);
     let limits = &shared.limits;
     let mut buf = BytesMut::with_capacity(1024);
-    let head_limits = HeadLimits {
-        max_head_size: limits.max_head_size,
-        max_headers: limits.max_headers,
-    };
-    let (request, head_len) = match tokio::time::timeout(
-        limits.handshake_timeout,
-        read_head(&mut stream, &mut buf, head_limits),
-    )
-    .await
-    {
-        Err(_) => {
-            tracing::debug!(%peer, "handshake timed out");
-            let resp = handshake::http_response(
-                408,
-                &[],
-                "text/plain; charset=utf-8",
-                b"request head not received in time\n",
-            );
-            return refuse(stream, &resp).await;
-        }
-        Ok(Err(HeadError::Io)) => return,
-        Ok(Err(HeadError::Handshake(e))) => {
-            tracing::debug!(%peer, status = e.status(), error = %e, "bad request head");
-            return refuse(stream, &e.response()).await;
-        }
-        Ok(Ok(head)) => head,
-    };
+    let head_limits = HeadLimits { max_head_size: limits.max_head_size, max_headers: limits.max_headers };
+    let (request, head_len) =
+        match tokio::time::timeout(limits.handshake_timeout, read_head(&mut stream, &mut buf, head_limits)).await {
+            Err(_) => {
+                tracing::debug!(%peer, "handshake timed out");
+                let resp = handshake::http_response(
+                    408,
+                    &[],
+                    "text/plain; charset=utf-8",
+                    b"request head not received in time\n",
+                );
+                return refuse(stream, &resp).await;
+            }
+            Ok(Err(HeadError::Io)) => return,
+            Ok(Err(HeadError::Handshake(e))) => {
+                tracing::debug!(%peer, status = e.status(), error = %e, "bad request head");
+                return refuse(stream, &e.response()).await;
+            }
+            Ok(Ok(head)) => head,
+        };
     buf.advance(head_len);
 
     let Some(route) = shared.routes.get(request.path()).cloned() else {
@@ -109,26 +99,15 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         }
     };
     let subprotocol = route.choose_subprotocol(&upgrade.protocols);
-    if stream
-        .write_all(&handshake::accept_response(
-            &upgrade.key,
-            subprotocol.as_deref(),
-        ))
-        .await
-        .is_err()
-    {
+    if stream.write_all(&handshake::accept_response(&upgrade.key, subprotocol.as_deref())).await.is_err() {
         return;
     }
     let id = shared.next_connection_id();
     tracing::debug!(%peer, id, path = %request.target, ?subprotocol, "connection open");
 
     let (reader, writer) = stream.into_split();
-    let (out, writer) = spawn_writer(
-        writer,
-        limits.outbound_queue_frames,
-        limits.outbound_queue_bytes,
-        limits.write_timeout,
-    );
+    let (out, writer) =
+        spawn_writer(writer, limits.outbound_queue_frames, limits.outbound_queue_bytes, limits.write_timeout);
     let (_control_tx, control_rx) = mpsc::channel(8);
     let session = Session {
         id,
@@ -227,10 +206,7 @@ impl Session {
                     Ok(Some(event)) => {
                         last_heard = Instant::now();
                         pinged = false;
-                        match self
-                            .on_event(event, close_deadline.is_some(), &mut ending)
-                            .await
-                        {
+                        match self.on_event(event, close_deadline.is_some(), &mut ending).await {
                             Next::Continue => {}
                             Next::Finish => break 'session,
                         }
@@ -239,10 +215,7 @@ impl Session {
                         tracing::debug!(id = self.id, error = %e, "protocol violation");
                         if close_deadline.is_none() {
                             let frame = close_frame(e.close_code(), e.to_string());
-                            ending = Ending {
-                                code: frame.code.0,
-                                reason: frame.reason.clone(),
-                            };
+                            ending = Ending { code: frame.code.0, reason: frame.reason.clone() };
                             let _ = self.out.send(OutFrame::Close(Some(frame))).await;
                         }
                         // The stream can no longer be parsed: fail the connection (§7.1.7).
@@ -253,17 +226,9 @@ impl Session {
             if self.buf.is_empty() && self.buf.capacity() > 4 * MAX_READ {
                 self.buf = BytesMut::new(); // give back what a large message grew
             }
-            let want = self
-                .decoder
-                .bytes_wanted(self.buf.len())
-                .clamp(MIN_READ, MAX_READ);
+            let want = self.decoder.bytes_wanted(self.buf.len()).clamp(MIN_READ, MAX_READ);
             self.buf.reserve(want);
-            let idle_check = last_heard
-                + if pinged {
-                    limits.idle_timeout
-                } else {
-                    limits.ping_interval
-                };
+            let idle_check = last_heard + if pinged { limits.idle_timeout } else { limits.ping_interval };
 
             tokio::select! {
                 read = self.reader.read_buf(&mut self.buf) => match read {
@@ -310,9 +275,7 @@ impl Session {
         writer.finish(limits.write_timeout).await;
         let linger_until = Instant::now() + limits.close_timeout;
         let mut sink = [0u8; 4096];
-        while let Ok(Ok(n)) =
-            tokio::time::timeout_at(linger_until, self.reader.read(&mut sink)).await
-        {
+        while let Ok(Ok(n)) = tokio::time::timeout_at(linger_until, self.reader.read(&mut sink)).await {
             if n == 0 {
                 break;
             }
@@ -325,20 +288,11 @@ impl Session {
             Event::Close(frame) => {
                 if !closing {
                     // Echo the peer's code (§5.5.1); a close without a code is answered without one.
-                    let echo = frame.as_ref().map(|f| CloseFrame {
-                        code: f.code,
-                        reason: String::new(),
-                    });
+                    let echo = frame.as_ref().map(|f| CloseFrame { code: f.code, reason: String::new() });
                     let _ = self.out.send(OutFrame::Close(echo)).await;
                     *ending = match frame {
-                        Some(f) => Ending {
-                            code: f.code.0,
-                            reason: f.reason,
-                        },
-                        None => Ending {
-                            code: CloseCode::NO_STATUS.0,
-                            reason: String::new(),
-                        },
+                        Some(f) => Ending { code: f.code.0, reason: f.reason },
+                        None => Ending { code: CloseCode::NO_STATUS.0, reason: String::new() },
                     };
                 }
                 Next::Finish
@@ -346,12 +300,7 @@ impl Session {
             // After our close frame, nothing else is sent and data is no longer delivered.
             _ if closing => Next::Continue,
             Event::Ping(payload) => {
-                if self
-                    .out
-                    .send(OutFrame::Data(crate::protocol::OpCode::Pong, payload))
-                    .await
-                    .is_err()
-                {
+                if self.out.send(OutFrame::Data(crate::protocol::OpCode::Pong, payload)).await.is_err() {
                     return Next::Finish;
                 }
                 Next::Continue

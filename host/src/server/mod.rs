@@ -69,9 +69,8 @@ impl Server {
     /// Binds the listener and builds the route table.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         let routes = Routes::from_config(config)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let static_dir = config.static_dir.as_ref().map(|d| config.resolve(d));
         let shared = Arc::new(Shared {
@@ -100,12 +99,7 @@ impl Server {
     /// Accepts connections until shut down, then closes them gracefully (bounded by
     /// `limits.shutdown_timeout`).
     pub async fn run(self) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            shared,
-            shutdown_tx,
-            slots,
-        } = self;
+        let Self { listener, shared, shutdown_tx, slots } = self;
         let mut shutdown = shared.shutdown.clone();
         // Every connection task holds a clone; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -144,10 +138,7 @@ impl Server {
         drop(alive_tx);
         let open = shared.limits.max_connections - slots.available_permits();
         tracing::info!(open, "shutting down: closing connections with 1001");
-        if tokio::time::timeout(shared.limits.shutdown_timeout, alive_rx.recv())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(shared.limits.shutdown_timeout, alive_rx.recv()).await.is_err() {
             tracing::warn!("shutdown timeout: dropping connections still open");
         }
         Ok(())

@@ -84,23 +84,11 @@ impl Outbound {
     pub async fn send(&self, frame: OutFrame) -> Result<(), QueueError> {
         let n = self.permits_for(&frame);
         let permit = if n > 0 {
-            Some(
-                self.budget
-                    .clone()
-                    .acquire_many_owned(n)
-                    .await
-                    .map_err(|_| QueueError::Closed)?,
-            )
+            Some(self.budget.clone().acquire_many_owned(n).await.map_err(|_| QueueError::Closed)?)
         } else {
             None
         };
-        self.tx
-            .send(Queued {
-                frame,
-                _permit: permit,
-            })
-            .await
-            .map_err(|_| QueueError::Closed)
+        self.tx.send(Queued { frame, _permit: permit }).await.map_err(|_| QueueError::Closed)
     }
 
     /// Queues a frame if there is room now.
@@ -115,15 +103,10 @@ impl Outbound {
         } else {
             None
         };
-        self.tx
-            .try_send(Queued {
-                frame,
-                _permit: permit,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => QueueError::Full,
-                mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-            })
+        self.tx.try_send(Queued { frame, _permit: permit }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => QueueError::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })
     }
 
     /// Sends a close frame ahead of everything queued, which is dropped.
@@ -166,29 +149,10 @@ pub fn spawn_writer(
     let (finish_tx, finish_rx) = oneshot::channel();
     let urgent = Arc::new(Urgent::default());
     let budget = Arc::new(Semaphore::new(bytes));
-    let outbound = Outbound {
-        tx,
-        budget: budget.clone(),
-        budget_total: bytes,
-        urgent: urgent.clone(),
-    };
-    let writer = Writer {
-        socket,
-        rx,
-        urgent,
-        budget,
-        write_timeout,
-        buf: BytesMut::new(),
-        closed: false,
-    };
+    let outbound = Outbound { tx, budget: budget.clone(), budget_total: bytes, urgent: urgent.clone() };
+    let writer = Writer { socket, rx, urgent, budget, write_timeout, buf: BytesMut::new(), closed: false };
     let task = tokio::spawn(writer.run(finish_rx));
-    (
-        outbound,
-        WriterHandle {
-            finish: Some(finish_tx),
-            task,
-        },
-    )
+    (outbound, WriterHandle { finish: Some(finish_tx), task })
 }
 
 struct Writer {
@@ -299,18 +263,14 @@ impl Writer {
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match tokio::time::timeout(self.write_timeout, self.socket.write_all(bytes)).await {
             Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "write made no progress (peer not reading)",
-            )),
+            Err(_) => {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write made no progress (peer not reading)"))
+            }
         }
     }
 }
 
 /// The close frame sent for a code and reason.
 pub fn close_frame(code: CloseCode, reason: impl Into<String>) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: reason.into(),
-    }
+    CloseFrame { code, reason: reason.into() }
 }

@@ -25,10 +25,7 @@ pub struct Route {
 impl Route {
     /// The subprotocol to answer with: the route's most preferred one that the client offered.
     pub fn choose_subprotocol(&self, offered: &[String]) -> Option<String> {
-        self.subprotocols
-            .iter()
-            .find(|p| offered.iter().any(|o| o == *p))
-            .cloned()
+        self.subprotocols.iter().find(|p| offered.iter().any(|o| o == *p)).cloned()
     }
 }
 
@@ -50,11 +47,7 @@ impl Routes {
             };
             by_path.insert(
                 r.path.clone(),
-                Arc::new(Route {
-                    path: r.path.clone(),
-                    handler,
-                    subprotocols: r.subprotocols.clone(),
-                }),
+                Arc::new(Route { path: r.path.clone(), handler, subprotocols: r.subprotocols.clone() }),
             );
         }
         Ok(Self { by_path })
@@ -75,21 +68,9 @@ mod tests {
 
     #[test]
     fn route_preference_decides_the_subprotocol() {
-        let route = Route {
-            path: "/x".into(),
-            handler: Handler::Echo,
-            subprotocols: vec!["b".into(), "a".into()],
-        };
-        assert_eq!(
-            route
-                .choose_subprotocol(&["a".into(), "b".into()])
-                .as_deref(),
-            Some("b")
-        );
-        assert_eq!(
-            route.choose_subprotocol(&["a".into()]).as_deref(),
-            Some("a")
-        );
+        let route = Route { path: "/x".into(), handler: Handler::Echo, subprotocols: vec!["b".into(), "a".into()] };
+        assert_eq!(route.choose_subprotocol(&["a".into(), "b".into()]).as_deref(), Some("b"));
+        assert_eq!(route.choose_subprotocol(&["a".into()]).as_deref(), Some("a"));
         assert_eq!(route.choose_subprotocol(&["c".into()]), None);
     }
 }

@@ -22,11 +22,7 @@ pub async fn respond(dir: &Path, request: &Request) -> Vec<u8> {
     let Ok(meta) = tokio::fs::metadata(&path).await else {
         return not_found();
     };
-    let path = if meta.is_dir() {
-        path.join("index.html")
-    } else {
-        path
-    };
+    let path = if meta.is_dir() { path.join("index.html") } else { path };
     let Ok(meta) = tokio::fs::metadata(&path).await else {
         return not_found();
     };
@@ -34,20 +30,14 @@ pub async fn respond(dir: &Path, request: &Request) -> Vec<u8> {
         return not_found();
     }
     // Refuse a symlink that leads out of the directory.
-    match (
-        tokio::fs::canonicalize(&path).await,
-        tokio::fs::canonicalize(dir).await,
-    ) {
+    match (tokio::fs::canonicalize(&path).await, tokio::fs::canonicalize(dir).await) {
         (Ok(real), Ok(root)) if real.starts_with(&root) => {}
         _ => return not_found(),
     }
     match tokio::fs::read(&path).await {
         Ok(body) => http_response(
             200,
-            &[
-                ("Cache-Control", "no-cache"),
-                ("X-Content-Type-Options", "nosniff"),
-            ],
+            &[("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff")],
             content_type(&path),
             &body,
         ),
@@ -109,10 +99,7 @@ mod tests {
     #[test]
     fn traversal_is_refused() {
         let d = Path::new("/srv/static");
-        assert_eq!(
-            resolve(d, "/index.html"),
-            Some(PathBuf::from("/srv/static/index.html"))
-        );
+        assert_eq!(resolve(d, "/index.html"), Some(PathBuf::from("/srv/static/index.html")));
         assert_eq!(resolve(d, "/"), Some(PathBuf::from("/srv/static")));
         assert_eq!(resolve(d, "/../etc/passwd"), None);
         assert_eq!(resolve(d, "/a/%2e%2e/%2e%2e/etc/passwd"), None);
@@ -125,14 +112,8 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(
-            content_type(Path::new("a.html")),
-            "text/html; charset=utf-8"
-        );
-        assert_eq!(
-            content_type(Path::new("a.js")),
-            "text/javascript; charset=utf-8"
-        );
+        assert_eq!(content_type(Path::new("a.html")), "text/html; charset=utf-8");
+        assert_eq!(content_type(Path::new("a.js")), "text/javascript; charset=utf-8");
         assert_eq!(content_type(Path::new("a.bin")), "application/octet-stream");
     }
 }

@@ -1,0 +1,196 @@
+//! Test support: start a real server on loopback from inline TOML, and talk to it either with an
+//! independent client (tokio-tungstenite) or byte for byte over a raw `TcpStream`.
+//!
+//! Every helper is bounded in time: a test that would hang fails instead.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsplug::config::Config;
+use wsplug::protocol::frame::encode_client_frame;
+use wsplug::protocol::{Decoder, Event, Limits};
+use wsplug::server::{Server, ShutdownHandle};
+
+/// The longest any single step of a test may take.
+pub const STEP: Duration = Duration::from_secs(10);
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A server running in this process on an ephemeral loopback port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: ShutdownHandle,
+    /// The server's run loop; its error, if any, rendered as text.
+    pub task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl TestServer {
+    /// Starts a server from TOML config text (its `listen` is replaced by 127.0.0.1:0).
+    pub async fn start(toml: &str) -> Self {
+        let base = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut config = Config::parse(toml, "test config", base).expect("valid test config");
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let server = Server::bind(&config).await.expect("bind");
+        let addr = server.local_addr().unwrap();
+        let shutdown = server.shutdown_handle();
+        let task = tokio::spawn(async move { server.run().await.map_err(|e| format!("{e:#}")) });
+        Self { addr, shutdown, task }
+    }
+
+    /// A server with one native echo route at /echo and the given extra TOML.
+    pub async fn echo(extra: &str) -> Self {
+        Self::start(&format!("{extra}\n[[routes]]\npath = \"/echo\"\nkind = \"echo\"\n")).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Connects with tokio-tungstenite, allowing messages up to 64 MiB.
+    pub async fn connect(&self, path: &str) -> Client {
+        self.try_connect(path).await.expect("handshake")
+    }
+
+    pub async fn try_connect(&self, path: &str) -> Result<Client, tungstenite::Error> {
+        let config = WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20));
+        let (ws, _) = tokio::time::timeout(
+            STEP,
+            tokio_tungstenite::connect_async_with_config(self.url(path), Some(config), false),
+        )
+        .await
+        .expect("connect timed out")?;
+        Ok(ws)
+    }
+
+    /// Opens a raw WebSocket connection (handshake done by hand) for byte-level tests.
+    pub async fn raw(&self, path: &str) -> RawClient {
+        RawClient::connect(self.addr, path).await
+    }
+}
+
+/// Receives the next data or close message, skipping pings/pongs.
+pub async fn next_message(ws: &mut Client) -> Message {
+    loop {
+        let msg = tokio::time::timeout(STEP, ws.next())
+            .await
+            .expect("message timed out")
+            .expect("stream ended")
+            .expect("read error");
+        if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+            return msg;
+        }
+    }
+}
+
+/// Sends a message and expects the same back.
+pub async fn assert_echo(ws: &mut Client, msg: Message) {
+    tokio::time::timeout(STEP, ws.send(msg.clone())).await.expect("send timed out").expect("send");
+    assert_eq!(next_message(ws).await, msg);
+}
+
+/// Sends a request head and returns everything the server answers until it closes.
+pub async fn http_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut out)).await.expect("response timed out").ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of an HTTP response.
+pub fn status_of(response: &str) -> u16 {
+    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+/// A valid upgrade request for `path`.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A WebSocket client that writes raw frames and decodes the server's frames with wsplug's own
+/// decoder in client mode.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+/// What a raw client saw next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen {
+    Event(Event),
+    /// The server closed TCP.
+    Eof,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Self {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(upgrade_request(path).as_bytes()).await.unwrap();
+        let mut buf = BytesMut::new();
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = tokio::time::timeout(STEP, stream.read_buf(&mut buf)).await.expect("handshake timed out").unwrap();
+            assert!(n > 0, "server closed during handshake");
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        let _ = buf.split_to(head_end);
+        Self { stream, buf, decoder: Decoder::client(Limits { max_frame_size: 64 << 20, max_message_size: 64 << 20 }) }
+    }
+
+    /// Sends one masked frame (raw opcode, so invalid ones can be sent too).
+    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        self.send_raw(&encode_client_frame(fin, opcode, payload, [0x12, 0x34, 0x56, 0x78])).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(STEP, self.stream.write_all(bytes)).await.expect("write timed out").unwrap();
+    }
+
+    /// The next frame-level event from the server, or EOF.
+    pub async fn next(&mut self) -> Seen {
+        loop {
+            if let Some(e) = self.decoder.decode(&mut self.buf).expect("server sent an invalid frame") {
+                return Seen::Event(e);
+            }
+            match tokio::time::timeout(STEP, self.stream.read_buf(&mut self.buf)).await.expect("read timed out") {
+                Ok(0) | Err(_) => return Seen::Eof,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code (None: no code), and checks that the
+    /// server then closes TCP.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next().await {
+                Seen::Event(Event::Close(frame)) => {
+                    let code = frame.map(|f| f.code.0);
+                    // Answer like a well-behaved client, then the server must close TCP.
+                    let _ = self
+                        .stream
+                        .write_all(&encode_client_frame(true, 0x8, &code.unwrap_or(1000).to_be_bytes(), [1, 2, 3, 4]))
+                        .await;
+                    assert_eq!(self.next().await, Seen::Eof, "server must close TCP after the close handshake");
+                    return code;
+                }
+                Seen::Event(_) => continue,
+                Seen::Eof => panic!("server closed TCP without a close frame"),
+            }
+        }
+    }
+}
