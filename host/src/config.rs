@@ -117,12 +117,26 @@ impl Default for Limits {
 pub struct RouteConfig {
     /// The path, e.g. "/chat" (matched without the query).
     pub path: String,
-    /// A built-in route kind: "echo".
+    /// A built-in route kind: "echo". Exactly one of `kind` and `plugin` is set.
     #[serde(default)]
     pub kind: Option<RouteKind>,
-    /// Subprotocols this route speaks, in preference order; the first one the client offers is chosen.
+    /// A plugin component (`.wasm`), relative to the config file's directory.
+    #[serde(default)]
+    pub plugin: Option<PathBuf>,
+    /// Plugin instances serving the route; connections are pinned to one by id. Default 1.
+    #[serde(default = "one")]
+    pub instances: usize,
+    /// Subprotocols this route speaks, in preference order: the first one the client offers is
+    /// chosen (for a plugin route, when the plugin itself picks none).
     #[serde(default)]
     pub subprotocols: Vec<String>,
+    /// The plugin's sandbox limits.
+    #[serde(default)]
+    pub sandbox: crate::plugin::SandboxLimits,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The built-in route kinds (native, no Wasm).
@@ -178,15 +192,28 @@ impl Config {
         Ok(config)
     }
 
-    /// Adds a route from the command line (`PATH=KIND`).
+    /// Adds a route from the command line: `PATH=KIND` or `PATH=FILE.wasm`.
     pub fn add_route_arg(&mut self, arg: &str) -> Result<(), ConfigError> {
         let err = |message: String| ConfigError { source_name: format!("--route {arg}"), message };
-        let (path, target) = arg.split_once('=').ok_or_else(|| err("expected PATH=KIND, e.g. /echo=echo".into()))?;
-        let kind = match target {
-            "echo" => RouteKind::Echo,
-            other => return Err(err(format!("unknown route kind {other:?} (known: echo)"))),
+        let (path, target) = arg
+            .split_once('=')
+            .ok_or_else(|| err("expected PATH=KIND or PATH=FILE.wasm, e.g. /chat=chat.wasm".into()))?;
+        let (kind, plugin) = match target {
+            "echo" => (Some(RouteKind::Echo), None),
+            file if file.ends_with(".wasm") => {
+                let cwd = std::env::current_dir().unwrap_or_default();
+                (None, Some(cwd.join(file)))
+            }
+            other => return Err(err(format!("unknown route kind {other:?} (known: echo, or a .wasm plugin file)"))),
         };
-        let route = RouteConfig { path: path.to_owned(), kind: Some(kind), subprotocols: Vec::new() };
+        let route = RouteConfig {
+            path: path.to_owned(),
+            kind,
+            plugin,
+            instances: 1,
+            subprotocols: Vec::new(),
+            sandbox: Default::default(),
+        };
         self.routes.push(Spanned::new(0..0, route));
         self.check().map_err(|(_, msg)| err(msg))
     }
@@ -224,8 +251,24 @@ impl Config {
             if !seen.insert(r.path.as_str()) {
                 return Err((span, format!("route path {:?} is defined twice", r.path)));
             }
-            if r.kind.is_none() {
-                return Err((span, format!("route {:?} needs `kind` (\"echo\")", r.path)));
+            if r.kind.is_some() == r.plugin.is_some() {
+                return Err((
+                    span,
+                    format!("route {:?} needs exactly one of `kind` (\"echo\") and `plugin` (a .wasm file)", r.path),
+                ));
+            }
+            if r.instances == 0 || r.instances > 64 {
+                return Err((span, format!("route {:?}: instances must be 1 to 64", r.path)));
+            }
+            let sb = &r.sandbox;
+            if sb.memory < (1 << 20) || sb.cpu_deadline.is_zero() || sb.max_actions == 0 {
+                return Err((
+                    span,
+                    format!(
+                        "route {:?}: sandbox memory must be at least 1MiB, cpu_deadline and max_actions above 0",
+                        r.path
+                    ),
+                ));
             }
             if let Some(bad) = r.subprotocols.iter().find(|p| !crate::protocol::handshake::is_token(p)) {
                 return Err((span, format!("route {:?}: subprotocol {bad:?} is not a valid token", r.path)));
@@ -241,7 +284,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// A size: an integer of bytes, or a string like "64KiB", "16MiB", "1GiB", "512B".
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -271,7 +314,7 @@ fn parse_size(s: &str) -> Option<usize> {
 }
 
 /// A duration: a string like "250ms", "10s", "2m", or an integer of milliseconds.
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

@@ -7,7 +7,8 @@
 //! | module | owns | knows nothing of |
 //! | --- | --- | --- |
 //! | [`protocol`] | RFC 6455 as pure functions and state machines over byte slices | sockets, plugins |
-//! | [`server`] | the listener, connection tasks, outbound queues, shutdown, routes | Wasm |
+//! | [`server`] | the listener, connection tasks, outbound queues, the hub, shutdown, routes | Wasm |
+//! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and their actors | sockets, frames |
 //! | [`config`] | the TOML configuration, its defaults and checks | |
 //!
 //! `main.rs` is the command line around them.
@@ -15,5 +16,6 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod plugin;
 pub mod protocol;
 pub mod server;

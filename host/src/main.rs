@@ -7,22 +7,36 @@ use clap::Parser;
 use wsplug::config::Config;
 use wsplug::server::Server;
 
-/// A scriptable WebSocket server.
+/// A scriptable WebSocket server whose behaviour lives in sandboxed WebAssembly plugins.
 ///
-/// With neither --config nor --route, wsplug serves its embedded default configuration
-/// (127.0.0.1:8080, a native echo route at /echo).
+/// With neither --config nor --route, wsplug serves its embedded default configuration:
+/// 127.0.0.1:8080 with the chat page at /, the echo plugin at /echo, the chat plugin at /chat and
+/// the native echo at /native-echo.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// A TOML configuration file (see README.md, "Configuration").
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen on this address instead of the config's, e.g. 0.0.0.0:9000 or [::1]:8080.
     #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
-    /// Mount a route: PATH=KIND, where KIND is `echo` (repeatable). Added to the config's routes.
-    #[arg(long = "route", value_name = "PATH=KIND")]
+    /// Mount a route (repeatable), added to the config's routes: PATH=FILE.wasm for a plugin
+    /// (e.g. /chat=chat.wasm) or PATH=echo for the native echo.
+    #[arg(long = "route", value_name = "PATH=PLUGIN")]
     routes: Vec<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Check that a file is a plugin wsplug can run: that it implements the world, what it
+    /// imports and how the sandbox treats each import, its size and compile time. Exits 1 if not.
+    Check {
+        /// The component to check.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +55,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Cmd::Check { file }) = &cli.command {
+        let plugin = wsplug::plugin::PluginEngine::global().load(file)?;
+        // Instantiating runs the component's start-up code under the default sandbox too.
+        wsplug::plugin::instance::PluginInstance::new(&plugin, &Default::default())
+            .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", file.display()))?;
+        print!("{}", wsplug::plugin::check_report(&plugin));
+        return Ok(());
+    }
     let mut config = match (&cli.config, cli.routes.is_empty()) {
         (Some(path), _) => Config::from_file(path)?,
         (None, true) => Config::embedded_default(),

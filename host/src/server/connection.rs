@@ -16,12 +16,14 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::Shared;
+use super::hub::ConnInfo;
 use super::outbound::{OutFrame, Outbound, WriterHandle, close_frame, spawn_writer};
 use super::routes::{Handler, Route};
+use crate::plugin::{Admit, Command, OpenRequest};
 use crate::protocol::handshake::{self, HandshakeError, HeadLimits, Request};
 use crate::protocol::{CloseCode, CloseFrame, Decoder, Event, Limits as FrameLimits};
 
@@ -98,17 +100,58 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             return refuse(stream, &e.response()).await;
         }
     };
-    let subprotocol = route.choose_subprotocol(&upgrade.protocols);
-    if stream.write_all(&handshake::accept_response(&upgrade.key, subprotocol.as_deref())).await.is_err() {
-        return;
-    }
     let id = shared.next_connection_id();
-    tracing::debug!(%peer, id, path = %request.target, ?subprotocol, "connection open");
-
     let (reader, writer) = stream.into_split();
     let (out, writer) =
         spawn_writer(writer, limits.outbound_queue_frames, limits.outbound_queue_bytes, limits.write_timeout);
-    let (_control_tx, control_rx) = mpsc::channel(8);
+    let (control_tx, control) = mpsc::channel(8);
+
+    // Admission: the native route accepts at once; a plugin decides (and queues the 101 itself, so
+    // that its first actions follow the handshake on the wire).
+    match &route.handler {
+        Handler::Echo => {
+            let subprotocol = route.choose_subprotocol(&upgrade.protocols);
+            let response = handshake::accept_response(&upgrade.key, subprotocol.as_deref());
+            if out.send(OutFrame::Encoded(response.into())).await.is_err() {
+                return;
+            }
+        }
+        Handler::Plugin(plugin) => {
+            let info = Arc::new(ConnInfo {
+                id,
+                target: request.target.clone(),
+                headers: request.headers.clone(),
+                remote_addr: peer.to_string(),
+                protocols: upgrade.protocols.clone(),
+            });
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let open = OpenRequest {
+                info,
+                key: upgrade.key.clone(),
+                out: out.clone(),
+                control: control_tx.clone(),
+                reply: reply_tx,
+            };
+            let admit = match plugin.instance_for(id).send(Command::Open(open)).await {
+                Ok(()) => reply_rx.await.ok(),
+                Err(_) => None,
+            };
+            let (status, body) = match admit {
+                Some(Admit::Accepted) => (0, String::new()),
+                Some(Admit::Rejected { status, body }) => (status, body),
+                None => (503, "plugin unavailable\n".to_owned()),
+            };
+            if status != 0 {
+                tracing::debug!(%peer, path = %request.target, status, "plugin refused the connection");
+                let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
+                let _ = out.send(OutFrame::Encoded(response.into())).await;
+                writer.finish(limits.write_timeout).await;
+                return;
+            }
+        }
+    }
+    tracing::debug!(%peer, id, path = %request.target, "connection open");
+
     let session = Session {
         id,
         reader,
@@ -118,12 +161,16 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             max_message_size: limits.max_message_size,
         }),
         out,
-        control: control_rx,
+        control,
         shared: shared.clone(),
-        route,
+        route: route.clone(),
     };
     let ending = session.run(writer).await;
     tracing::debug!(%peer, id, code = ending.code, reason = %ending.reason, "connection closed");
+    if let Handler::Plugin(plugin) = &route.handler {
+        // Exactly once per admitted connection, whatever the way it ended.
+        let _ = plugin.instance_for(id).send(Command::Closed { id, code: ending.code, reason: ending.reason }).await;
+    }
 }
 
 enum HeadError {
@@ -214,6 +261,7 @@ impl Session {
                     Err(e) => {
                         tracing::debug!(id = self.id, error = %e, "protocol violation");
                         if close_deadline.is_none() {
+                            self.settle().await;
                             let frame = close_frame(e.close_code(), e.to_string());
                             ending = Ending { code: frame.code.0, reason: frame.reason.clone() };
                             let _ = self.out.send(OutFrame::Close(Some(frame))).await;
@@ -245,6 +293,7 @@ impl Session {
                 }
                 changed = shutdown.changed(), if close_deadline.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
+                        self.settle().await;
                         let frame = close_frame(CloseCode::GOING_AWAY, "server shutting down");
                         ending = Ending { code: frame.code.0, reason: frame.reason.clone() };
                         let _ = self.out.send(OutFrame::Close(Some(frame))).await;
@@ -256,6 +305,7 @@ impl Session {
                         pinged = true;
                         let _ = self.out.try_send(OutFrame::Data(crate::protocol::OpCode::Ping, bytes::Bytes::from_static(b"keepalive")));
                     } else {
+                        self.settle().await;
                         let frame = close_frame(CloseCode::GOING_AWAY, "idle timeout");
                         ending = Ending { code: frame.code.0, reason: frame.reason.clone() };
                         let _ = self.out.send(OutFrame::Close(Some(frame))).await;
@@ -283,10 +333,25 @@ impl Session {
         ending
     }
 
+    /// Waits (bounded) until the plugin has handled every event this connection sent before, so
+    /// that its replies go out ahead of the close frame the session is about to queue.
+    async fn settle(&self) {
+        if let Handler::Plugin(plugin) = &self.route.handler {
+            let (tx, rx) = oneshot::channel();
+            let _ = tokio::time::timeout(self.shared.limits.close_timeout, async {
+                if plugin.instance_for(self.id).send(Command::Barrier(tx)).await.is_ok() {
+                    let _ = rx.await;
+                }
+            })
+            .await;
+        }
+    }
+
     async fn on_event(&mut self, event: Event, closing: bool, ending: &mut Ending) -> Next {
         match event {
             Event::Close(frame) => {
                 if !closing {
+                    self.settle().await;
                     // Echo the peer's code (§5.5.1); a close without a code is answered without one.
                     let echo = frame.as_ref().map(|f| CloseFrame { code: f.code, reason: String::new() });
                     let _ = self.out.send(OutFrame::Close(echo)).await;
@@ -306,15 +371,18 @@ impl Session {
                 Next::Continue
             }
             Event::Pong(_) => Next::Continue,
-            Event::Message(message) => match &self.route.handler {
-                Handler::Echo => {
-                    let frame = OutFrame::Data(message.opcode(), message.payload().clone());
-                    if self.out.send(frame).await.is_err() {
-                        return Next::Finish;
+            Event::Message(message) => {
+                let delivered = match &self.route.handler {
+                    Handler::Echo => {
+                        self.out.send(OutFrame::Data(message.opcode(), message.payload().clone())).await.is_ok()
                     }
-                    Next::Continue
-                }
-            },
+                    // Waits while the plugin's queue is full: a busy plugin slows its readers.
+                    Handler::Plugin(plugin) => {
+                        plugin.instance_for(self.id).send(Command::Message { id: self.id, message }).await.is_ok()
+                    }
+                };
+                if delivered { Next::Continue } else { Next::Finish }
+            }
         }
     }
 }

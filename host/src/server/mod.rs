@@ -4,10 +4,12 @@
 //!   stops accepting, asks every connection to close with 1001 and waits a bounded time for them.
 //! - `connection`: one connection from handshake to close.
 //! - `outbound`: a connection's bounded outbound queue and its coalescing writer task.
+//! - [`hub`]: a route's live connections and topics, and fan-out to their queues.
 //! - `routes`: which handler serves which path.
 //! - `static_files`: the demo's static files on non-route paths.
 
 mod connection;
+pub mod hub;
 mod outbound;
 mod routes;
 mod static_files;
@@ -68,7 +70,10 @@ pub struct Server {
 impl Server {
     /// Binds the listener and builds the route table.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let routes = Routes::from_config(config)?;
+        let routes = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || Routes::from_config(&config)).await??
+        };
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

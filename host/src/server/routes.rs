@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, RouteKind};
+use crate::plugin::{PluginEngine, PluginRoute, RouteSettings};
 
 /// What serves a route's messages.
 #[derive(Debug)]
@@ -11,6 +12,8 @@ pub enum Handler {
     /// Native echo: every message goes back to its sender (no Wasm). The conformance and
     /// performance baseline.
     Echo,
+    /// A Wasm plugin.
+    Plugin(PluginRoute),
 }
 
 /// One mounted route.
@@ -36,14 +39,27 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Builds the table from a checked config.
+    /// Builds the table from a checked config, loading (compiling, checking, instantiating) every
+    /// plugin. Blocking: call it off the async workers.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
         let mut by_path = HashMap::new();
         for route in &config.routes {
             let r = route.get_ref();
-            let handler = match r.kind {
-                Some(RouteKind::Echo) => Handler::Echo,
-                None => anyhow::bail!("route {} has no handler", r.path),
+            let handler = match (&r.kind, &r.plugin) {
+                (Some(RouteKind::Echo), _) => Handler::Echo,
+                (None, Some(file)) => {
+                    let plugin = PluginEngine::global().load(&config.resolve(file))?;
+                    tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, "plugin loaded");
+                    let settings = RouteSettings {
+                        path: r.path.clone(),
+                        instances: r.instances,
+                        sandbox: r.sandbox.clone(),
+                        max_message_size: config.limits.max_message_size,
+                        subprotocols: r.subprotocols.clone(),
+                    };
+                    Handler::Plugin(PluginRoute::start(plugin, settings)?)
+                }
+                (None, None) => anyhow::bail!("route {} has no handler", r.path),
             };
             by_path.insert(
                 r.path.clone(),

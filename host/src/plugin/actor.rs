@@ -1,0 +1,396 @@
+//! The actor that owns a plugin instance: it takes events from its route's connections off a
+//! bounded queue, calls the plugin one event at a time, validates what the plugin returns and
+//! carries it out through the route's [`Hub`].
+//!
+//! Guarantees:
+//! - A connection's events reach the plugin in order (one FIFO queue per instance; a connection is
+//!   pinned to one instance by its id).
+//! - A slow plugin applies backpressure: the queue is bounded, and a connection whose event does
+//!   not fit waits (and stops reading its socket).
+//! - `on-close` is called exactly once for every admitted connection.
+//! - A failed call (trap, deadline, memory cap, runtime refusal) closes the connection whose event
+//!   caused it with 1011, rebuilds the instance from the same compiled plugin and re-attaches the
+//!   other live connections with `on-open` (`resumed: true`). Nothing else notices.
+//! - Nothing a plugin returns is trusted: counts, sizes, close codes, HTTP statuses, subprotocols
+//!   and target ids are checked first; a violation is logged with the plugin's name.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::bindings::wsplug::plugin::types::{self as wit, Action, Admission, Target};
+use super::engine::LoadedPlugin;
+use super::instance::{CallError, PluginInstance};
+use super::sandbox::SandboxLimits;
+use crate::protocol::frame::{OpCode, encode_frame};
+use crate::protocol::handshake::{accept_response, is_token};
+use crate::protocol::{CloseCode, CloseFrame, Message};
+use crate::server::hub::{ConnInfo, Hub};
+use crate::server::{Control, OutFrame, Outbound};
+
+/// Events queued per instance before connections must wait.
+const QUEUE: usize = 1024;
+/// Longest topic name accepted.
+const MAX_TOPIC: usize = 256;
+
+/// An event for a plugin instance.
+pub enum Command {
+    /// A client asks to open; the actor answers on `reply` after queuing the 101 response and
+    /// registering the connection (so the first actions follow the handshake on the wire).
+    Open(OpenRequest),
+    Message {
+        id: u64,
+        message: Message,
+    },
+    /// An admitted connection ended (sent exactly once).
+    Closed {
+        id: u64,
+        code: u16,
+        reason: String,
+    },
+    /// Answered once every event queued before it has been handled (a connection about to send
+    /// its close frame lets the plugin's replies go first).
+    Barrier(oneshot::Sender<()>),
+}
+
+pub struct OpenRequest {
+    pub info: Arc<ConnInfo>,
+    pub key: String,
+    pub out: Outbound,
+    pub control: mpsc::Sender<Control>,
+    pub reply: oneshot::Sender<Admit>,
+}
+
+/// The outcome of an open request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    Accepted,
+    Rejected { status: u16, body: String },
+}
+
+/// A route served by a plugin: its instances' queues and its hub.
+pub struct PluginRoute {
+    pub plugin: Arc<str>,
+    pub hub: Arc<Hub>,
+    instances: Vec<mpsc::Sender<Command>>,
+}
+
+impl std::fmt::Debug for PluginRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRoute").field("plugin", &self.plugin).field("instances", &self.instances.len()).finish()
+    }
+}
+
+/// What an actor needs to know of its route.
+#[derive(Clone)]
+pub struct RouteSettings {
+    pub path: String,
+    pub instances: usize,
+    pub sandbox: SandboxLimits,
+    /// Largest message a plugin may send (the route's max_message_size).
+    pub max_message_size: usize,
+    /// Subprotocols named in the config, used when the plugin picks none.
+    pub subprotocols: Vec<String>,
+}
+
+impl PluginRoute {
+    /// Instantiates the plugin `settings.instances` times (failing fast if it cannot start) and
+    /// starts one actor thread per instance.
+    pub fn start(plugin: LoadedPlugin, settings: RouteSettings) -> anyhow::Result<Self> {
+        let hub = Arc::new(Hub::new(&settings.path));
+        let count = settings.instances.max(1);
+        let mut instances = Vec::with_capacity(count);
+        for index in 0..count {
+            let instance = PluginInstance::new(&plugin, &settings.sandbox)
+                .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", plugin.path.display()))?;
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let actor = Actor {
+                index,
+                count,
+                plugin: plugin.clone(),
+                settings: settings.clone(),
+                hub: hub.clone(),
+                instance: Some(instance),
+            };
+            std::thread::Builder::new().name(format!("plugin-{}-{index}", plugin.name)).spawn(move || actor.run(rx))?;
+            instances.push(tx);
+        }
+        Ok(Self { plugin: plugin.name.clone(), hub, instances })
+    }
+
+    /// The queue of the instance a connection is pinned to.
+    pub fn instance_for(&self, id: u64) -> &mpsc::Sender<Command> {
+        &self.instances[(id % self.instances.len() as u64) as usize]
+    }
+}
+
+struct Actor {
+    index: usize,
+    count: usize,
+    plugin: LoadedPlugin,
+    settings: RouteSettings,
+    hub: Arc<Hub>,
+    /// `None` after a failed rebuild; the next event tries again.
+    instance: Option<PluginInstance>,
+}
+
+/// Which connection an action list belongs to.
+type Sender = Option<u64>;
+
+impl Actor {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(command) = rx.blocking_recv() {
+            match command {
+                Command::Open(request) => self.open(request),
+                Command::Message { id, message } => self.message(id, message),
+                Command::Closed { id, code, reason } => self.closed(id, code, &reason),
+                Command::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        tracing::debug!(plugin = &*self.plugin.name, index = self.index, "plugin instance stopped");
+    }
+
+    fn owns(&self, id: u64) -> bool {
+        (id % self.count as u64) as usize == self.index
+    }
+
+    fn instance(&mut self) -> Result<&mut PluginInstance, CallError> {
+        if self.instance.is_none() {
+            self.instance = Some(PluginInstance::new(&self.plugin, &self.settings.sandbox)?);
+        }
+        Ok(self.instance.as_mut().expect("just set"))
+    }
+
+    fn open(&mut self, request: OpenRequest) {
+        let OpenRequest { info, key, out, control, reply } = request;
+        let conn = to_wit(&info, false);
+        let result = self.instance().and_then(|i| i.on_open(&conn));
+        match result {
+            Ok(Admission::Accept(acceptance)) => {
+                let subprotocol = match self.subprotocol(acceptance.subprotocol, &info.protocols) {
+                    Ok(s) => s,
+                    Err(msg) => {
+                        self.violation(None, &msg);
+                        let _ = reply.send(Admit::Rejected { status: 500, body: "plugin error\n".into() });
+                        return;
+                    }
+                };
+                let response = Bytes::from(accept_response(&key, subprotocol.as_deref()));
+                if out.try_send(OutFrame::Encoded(response)).is_err() {
+                    return; // the writer is already gone: the client left
+                }
+                let id = info.id;
+                self.hub.join(info, out, control);
+                let _ = reply.send(Admit::Accepted);
+                self.apply(Some(id), acceptance.actions);
+            }
+            Ok(Admission::Reject(rejection)) => {
+                let status = if (400..=599).contains(&rejection.status) {
+                    rejection.status
+                } else {
+                    self.violation(None, &format!("reject with HTTP status {} (must be 400-599)", rejection.status));
+                    500
+                };
+                let _ = reply.send(Admit::Rejected { status, body: rejection.body });
+            }
+            Err(e) => {
+                self.failed("on-open", &e);
+                let _ = reply.send(Admit::Rejected { status: 500, body: "plugin error\n".into() });
+                self.recover();
+            }
+        }
+    }
+
+    fn message(&mut self, id: u64, message: Message) {
+        if !self.hub.contains(id) {
+            return; // detached (closing after a plugin failure): its messages no longer count
+        }
+        let message = match message {
+            Message::Text(b) => wit::Message::Text(String::from_utf8_lossy(&b).into_owned()),
+            Message::Binary(b) => wit::Message::Binary(b.to_vec()),
+        };
+        let result = self.instance().and_then(|i| i.on_message(id, &message));
+        match result {
+            Ok(actions) => self.apply(Some(id), actions),
+            Err(e) => {
+                self.failed("on-message", &e);
+                self.detach(id);
+                self.recover();
+            }
+        }
+    }
+
+    fn closed(&mut self, id: u64, code: u16, reason: &str) {
+        self.hub.leave(id);
+        let result = self.instance().and_then(|i| i.on_close(id, code, reason));
+        match result {
+            Ok(actions) => self.apply(None, actions),
+            Err(e) => {
+                self.failed("on-close", &e);
+                self.recover();
+            }
+        }
+    }
+
+    /// Closes the connection whose event made the plugin fail, and forgets it.
+    fn detach(&self, id: u64) {
+        self.hub.close(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin error".into() });
+        self.hub.leave(id);
+    }
+
+    fn failed(&self, call: &str, error: &CallError) {
+        tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, call, "plugin {error}; rebuilding the instance");
+    }
+
+    /// Rebuilds the instance and re-attaches every live connection pinned to it.
+    fn recover(&mut self) {
+        self.instance = None;
+        let mut pending = self.hub.members_where(|id| self.owns(id)).into_iter();
+        loop {
+            if let Err(e) = self.instance() {
+                tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, "cannot rebuild the plugin instance: {e}");
+                let frame = CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin unavailable".into() };
+                self.hub.close_where(|id| self.owns(id), frame);
+                return;
+            }
+            let Some(info) = pending.next() else { return };
+            let conn = to_wit(&info, true);
+            let result = self.instance().and_then(|i| i.on_open(&conn));
+            match result {
+                Ok(Admission::Accept(acceptance)) => self.apply(Some(info.id), acceptance.actions),
+                Ok(Admission::Reject(_)) => {
+                    let frame =
+                        CloseFrame { code: CloseCode::POLICY_VIOLATION, reason: "not resumed by the plugin".into() };
+                    self.hub.close(info.id, frame);
+                    self.hub.leave(info.id);
+                }
+                Err(e) => {
+                    self.failed("on-open (resume)", &e);
+                    self.detach(info.id);
+                    self.instance = None; // poisoned: rebuild before the next one
+                }
+            }
+        }
+    }
+
+    /// The subprotocol to answer with: the plugin's (which must have been offered), else the
+    /// route's configured preference.
+    fn subprotocol(&self, chosen: Option<String>, offered: &[String]) -> Result<Option<String>, String> {
+        match chosen {
+            Some(p) if offered.contains(&p) && is_token(&p) => Ok(Some(p)),
+            Some(p) => Err(format!("accepted with subprotocol {p:?}, which the client did not offer")),
+            None => Ok(self.settings.subprotocols.iter().find(|p| offered.contains(p)).cloned()),
+        }
+    }
+
+    fn violation(&self, sender: Sender, what: &str) {
+        tracing::warn!(plugin = &*self.plugin.name, route = %self.settings.path, connection = ?sender, "plugin contract violation: {what}");
+        if let Some(id) = sender {
+            self.hub.close(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin error".into() });
+        }
+    }
+
+    /// Validates and carries out what one call returned.
+    fn apply(&self, sender: Sender, actions: Vec<Action>) {
+        let limits = &self.settings.sandbox;
+        if actions.len() > limits.max_actions {
+            return self
+                .violation(sender, &format!("returned {} actions (limit {})", actions.len(), limits.max_actions));
+        }
+        let bytes: usize = actions.iter().map(action_bytes).sum();
+        if bytes > limits.max_action_bytes {
+            return self
+                .violation(sender, &format!("returned {bytes} message bytes (limit {})", limits.max_action_bytes));
+        }
+        for action in actions {
+            match action {
+                Action::Reply(m) => self.send(sender, Target::Sender, m),
+                Action::Broadcast(m) => self.send(sender, Target::Everyone, m),
+                Action::Send(o) => self.send(sender, o.to, o.message),
+                Action::Subscribe(topic) => {
+                    let Some(id) = sender else { continue };
+                    if topic.len() > MAX_TOPIC {
+                        self.violation(sender, &format!("topic name of {} bytes (limit {MAX_TOPIC})", topic.len()));
+                        continue;
+                    }
+                    if let Err(e) = self.hub.subscribe(id, &topic, limits.max_topics_per_connection) {
+                        tracing::warn!(plugin = &*self.plugin.name, id, "subscribe {topic:?} refused: {e}");
+                    }
+                }
+                Action::Unsubscribe(topic) => {
+                    if let Some(id) = sender {
+                        self.hub.unsubscribe(id, &topic);
+                    }
+                }
+                Action::Close(frame) => {
+                    let Some(id) = sender else { continue };
+                    let code = CloseCode(frame.code);
+                    if !code.is_allowed_on_wire() {
+                        self.violation(sender, &format!("close with code {} (not allowed on the wire)", frame.code));
+                        continue;
+                    }
+                    let reason = crate::protocol::close::truncate_reason(&frame.reason).to_owned();
+                    self.hub.close(id, CloseFrame { code, reason });
+                }
+            }
+        }
+    }
+
+    fn send(&self, sender: Sender, to: Target, message: wit::Message) {
+        let (opcode, payload) = match message {
+            wit::Message::Text(s) => (OpCode::Text, Bytes::from(s.into_bytes())),
+            wit::Message::Binary(b) => (OpCode::Binary, Bytes::from(b)),
+        };
+        if payload.len() > self.settings.max_message_size {
+            let max = self.settings.max_message_size;
+            return self.violation(sender, &format!("message of {} bytes (limit {max})", payload.len()));
+        }
+        match to {
+            Target::Sender => {
+                if let Some(id) = sender {
+                    self.hub.send(id, OutFrame::Data(opcode, payload));
+                }
+            }
+            Target::Connection(id) => {
+                if !self.hub.send(id, OutFrame::Data(opcode, payload)) {
+                    // Not a violation of the sender's: the target may just have left.
+                    tracing::debug!(
+                        plugin = &*self.plugin.name,
+                        target = id,
+                        "send to a connection not on this route: dropped"
+                    );
+                }
+            }
+            Target::Everyone => self.hub.broadcast(&encode_frame(opcode, &payload), None),
+            Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), sender),
+            Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload)),
+        }
+    }
+}
+
+fn action_bytes(action: &Action) -> usize {
+    let size = |m: &wit::Message| match m {
+        wit::Message::Text(s) => s.len(),
+        wit::Message::Binary(b) => b.len(),
+    };
+    match action {
+        Action::Reply(m) | Action::Broadcast(m) => size(m),
+        Action::Send(o) => size(&o.message),
+        Action::Subscribe(t) | Action::Unsubscribe(t) => t.len(),
+        Action::Close(f) => f.reason.len(),
+    }
+}
+
+fn to_wit(info: &ConnInfo, resumed: bool) -> wit::Connection {
+    wit::Connection {
+        id: info.id,
+        path: info.target.clone(),
+        headers: info.headers.clone(),
+        remote_addr: info.remote_addr.clone(),
+        protocols: info.protocols.clone(),
+        resumed,
+    }
+}

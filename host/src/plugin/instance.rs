@@ -1,0 +1,93 @@
+//! One live plugin instance: a `Store` and the instantiated component, with every call bounded by
+//! the CPU deadline and the memory cap, and every failure classified for the log.
+//!
+//! A failed call poisons the store (wasmtime refuses to re-enter a component after a trap), so the
+//! owner replaces the instance with [`PluginInstance::new`] from the same compiled plugin.
+
+use std::fmt;
+
+use wasmtime::Store;
+
+use super::bindings::Plugin;
+use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, Message};
+use super::engine::{EPOCH_TICK, LoadedPlugin, PluginEngine};
+use super::sandbox::{PluginState, SandboxLimits};
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The call ran past its CPU deadline.
+    Deadline,
+    /// The guest wanted more memory than its cap.
+    OutOfMemory,
+    /// The guest trapped (a panic, `unreachable`, a bad memory access, ...).
+    Trap(String),
+    /// Anything else the runtime refused (e.g. too much data copied between host and guest).
+    Failed(String),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Deadline => f.write_str("exceeded its CPU deadline"),
+            Self::OutOfMemory => f.write_str("exceeded its memory cap"),
+            Self::Trap(t) => write!(f, "trapped: {t}"),
+            Self::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// An instantiated plugin and its store.
+pub struct PluginInstance {
+    store: Store<PluginState>,
+    bindings: Plugin,
+    deadline_ticks: u64,
+}
+
+impl PluginInstance {
+    /// Instantiates `plugin` in a fresh store with `limits`.
+    pub fn new(plugin: &LoadedPlugin, limits: &SandboxLimits) -> Result<Self, CallError> {
+        let engine = &PluginEngine::global().engine;
+        let mut store = Store::new(engine, PluginState::new(plugin.name.clone(), limits));
+        store.limiter(|s| &mut s.limiter);
+        let deadline_ticks = (limits.cpu_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(deadline_ticks);
+        let bindings = plugin.pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
+        Ok(Self { store, bindings, deadline_ticks })
+    }
+
+    fn arm(&mut self) {
+        // Reset before every call: a deadline set once would bound only the first one.
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().limiter.hit = false;
+    }
+
+    pub fn on_open(&mut self, conn: &Connection) -> Result<Admission, CallError> {
+        self.arm();
+        let r = self.bindings.wsplug_plugin_handler().call_on_open(&mut self.store, conn);
+        r.map_err(|e| classify(&self.store, e))
+    }
+
+    pub fn on_message(&mut self, id: u64, message: &Message) -> Result<Vec<Action>, CallError> {
+        self.arm();
+        let r = self.bindings.wsplug_plugin_handler().call_on_message(&mut self.store, id, message);
+        r.map_err(|e| classify(&self.store, e))
+    }
+
+    pub fn on_close(&mut self, id: u64, code: u16, reason: &str) -> Result<Vec<Action>, CallError> {
+        self.arm();
+        let r = self.bindings.wsplug_plugin_handler().call_on_close(&mut self.store, id, code, reason);
+        r.map_err(|e| classify(&self.store, e))
+    }
+}
+
+fn classify(store: &Store<PluginState>, error: wasmtime::Error) -> CallError {
+    if store.data().limiter.hit {
+        return CallError::OutOfMemory;
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => CallError::Deadline,
+        Some(trap) => CallError::Trap(trap.to_string()),
+        None => CallError::Failed(format!("{error:#}").lines().next().unwrap_or_default().to_owned()),
+    }
+}

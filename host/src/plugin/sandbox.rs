@@ -1,0 +1,206 @@
+//! What a plugin instance may do and use: its WASI context (no files, no sockets, no environment;
+//! clocks and random allowed; stdout and stderr into the host's log), its memory cap, and the
+//! per-call limits on CPU time and on what it may return.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::wsplug::plugin::{host, types};
+
+/// Per-route sandbox limits, `[routes.sandbox]` in the config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxLimits {
+    /// Linear memory an instance may grow to. A call that needs more traps (the connection is
+    /// closed with 1011 and the instance rebuilt). Default 64 MiB.
+    #[serde(deserialize_with = "crate::config::de_size")]
+    pub memory: usize,
+    /// Time budget of one call, enforced by epoch interruption (10 ms resolution). It bounds a
+    /// runaway loop, not normal work: copying a 16 MiB message in and out fits with room to spare.
+    /// Default 1 s.
+    #[serde(deserialize_with = "crate::config::de_duration")]
+    pub cpu_deadline: Duration,
+    /// Most actions one call may return; more closes the sender with 1011. Default 1024.
+    pub max_actions: usize,
+    /// Most message bytes one call may return, all actions together; more closes the sender with
+    /// 1011. Default 16 MiB.
+    #[serde(deserialize_with = "crate::config::de_size")]
+    pub max_action_bytes: usize,
+    /// Most topics one connection may be subscribed to. Default 256.
+    pub max_topics_per_connection: usize,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            memory: 64 << 20,
+            cpu_deadline: Duration::from_secs(1),
+            max_actions: 1024,
+            max_action_bytes: 16 << 20,
+            max_topics_per_connection: 256,
+        }
+    }
+}
+
+/// The data a plugin's `Store` holds.
+pub struct PluginState {
+    pub plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+}
+
+impl PluginState {
+    pub fn new(plugin: Arc<str>, limits: &SandboxLimits) -> Self {
+        // Nothing is granted beyond clocks and random: no preopened directories, no environment,
+        // no arguments, no network (TCP, UDP and name lookup are off by default; say so anyway).
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogSink::new(plugin.clone(), "stdout"))
+            .stderr(LogSink::new(plugin.clone(), "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self { plugin, wasi, table: ResourceTable::new(), limiter: MemoryLimiter::new(limits.memory) }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for PluginState {}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: host::Level, message: String) {
+        let message = truncate(&message, 4096);
+        let plugin = &*self.plugin;
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, "{message}"),
+            host::Level::Debug => tracing::debug!(plugin, "{message}"),
+            host::Level::Info => tracing::info!(plugin, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, "{message}"),
+            host::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Caps linear memory and remembers when it said no, so a trap can be reported as what it was.
+pub struct MemoryLimiter {
+    max: usize,
+    /// Set when a grow was refused during the current call.
+    pub hit: bool,
+}
+
+impl MemoryLimiter {
+    fn new(max: usize) -> Self {
+        Self { max, hit: false }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            if !self.hit {
+                tracing::warn!(current, desired, cap = self.max, "plugin hit its memory cap");
+            }
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A plugin's stdout or stderr: complete lines go to the log, tagged with the plugin's name.
+#[derive(Clone)]
+struct LogSink {
+    plugin: Arc<str>,
+    stream: &'static str,
+    pending: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Longest line kept; a longer one is logged in pieces.
+const MAX_LINE: usize = 4096;
+
+impl LogSink {
+    fn new(plugin: Arc<str>, stream: &'static str) -> Self {
+        Self { plugin, stream, pending: Arc::default() }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end();
+        if !text.is_empty() {
+            tracing::info!(plugin = &*self.plugin, stream = self.stream, "{text}");
+        }
+    }
+}
+
+impl IsTerminal for LogSink {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogSink {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        // Only WASI preview 3 guests use this; preview 2 guests get `p2_stream`.
+        Box::new(tokio::io::sink())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogSink {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for LogSink {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        let mut pending = self.pending.lock().expect("log sink lock");
+        pending.extend_from_slice(&bytes);
+        while let Some(i) = pending.iter().position(|&c| c == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            self.emit(&line);
+        }
+        if pending.len() > MAX_LINE {
+            let line: Vec<u8> = std::mem::take(&mut *pending);
+            self.emit(&line);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}

@@ -1,0 +1,214 @@
+//! The hub of one route: its live connections, their topics, and fan-out.
+//!
+//! Plugins address connections by id, "everyone", "everyone but the sender" or a topic; the hub
+//! turns that into pushes onto each target's bounded outbound queue. A broadcast or publish is
+//! encoded once and the same bytes are shared by every target. A target whose queue is full is a
+//! slow consumer: it is closed with 1013 (ahead of its queue) and logged, and the other targets are
+//! never blocked or slowed by it. Every push is non-blocking, so the hub is safe to use from a
+//! plugin's actor thread.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::connection::Control;
+use super::outbound::{OutFrame, Outbound, QueueError, close_frame};
+use crate::protocol::{CloseCode, CloseFrame};
+
+/// What the server knows of a connection when it opened (what a plugin's `on-open` sees).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub id: u64,
+    /// The request target, with the query.
+    pub target: String,
+    /// Header fields, names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub remote_addr: String,
+    /// Subprotocols the client offered.
+    pub protocols: Vec<String>,
+}
+
+/// A live connection as the hub holds it.
+struct Member {
+    info: Arc<ConnInfo>,
+    out: Outbound,
+    control: mpsc::Sender<Control>,
+    topics: HashSet<String>,
+    /// Being closed: nothing more is delivered.
+    closing: bool,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("connection {0} is not on this route")]
+    UnknownConnection(u64),
+    #[error("connection is at its limit of {0} topics")]
+    TooManyTopics(usize),
+}
+
+#[derive(Default)]
+struct Inner {
+    members: HashMap<u64, Member>,
+    topics: HashMap<String, HashSet<u64>>,
+}
+
+/// Connections and topics of one route.
+pub struct Hub {
+    route: Arc<str>,
+    inner: Mutex<Inner>,
+}
+
+impl Hub {
+    pub fn new(route: &str) -> Self {
+        Self { route: route.into(), inner: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+        // more than losing the route, so recover the guard rather than poisoning every connection.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an admitted connection.
+    pub fn join(&self, info: Arc<ConnInfo>, out: Outbound, control: mpsc::Sender<Control>) {
+        let id = info.id;
+        self.lock().members.insert(id, Member { info, out, control, topics: HashSet::new(), closing: false });
+    }
+
+    /// Removes a connection and its subscriptions; false if it was not registered.
+    pub fn leave(&self, id: u64) -> bool {
+        let mut inner = self.lock();
+        let Some(member) = inner.members.remove(&id) else { return false };
+        for topic in member.topics {
+            if let Some(subs) = inner.topics.get_mut(&topic) {
+                subs.remove(&id);
+                if subs.is_empty() {
+                    inner.topics.remove(&topic);
+                }
+            }
+        }
+        true
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock().members.contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The connections for which `pick(id)` holds (e.g. those pinned to one plugin instance).
+    pub fn members_where(&self, pick: impl Fn(u64) -> bool) -> Vec<Arc<ConnInfo>> {
+        let inner = self.lock();
+        let mut out: Vec<_> = inner.members.values().filter(|m| pick(m.info.id)).map(|m| m.info.clone()).collect();
+        out.sort_by_key(|i| i.id);
+        out
+    }
+
+    /// Queues a frame for one connection; false if the id is not on this route.
+    pub fn send(&self, id: u64, frame: OutFrame) -> bool {
+        let mut inner = self.lock();
+        match inner.members.get_mut(&id) {
+            Some(member) => {
+                deliver(&self.route, member, frame);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues an encoded frame for every connection but `except`.
+    pub fn broadcast(&self, encoded: &Bytes, except: Option<u64>) {
+        let mut inner = self.lock();
+        for member in inner.members.values_mut().filter(|m| Some(m.info.id) != except) {
+            deliver(&self.route, member, OutFrame::Encoded(encoded.clone()));
+        }
+    }
+
+    /// Queues an encoded frame for every subscriber of `topic`.
+    pub fn publish(&self, topic: &str, encoded: &Bytes) {
+        let mut inner = self.lock();
+        let Inner { members, topics } = &mut *inner;
+        let Some(subscribers) = topics.get(topic) else { return };
+        for id in subscribers {
+            if let Some(member) = members.get_mut(id) {
+                deliver(&self.route, member, OutFrame::Encoded(encoded.clone()));
+            }
+        }
+    }
+
+    pub fn subscribe(&self, id: u64, topic: &str, max_topics: usize) -> Result<(), SubscribeError> {
+        let mut inner = self.lock();
+        let member = inner.members.get_mut(&id).ok_or(SubscribeError::UnknownConnection(id))?;
+        if !member.topics.contains(topic) {
+            if member.topics.len() >= max_topics {
+                return Err(SubscribeError::TooManyTopics(max_topics));
+            }
+            member.topics.insert(topic.to_owned());
+            inner.topics.entry(topic.to_owned()).or_default().insert(id);
+        }
+        Ok(())
+    }
+
+    pub fn unsubscribe(&self, id: u64, topic: &str) {
+        let mut inner = self.lock();
+        if let Some(member) = inner.members.get_mut(&id)
+            && member.topics.remove(topic)
+            && let Some(subs) = inner.topics.get_mut(topic)
+        {
+            subs.remove(&id);
+            if subs.is_empty() {
+                inner.topics.remove(topic);
+            }
+        }
+    }
+
+    /// Closes a connection after what is already queued for it.
+    pub fn close(&self, id: u64, frame: CloseFrame) {
+        let mut inner = self.lock();
+        if let Some(member) = inner.members.get_mut(&id)
+            && !member.closing
+        {
+            member.closing = true;
+            if member.control.try_send(Control::Close(frame.clone())).is_err() {
+                // Its control queue is full of earlier requests: skip the line.
+                member.out.close_now(frame);
+            }
+        }
+    }
+
+    /// Closes every connection for which `pick(id)` holds.
+    pub fn close_where(&self, pick: impl Fn(u64) -> bool, frame: CloseFrame) {
+        let ids: Vec<u64> = self.lock().members.keys().copied().filter(|id| pick(*id)).collect();
+        for id in ids {
+            self.close(id, frame.clone());
+        }
+    }
+}
+
+/// Pushes a frame without blocking; a full queue marks a slow consumer, closed with 1013.
+fn deliver(route: &str, member: &mut Member, frame: OutFrame) {
+    if member.closing {
+        return;
+    }
+    match member.out.try_send(frame) {
+        Ok(()) => {}
+        Err(QueueError::Full) => {
+            tracing::warn!(route, id = member.info.id, "slow consumer: outbound queue full, closing with 1013");
+            member.closing = true;
+            let frame = close_frame(CloseCode::TRY_AGAIN_LATER, "slow consumer: outbound queue full");
+            if member.control.try_send(Control::CloseNow(frame.clone())).is_err() {
+                member.out.close_now(frame);
+            }
+        }
+        Err(QueueError::Closed) => member.closing = true,
+    }
+}

@@ -1,0 +1,397 @@
+//! The chat plugin: chat rooms over the `chat.v1` subprotocol.
+//!
+//! Connect to the plugin's route as `/chat?nick=ada&room=lobby` (both optional: the nick defaults
+//! to `guest-<connection id>`, the room to `lobby`). A client that offers `chat.v1` is answered
+//! with it; one that offers only other subprotocols is refused with 400; one that offers none is
+//! admitted without a subprotocol. A nick already in use (ignoring case) gets a suffix (`ada-2`).
+//!
+//! The client sends text lines: `/nick NEW` renames, `/join ROOM` moves to another room, `/who`
+//! lists the current room's members, and any other line is said to the room. The server answers
+//! with JSON text messages, one object each, told apart by `type`:
+//!
+//! | `type`    | fields                              | sent to                             |
+//! |-----------|-------------------------------------|-------------------------------------|
+//! | `welcome` | `nick`, `room`, `members` (+ `resumed`) | the connection that joined a room |
+//! | `join`    | `nick`, `room`                      | the room, but the one who joined    |
+//! | `leave`   | `nick`, `room`                      | the room, but the one who left      |
+//! | `message` | `nick`, `room`, `text`              | the room, the sender included       |
+//! | `nick`    | `old`, `new`, `room`                | the room, the renamed one included  |
+//! | `members` | `room`, `members`                   | the sender of `/who`                |
+//! | `error`   | `text`                              | the sender of what failed           |
+//!
+//! `members` lists are sorted nicks. Limits: a nick is 1 to 32 characters, a room name 1 to 64,
+//! neither with whitespace or control characters; a message is at most 4096 bytes. Binary
+//! messages are answered with an error (the connection stays open).
+//!
+//! Rooms are topics of the host: a member is subscribed to its room's topic, and messages to the
+//! room are sent to that topic.
+//!
+//! **Resumed connections.** When the host re-attaches open connections to a fresh instance
+//! (after a trap or a reload), this plugin has lost its state. Each resumed connection is
+//! registered again from its query string as if new (the nick gets a suffix if taken), and is
+//! subscribed to its room again. No `join` notice is sent to the room — the others never saw it
+//! leave — but the connection itself gets a `welcome` with `"resumed": true`, so a client learns
+//! its nick and room again (a `/nick` or `/join` made before the state was lost is forgotten).
+//! Its `members` list holds only those resumed so far: a client should merge it into the list it
+//! has rather than replace it, when the room did not change.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use wsplug_sdk::{Action, Admission, Connection, ConnectionId, Message, Plugin, log};
+
+/// The subprotocol this plugin speaks.
+const PROTOCOL: &str = "chat.v1";
+/// The room of a connection that names none.
+const DEFAULT_ROOM: &str = "lobby";
+/// The longest nick, in characters.
+const MAX_NICK: usize = 32;
+/// The longest room name, in characters.
+const MAX_ROOM: usize = 64;
+/// The longest chat message, in bytes.
+const MAX_TEXT: usize = 4096;
+
+/// One admitted connection.
+struct Member {
+    nick: String,
+    room: String,
+}
+
+/// Everything the plugin remembers about its route.
+#[derive(Default)]
+struct State {
+    /// Admitted connections.
+    members: BTreeMap<ConnectionId, Member>,
+    /// Nicks in use, lower-cased, with their owners: nicks are unique per route, ignoring case.
+    nicks: BTreeMap<String, ConnectionId>,
+    /// Each room's members' nicks (sorted). A room without members is removed.
+    rooms: BTreeMap<String, BTreeSet<String>>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+impl State {
+    /// Whether `nick` is in use by a connection other than `except`.
+    fn nick_taken(&self, nick: &str, except: Option<ConnectionId>) -> bool {
+        self.nicks.get(&nick.to_lowercase()).is_some_and(|owner| Some(*owner) != except)
+    }
+
+    /// `wanted`, or `wanted-N` with the smallest N >= 2 that is free (cut to fit [`MAX_NICK`]).
+    fn unique_nick(&self, wanted: &str) -> String {
+        if !self.nick_taken(wanted, None) {
+            return wanted.to_owned();
+        }
+        (2u64..)
+            .map(|n| {
+                let suffix = format!("-{n}");
+                let base: String = wanted.chars().take(MAX_NICK - suffix.len()).collect();
+                base + &suffix
+            })
+            .find(|nick| !self.nick_taken(nick, None))
+            .expect("some suffix is free")
+    }
+
+    fn add(&mut self, id: ConnectionId, nick: String, room: String) {
+        self.nicks.insert(nick.to_lowercase(), id);
+        self.rooms.entry(room.clone()).or_default().insert(nick.clone());
+        self.members.insert(id, Member { nick, room });
+    }
+
+    fn remove(&mut self, id: ConnectionId) -> Option<Member> {
+        let member = self.members.remove(&id)?;
+        self.nicks.remove(&member.nick.to_lowercase());
+        self.leave_room(&member.room, &member.nick);
+        Some(member)
+    }
+
+    fn leave_room(&mut self, room: &str, nick: &str) {
+        if let Some(nicks) = self.rooms.get_mut(room) {
+            nicks.remove(nick);
+            if nicks.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    fn members_of(&self, room: &str) -> Vec<&str> {
+        self.rooms.get(room).map(|nicks| nicks.iter().map(String::as_str).collect()).unwrap_or_default()
+    }
+
+    /// Registers connection `id` as `nick` (made unique) in `room`, and returns the actions that
+    /// announce it: a `join` to the room unless `resumed`, the subscription, and a `welcome`.
+    fn admit(&mut self, id: ConnectionId, nick: &str, room: &str, resumed: bool) -> Vec<Action> {
+        self.remove(id);
+        let nick = self.unique_nick(nick);
+        self.add(id, nick.clone(), room.to_owned());
+        let mut actions = Vec::with_capacity(3);
+        if !resumed {
+            actions.push(to_room(room, join_event("join", &nick, room)));
+        }
+        actions.push(Action::subscribe(room));
+        actions.push(Action::reply_text(self.welcome(&nick, room, resumed)));
+        actions
+    }
+
+    fn welcome(&self, nick: &str, room: &str, resumed: bool) -> String {
+        let mut json = JsonObject::new("welcome");
+        json.str("nick", nick);
+        json.str("room", room);
+        json.list("members", &self.members_of(room));
+        if resumed {
+            json.bool("resumed", true);
+        }
+        json.finish()
+    }
+
+    fn on_text(&mut self, id: ConnectionId, text: &str) -> Vec<Action> {
+        let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(text);
+        if let Some(command) = text.strip_prefix('/') {
+            let (name, arg) =
+                command.split_once(char::is_whitespace).map_or((command, ""), |(name, arg)| (name, arg.trim()));
+            match name {
+                "nick" => return self.rename(id, arg),
+                "join" => return self.join(id, arg),
+                "who" => return self.who(id),
+                _ => {}
+            }
+        }
+        self.say(id, text)
+    }
+
+    fn say(&self, id: ConnectionId, text: &str) -> Vec<Action> {
+        if text.len() > MAX_TEXT {
+            return vec![error(&format!("message too long: at most {MAX_TEXT} bytes"))];
+        }
+        if text.trim().is_empty() {
+            return Vec::new();
+        }
+        let member = &self.members[&id];
+        let mut json = JsonObject::new("message");
+        json.str("nick", &member.nick);
+        json.str("room", &member.room);
+        json.str("text", text);
+        vec![to_room(&member.room, json.finish())]
+    }
+
+    fn rename(&mut self, id: ConnectionId, new: &str) -> Vec<Action> {
+        if new.is_empty() {
+            return vec![error("usage: /nick NEW")];
+        }
+        if let Err(e) = check_name("nick", new, MAX_NICK) {
+            return vec![error(&e)];
+        }
+        let member = &self.members[&id];
+        if member.nick == new {
+            return vec![error(&format!("you are already {new}"))];
+        }
+        if self.nick_taken(new, Some(id)) {
+            return vec![error(&format!("nick {new} is taken"))];
+        }
+        let room = member.room.clone();
+        let old = self.remove(id).expect("member").nick;
+        self.add(id, new.to_owned(), room.clone());
+        log::info(&format!("{old} is now {new}"));
+        let mut json = JsonObject::new("nick");
+        json.str("old", &old);
+        json.str("new", new);
+        json.str("room", &room);
+        vec![to_room(&room, json.finish())]
+    }
+
+    fn join(&mut self, id: ConnectionId, room: &str) -> Vec<Action> {
+        if room.is_empty() {
+            return vec![error("usage: /join ROOM")];
+        }
+        if let Err(e) = check_name("room", room, MAX_ROOM) {
+            return vec![error(&e)];
+        }
+        let member = &self.members[&id];
+        if member.room == room {
+            return vec![error(&format!("you are already in {room}"))];
+        }
+        let nick = member.nick.clone();
+        let old = self.remove(id).expect("member").room;
+        self.add(id, nick.clone(), room.to_owned());
+        vec![
+            Action::unsubscribe(old.as_str()),
+            to_room(&old, join_event("leave", &nick, &old)),
+            to_room(room, join_event("join", &nick, room)),
+            Action::subscribe(room),
+            Action::reply_text(self.welcome(&nick, room, false)),
+        ]
+    }
+
+    fn who(&self, id: ConnectionId) -> Vec<Action> {
+        let room = &self.members[&id].room;
+        let mut json = JsonObject::new("members");
+        json.str("room", room);
+        json.list("members", &self.members_of(room));
+        vec![Action::reply_text(json.finish())]
+    }
+}
+
+/// Checks a nick or room name: 1 to `max` characters, no whitespace or control characters.
+fn check_name(what: &str, name: &str, max: usize) -> Result<(), String> {
+    let count = name.chars().count();
+    if count == 0 || count > max || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("a {what} must be 1 to {max} characters, without spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// A `join` or `leave` event.
+fn join_event(kind: &str, nick: &str, room: &str) -> String {
+    let mut json = JsonObject::new(kind);
+    json.str("nick", nick);
+    json.str("room", room);
+    json.finish()
+}
+
+/// Sends text to every member of `room`.
+fn to_room(room: &str, json: String) -> Action {
+    Action::publish_text(room, json)
+}
+
+/// An `error` event for the sender.
+fn error(text: &str) -> Action {
+    let mut json = JsonObject::new("error");
+    json.str("text", text);
+    Action::reply_text(json.finish())
+}
+
+/// A flat JSON object written field by field, starting with `"type"`.
+struct JsonObject(String);
+
+impl JsonObject {
+    fn new(kind: &str) -> Self {
+        let mut json = JsonObject(String::from("{"));
+        json.str("type", kind);
+        json
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        push_json_string(&mut self.0, key);
+        self.0.push(':');
+    }
+
+    fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        push_json_string(&mut self.0, value);
+    }
+
+    fn list(&mut self, key: &str, values: &[&str]) {
+        self.key(key);
+        self.0.push('[');
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            push_json_string(&mut self.0, value);
+        }
+        self.0.push(']');
+    }
+
+    fn bool(&mut self, key: &str, value: bool) {
+        self.key(key);
+        self.0.push_str(if value { "true" } else { "false" });
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// Appends `s` as a JSON string literal (RFC 8259): quotes, backslashes and control characters
+/// are escaped, and so are U+2028 and U+2029 for the sake of JavaScript parsers.
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if c < ' ' || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The plugin.
+struct Chat;
+
+impl Plugin for Chat {
+    fn on_open(conn: Connection) -> Admission {
+        let subprotocol = if conn.offers(PROTOCOL) {
+            Some(PROTOCOL.to_owned())
+        } else if conn.protocols.is_empty() || conn.resumed {
+            None
+        } else {
+            return Admission::reject(400, "this endpoint requires the chat.v1 subprotocol");
+        };
+        let default_nick = format!("guest-{}", conn.id);
+        let nick = conn.query_param("nick").filter(|n| !n.is_empty()).unwrap_or_else(|| default_nick.clone());
+        let room = conn.query_param("room").filter(|r| !r.is_empty()).unwrap_or_else(|| DEFAULT_ROOM.to_owned());
+        let checked = check_name("nick", &nick, MAX_NICK).and_then(|()| check_name("room", &room, MAX_ROOM));
+        let (nick, room) = match checked {
+            Ok(()) => (nick, room),
+            // A resumed connection cannot be refused any more: give it the defaults instead.
+            Err(_) if conn.resumed => (default_nick, DEFAULT_ROOM.to_owned()),
+            Err(e) => return Admission::reject(400, e),
+        };
+        let actions = STATE.with_borrow_mut(|state| {
+            let actions = state.admit(conn.id, &nick, &room, conn.resumed);
+            let nick = &state.members[&conn.id].nick;
+            let how = if conn.resumed { "is back in" } else { "joined" };
+            log::info(&format!("{nick} {how} {room}"));
+            actions
+        });
+        Admission::accept_with(subprotocol, actions)
+    }
+
+    fn on_message(conn: ConnectionId, msg: Message) -> Vec<Action> {
+        STATE.with_borrow_mut(|state| {
+            let mut actions = Vec::new();
+            if !state.members.contains_key(&conn) {
+                // Not seen opening (the host did not tell this instance): take it in with the
+                // defaults rather than fail.
+                log::warn(&format!("message from unknown connection {conn}"));
+                let nick = format!("guest-{conn}");
+                actions = state.admit(conn, &nick, DEFAULT_ROOM, true);
+            }
+            match msg {
+                Message::Text(text) => actions.extend(state.on_text(conn, &text)),
+                Message::Binary(_) => actions.push(error("binary messages are not supported")),
+            }
+            actions
+        })
+    }
+
+    fn on_close(conn: ConnectionId, _code: u16, _reason: String) -> Vec<Action> {
+        STATE.with_borrow_mut(|state| match state.remove(conn) {
+            Some(Member { nick, room }) => {
+                log::info(&format!("{nick} left {room}"));
+                vec![to_room(&room, join_event("leave", &nick, &room))]
+            }
+            None => Vec::new(),
+        })
+    }
+}
+
+wsplug_sdk::export_plugin!(Chat);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,325 @@
+//! A thin SDK for writing wsplug plugins in Rust.
+//!
+//! A wsplug plugin is a WebAssembly component (target `wasm32-wasip2`) that implements the
+//! `plugin` world of `wit/wsplug.wit`: the host calls it once per event (a connection asks to
+//! open, a message arrives, a connection has closed) and the plugin answers with a list of
+//! [`Action`]s. This crate runs `wit_bindgen::generate!` over that contract, re-exports the
+//! generated types and adds a few conveniences:
+//!
+//! * the [`Plugin`] trait (the contract's `handler` interface, with default `on_open` and
+//!   `on_close`) and the [`export_plugin!`] macro;
+//! * constructors such as [`Action::reply_text`], [`Admission::accept`] and
+//!   [`Admission::reject`];
+//! * [`query_param`] and [`Connection::query_param`] to read the request's query string;
+//! * the [`log`] module, over the host's `log` import.
+//!
+//! A complete plugin:
+//!
+//! ```no_run
+//! use wsplug_sdk::{Action, ConnectionId, Message, Plugin};
+//!
+//! struct Echo;
+//!
+//! impl Plugin for Echo {
+//!     fn on_message(_conn: ConnectionId, msg: Message) -> Vec<Action> {
+//!         vec![Action::Reply(msg)]
+//!     }
+//! }
+//!
+//! wsplug_sdk::export_plugin!(Echo);
+//! ```
+//!
+//! Build it as a `cdylib` crate with `cargo build --release --target wasm32-wasip2`: the
+//! `.wasm` file cargo writes is already a component.
+//!
+//! Calls into one plugin instance never overlap, so plain global state (`thread_local!` with a
+//! `RefCell`, or a `static` behind one) is safe and is the way to remember connections.
+
+#![warn(missing_docs)]
+
+// Lets the generated code refer to this crate as `wsplug_sdk::…` from inside it too, so the same
+// paths work here and in the plugin crates that expand `export_plugin!`.
+extern crate self as wsplug_sdk;
+
+#[doc(hidden)]
+pub use wit_bindgen;
+
+/// The raw bindings generated from `wit/wsplug.wit`. Use the re-exports at the crate root.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "wsplug_sdk::bindings",
+        runtime_path: "wsplug_sdk::wit_bindgen::rt",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+mod query;
+
+pub use bindings::exports::wsplug::plugin::handler::Guest;
+pub use bindings::wsplug::plugin::host::Level;
+pub use bindings::wsplug::plugin::types::{
+    Acceptance, Action, Admission, CloseFrame, Connection, ConnectionId, Message, Outgoing, Rejection, Target,
+};
+pub use query::{percent_decode, query_param, query_params};
+
+/// The events a plugin handles: implement this and pass the type to [`export_plugin!`].
+///
+/// These are the contract's `handler` functions. They are associated functions (no `self`): one
+/// instance serves every connection of its route, one call at a time, so a plugin keeps its
+/// state in globals. Only [`Plugin::on_message`] must be written; the others default to
+/// admitting every connection without a subprotocol and doing nothing on close.
+pub trait Plugin {
+    /// A client asks to open a WebSocket on the plugin's route, or an open connection is being
+    /// re-attached to a fresh instance (`conn.resumed`: the plugin's state was lost, and a
+    /// rejection now closes the connection with 1008).
+    ///
+    /// The default admits the connection without a subprotocol and without actions.
+    fn on_open(conn: Connection) -> Admission {
+        let _ = conn;
+        Admission::accept()
+    }
+
+    /// A complete message arrived from an admitted connection. The returned actions are carried
+    /// out in order before the connection's next event is handled.
+    fn on_message(conn: ConnectionId, msg: Message) -> Vec<Action>;
+
+    /// An admitted connection has closed (called exactly once per admitted connection). `code`
+    /// is 1005 when the close frame had no code and 1006 when there was no close handshake.
+    /// Actions addressed to the closed connection itself are ignored.
+    ///
+    /// The default does nothing.
+    fn on_close(conn: ConnectionId, code: u16, reason: String) -> Vec<Action> {
+        let _ = (conn, code, reason);
+        Vec::new()
+    }
+}
+
+impl<T: Plugin> Guest for T {
+    fn on_open(conn: Connection) -> Admission {
+        <T as Plugin>::on_open(conn)
+    }
+
+    fn on_message(conn: ConnectionId, msg: Message) -> Vec<Action> {
+        <T as Plugin>::on_message(conn, msg)
+    }
+
+    fn on_close(conn: ConnectionId, code: u16, reason: String) -> Vec<Action> {
+        <T as Plugin>::on_close(conn, code, reason)
+    }
+}
+
+/// Exports a type that implements [`Plugin`] as the component's `handler`.
+///
+/// Use it once, at the root of a `cdylib` crate: `wsplug_sdk::export_plugin!(MyPlugin);`.
+/// The argument is a plain type name (bring it into scope first).
+#[macro_export]
+macro_rules! export_plugin {
+    ($ty:ident) => {
+        $crate::bindings::__export_plugin_world!($ty with_types_in $crate::bindings);
+    };
+}
+
+/// The longest close reason the protocol allows, in bytes.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+impl Message {
+    /// A text message.
+    pub fn text(text: impl Into<String>) -> Self {
+        Message::Text(text.into())
+    }
+
+    /// A binary message.
+    pub fn binary(data: impl Into<Vec<u8>>) -> Self {
+        Message::Binary(data.into())
+    }
+
+    /// The text, if this is a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Message::Text(text) => Some(text),
+            Message::Binary(_) => None,
+        }
+    }
+
+    /// The payload's bytes, whatever the kind.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Message::Text(text) => text.as_bytes(),
+            Message::Binary(data) => data,
+        }
+    }
+}
+
+impl Action {
+    /// Sends a text message to the sender.
+    pub fn reply_text(text: impl Into<String>) -> Self {
+        Action::Reply(Message::text(text))
+    }
+
+    /// Sends a binary message to the sender.
+    pub fn reply_binary(data: impl Into<Vec<u8>>) -> Self {
+        Action::Reply(Message::binary(data))
+    }
+
+    /// Sends a text message to every connection on the route, the sender included.
+    pub fn broadcast_text(text: impl Into<String>) -> Self {
+        Action::Broadcast(Message::text(text))
+    }
+
+    /// Sends a message to a target.
+    pub fn send(to: Target, message: Message) -> Self {
+        Action::Send(Outgoing { to, message })
+    }
+
+    /// Sends a text message to a target.
+    pub fn send_text(to: Target, text: impl Into<String>) -> Self {
+        Action::send(to, Message::text(text))
+    }
+
+    /// Sends a text message to every connection subscribed to `topic`.
+    pub fn publish_text(topic: impl Into<String>, text: impl Into<String>) -> Self {
+        Action::send(Target::Topic(topic.into()), Message::text(text))
+    }
+
+    /// Subscribes the sender to a topic.
+    pub fn subscribe(topic: impl Into<String>) -> Self {
+        Action::Subscribe(topic.into())
+    }
+
+    /// Unsubscribes the sender from a topic.
+    pub fn unsubscribe(topic: impl Into<String>) -> Self {
+        Action::Unsubscribe(topic.into())
+    }
+
+    /// Closes the sender's connection. The reason is cut to [`MAX_CLOSE_REASON`] bytes (at a
+    /// character boundary); the code must be one an endpoint may send (1000, 1001, 1003,
+    /// 1007-1011, 3000-4999), which the host checks.
+    pub fn close(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > MAX_CLOSE_REASON {
+            let mut end = MAX_CLOSE_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Action::Close(CloseFrame { code, reason })
+    }
+}
+
+impl Admission {
+    /// Admits the connection without a subprotocol and without actions.
+    pub fn accept() -> Self {
+        Admission::accept_with(None, Vec::new())
+    }
+
+    /// Admits the connection, answering with `subprotocol` (which must be one the client
+    /// offered) and carrying out `actions` once it is open.
+    pub fn accept_with(subprotocol: Option<String>, actions: Vec<Action>) -> Self {
+        Admission::Accept(Acceptance { subprotocol, actions })
+    }
+
+    /// Refuses the connection with an HTTP status (400-599) and a text/plain body.
+    pub fn reject(status: u16, body: impl Into<String>) -> Self {
+        Admission::Reject(Rejection { status, body: body.into() })
+    }
+}
+
+impl Connection {
+    /// The first value of query parameter `name` in the request's path, decoded (see
+    /// [`query_param`]).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        query_param(&self.path, name)
+    }
+
+    /// The first value of header `name` (matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the client offered subprotocol `protocol`.
+    pub fn offers(&self, protocol: &str) -> bool {
+        self.protocols.iter().any(|p| p == protocol)
+    }
+}
+
+/// Writing to the server's log through the host's `log` import.
+///
+/// Each line is tagged with the plugin's name by the host. Use these instead of printing:
+/// what a plugin writes to stdout or stderr may go nowhere.
+pub mod log {
+    pub use crate::Level;
+
+    /// Writes `message` at `level`.
+    ///
+    /// Outside WebAssembly (a plugin's unit tests run natively) there is no host: the line goes
+    /// to stderr instead.
+    pub fn log(level: Level, message: &str) {
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::wsplug::plugin::host::log(level, message);
+        #[cfg(not(target_arch = "wasm32"))]
+        eprintln!("[{level:?}] {message}");
+    }
+
+    /// Writes `message` at trace level.
+    pub fn trace(message: &str) {
+        log(Level::Trace, message);
+    }
+
+    /// Writes `message` at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+
+    /// Writes `message` at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+
+    /// Writes `message` at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+
+    /// Writes `message` at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reason_is_cut_at_a_char_boundary() {
+        let long = "é".repeat(100); // 200 bytes
+        let Action::Close(frame) = Action::close(1000, long) else { panic!("not a close") };
+        assert_eq!(frame.code, 1000);
+        assert!(frame.reason.len() <= MAX_CLOSE_REASON);
+        assert_eq!(frame.reason.len(), 122);
+    }
+
+    #[test]
+    fn connection_helpers() {
+        let conn = Connection {
+            id: 7,
+            path: "/chat?nick=ada+l&room=r%C3%A9".into(),
+            headers: vec![("x-thing".into(), "1".into())],
+            remote_addr: "127.0.0.1:1".into(),
+            protocols: vec!["a".into(), "chat.v1".into()],
+            resumed: false,
+        };
+        assert_eq!(conn.query_param("nick").as_deref(), Some("ada l"));
+        assert_eq!(conn.query_param("room").as_deref(), Some("ré"));
+        assert_eq!(conn.header("X-Thing"), Some("1"));
+        assert!(conn.offers("chat.v1"));
+        assert!(!conn.offers("chat.v2"));
+    }
+}

@@ -1,0 +1,80 @@
+//! A hostile plugin, for testing how the host survives plugins that misbehave.
+//!
+//! It echoes every message (text as text, binary as binary) except these text messages:
+//!
+//! | message     | what the plugin does                                                     |
+//! |-------------|--------------------------------------------------------------------------|
+//! | `panic`     | panics (a trap)                                                          |
+//! | `loop`      | loops forever (the host must interrupt it: fuel or epoch deadline)      |
+//! | `alloc`     | allocates 1 MiB chunks and writes to them, without end (memory limit)   |
+//! | `flood`     | answers with 100 000 `reply` actions                                     |
+//! | `huge`      | answers with one 100 MiB binary `reply`                                  |
+//! | `foreign`   | `send`s to connection 0xFFFF_FFFF_FFFF (which does not exist), then replies `sent` |
+//! | `close-bad` | answers with a `close` action with code 1005 (not allowed on the wire)  |
+//!
+//! and a connection whose query has `trap-open` (`/hostile?trap-open=1`) makes `on-open` panic.
+//!
+//! (Wasmtime 48 refuses to lift the `huge` answer by default: the list is more than a store's
+//! default "hostcall fuel" allows to be copied out of the guest, so the call fails like a trap.)
+
+use std::hint::black_box;
+
+use wsplug_sdk::{Action, Admission, Connection, ConnectionId, Message, Plugin, Target};
+
+/// How many actions `flood` returns.
+const FLOOD: usize = 100_000;
+/// The size of the message `huge` returns.
+const HUGE: usize = 100 << 20;
+/// The chunk `alloc` allocates at a time.
+const CHUNK: usize = 1 << 20;
+/// A connection id no connection has.
+const FOREIGN: ConnectionId = 0xFFFF_FFFF_FFFF;
+
+/// The plugin.
+struct Hostile;
+
+impl Plugin for Hostile {
+    fn on_open(conn: Connection) -> Admission {
+        if conn.query_param("trap-open").is_some() {
+            panic!("hostile: trap-open");
+        }
+        Admission::accept()
+    }
+
+    fn on_message(_conn: ConnectionId, msg: Message) -> Vec<Action> {
+        match msg.as_text() {
+            Some("panic") => panic!("hostile: panic"),
+            Some("loop") => spin(),
+            Some("alloc") => hog(),
+            Some("flood") => (0..FLOOD).map(|_| Action::reply_text("flood")).collect(),
+            Some("huge") => vec![Action::reply_binary(vec![0x55; HUGE])],
+            Some("foreign") => {
+                vec![Action::send_text(Target::Connection(FOREIGN), "hello, nobody"), Action::reply_text("sent")]
+            }
+            Some("close-bad") => vec![Action::close(1005, "no status")],
+            _ => vec![Action::Reply(msg)],
+        }
+    }
+}
+
+/// Runs forever; `black_box` keeps the optimiser from proving the loop useless.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocates and dirties memory until allocation fails (which aborts: a trap).
+fn hog() -> ! {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        for byte in chunk.iter_mut().step_by(4096) {
+            *byte = 1;
+        }
+        chunks.push(black_box(chunk));
+    }
+}
+
+wsplug_sdk::export_plugin!(Hostile);
