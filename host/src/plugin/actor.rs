@@ -39,16 +39,10 @@ pub enum Command {
     /// A client asks to open; the actor answers on `reply` after queuing the 101 response and
     /// registering the connection (so the first actions follow the handshake on the wire).
     Open(OpenRequest),
-    Message {
-        id: u64,
-        message: Message,
-    },
+    /// A message; `permit` bounds the connection's events in flight and is released once handled.
+    Message { id: u64, message: Message, permit: tokio::sync::OwnedSemaphorePermit },
     /// An admitted connection ended (sent exactly once).
-    Closed {
-        id: u64,
-        code: u16,
-        reason: String,
-    },
+    Closed { id: u64, code: u16, reason: String },
     /// Answered once every event queued before it has been handled (a connection about to send
     /// its close frame lets the plugin's replies go first).
     Barrier(oneshot::Sender<()>),
@@ -143,7 +137,10 @@ impl Actor {
         while let Some(command) = rx.blocking_recv() {
             match command {
                 Command::Open(request) => self.open(request),
-                Command::Message { id, message } => self.message(id, message),
+                Command::Message { id, message, permit } => {
+                    self.message(id, message);
+                    drop(permit);
+                }
                 Command::Closed { id, code, reason } => self.closed(id, code, &reason),
                 Command::Barrier(done) => {
                     let _ = done.send(());
@@ -351,11 +348,11 @@ impl Actor {
         match to {
             Target::Sender => {
                 if let Some(id) = sender {
-                    self.hub.send(id, OutFrame::Data(opcode, payload));
+                    self.hub.send(id, OutFrame::Data(opcode, payload), sender);
                 }
             }
             Target::Connection(id) => {
-                if !self.hub.send(id, OutFrame::Data(opcode, payload)) {
+                if !self.hub.send(id, OutFrame::Data(opcode, payload), sender) {
                     // Not a violation of the sender's: the target may just have left.
                     tracing::debug!(
                         plugin = &*self.plugin.name,
@@ -364,9 +361,9 @@ impl Actor {
                     );
                 }
             }
-            Target::Everyone => self.hub.broadcast(&encode_frame(opcode, &payload), None),
-            Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), sender),
-            Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload)),
+            Target::Everyone => self.hub.broadcast(&encode_frame(opcode, &payload), None, sender),
+            Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), sender, sender),
+            Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload), sender),
         }
     }
 }

@@ -164,12 +164,26 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         control,
         shared: shared.clone(),
         route: route.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     };
-    let ending = session.run(writer).await;
+    let (ending, reader) = session.run(writer).await;
     tracing::debug!(%peer, id, code = ending.code, reason = %ending.reason, "connection closed");
     if let Handler::Plugin(plugin) = &route.handler {
         // Exactly once per admitted connection, whatever the way it ended.
         let _ = plugin.instance_for(id).send(Command::Closed { id, code: ending.code, reason: ending.reason }).await;
+    }
+    linger(reader, limits.close_timeout).await;
+}
+
+/// After our half-close, reads (and drops) until the peer closes too, so that closing the socket
+/// does not reset the connection under our last frames; bounded by `close_timeout`.
+async fn linger(mut reader: OwnedReadHalf, timeout: Duration) {
+    let until = Instant::now() + timeout;
+    let mut sink = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(until, reader.read(&mut sink)).await {
+        if n == 0 {
+            break;
+        }
     }
 }
 
@@ -226,7 +240,12 @@ struct Session {
     control: mpsc::Receiver<Control>,
     shared: Arc<Shared>,
     route: Arc<Route>,
+    /// Bounds this connection's events queued at or being handled by its plugin.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Events one connection may have in flight at its plugin.
+const MAX_IN_FLIGHT: usize = 8;
 
 /// What the read loop does next.
 enum Next {
@@ -236,7 +255,8 @@ enum Next {
 }
 
 impl Session {
-    async fn run(mut self, writer: WriterHandle) -> Ending {
+    /// Runs the session to its end; returns how it ended and the read half, still to be drained.
+    async fn run(mut self, writer: WriterHandle) -> (Ending, OwnedReadHalf) {
         let limits = self.shared.limits.clone();
         let mut shutdown = self.shared.shutdown.clone();
         let mut last_heard = Instant::now();
@@ -321,16 +341,9 @@ impl Session {
             }
         }
 
-        // Flush up to the close frame and half-close; then drain until the peer closes too.
+        // Flush up to the close frame and half-close.
         writer.finish(limits.write_timeout).await;
-        let linger_until = Instant::now() + limits.close_timeout;
-        let mut sink = [0u8; 4096];
-        while let Ok(Ok(n)) = tokio::time::timeout_at(linger_until, self.reader.read(&mut sink)).await {
-            if n == 0 {
-                break;
-            }
-        }
-        ending
+        (ending, self.reader)
     }
 
     /// Waits (bounded) until the plugin has handled every event this connection sent before, so
@@ -376,9 +389,15 @@ impl Session {
                     Handler::Echo => {
                         self.out.send(OutFrame::Data(message.opcode(), message.payload().clone())).await.is_ok()
                     }
-                    // Waits while the plugin's queue is full: a busy plugin slows its readers.
                     Handler::Plugin(plugin) => {
-                        plugin.instance_for(self.id).send(Command::Message { id: self.id, message }).await.is_ok()
+                        // Credit-based flow control: forward only when this connection's queue has
+                        // room for the replies and few of its events are in flight; and wait while
+                        // the plugin's own queue is full. A busy plugin or a client that does not
+                        // read its replies slows this reader, nothing else.
+                        let Ok(()) = self.out.room().await else { return Next::Finish };
+                        let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return Next::Finish };
+                        let command = Command::Message { id: self.id, message, permit };
+                        plugin.instance_for(self.id).send(command).await.is_ok()
                     }
                 };
                 if delivered { Next::Continue } else { Next::Finish }

@@ -113,12 +113,14 @@ impl Hub {
         out
     }
 
-    /// Queues a frame for one connection; false if the id is not on this route.
-    pub fn send(&self, id: u64, frame: OutFrame) -> bool {
+    /// Queues a frame for one connection; false if the id is not on this route. `sender` is the
+    /// connection whose event is being handled: its own replies are flow-controlled by its session
+    /// and never count as a slow consumer.
+    pub fn send(&self, id: u64, frame: OutFrame, sender: Option<u64>) -> bool {
         let mut inner = self.lock();
         match inner.members.get_mut(&id) {
             Some(member) => {
-                deliver(&self.route, member, frame);
+                deliver(&self.route, member, frame, sender);
                 true
             }
             None => false,
@@ -126,21 +128,21 @@ impl Hub {
     }
 
     /// Queues an encoded frame for every connection but `except`.
-    pub fn broadcast(&self, encoded: &Bytes, except: Option<u64>) {
+    pub fn broadcast(&self, encoded: &Bytes, except: Option<u64>, sender: Option<u64>) {
         let mut inner = self.lock();
         for member in inner.members.values_mut().filter(|m| Some(m.info.id) != except) {
-            deliver(&self.route, member, OutFrame::Encoded(encoded.clone()));
+            deliver(&self.route, member, OutFrame::Encoded(encoded.clone()), sender);
         }
     }
 
     /// Queues an encoded frame for every subscriber of `topic`.
-    pub fn publish(&self, topic: &str, encoded: &Bytes) {
+    pub fn publish(&self, topic: &str, encoded: &Bytes, sender: Option<u64>) {
         let mut inner = self.lock();
         let Inner { members, topics } = &mut *inner;
         let Some(subscribers) = topics.get(topic) else { return };
         for id in subscribers {
             if let Some(member) = members.get_mut(id) {
-                deliver(&self.route, member, OutFrame::Encoded(encoded.clone()));
+                deliver(&self.route, member, OutFrame::Encoded(encoded.clone()), sender);
             }
         }
     }
@@ -194,12 +196,14 @@ impl Hub {
     }
 }
 
-/// Pushes a frame without blocking; a full queue marks a slow consumer, closed with 1013.
-fn deliver(route: &str, member: &mut Member, frame: OutFrame) {
+/// Pushes a frame without blocking; a full queue marks a slow consumer, closed with 1013 — except
+/// for the sender's own replies, which its session flow-controls.
+fn deliver(route: &str, member: &mut Member, frame: OutFrame, sender: Option<u64>) {
     if member.closing {
         return;
     }
-    match member.out.try_send(frame) {
+    let pushed = if sender == Some(member.info.id) { member.out.push_reply(frame) } else { member.out.try_send(frame) };
+    match pushed {
         Ok(()) => {}
         Err(QueueError::Full) => {
             tracing::warn!(route, id = member.info.id, "slow consumer: outbound queue full, closing with 1013");

@@ -1,18 +1,28 @@
 //! A connection's outbound queue and the writer task that drains it onto the socket.
 //!
-//! The queue is bounded twice: in frames (`outbound_queue_frames`) and in payload bytes
-//! (`outbound_queue_bytes`, a semaphore whose permits are released once a frame is written), so a
-//! client that stops reading pins a bounded amount of memory. The writer coalesces whatever is
-//! queued into one buffer and one write, which is what keeps pipelined traffic cheap. Frames are
-//! never interleaved mid-frame; after a close frame nothing else is written.
+//! The queue is bounded in frames (`outbound_queue_frames`) and in payload bytes
+//! (`outbound_queue_bytes`), so a client that stops reading pins a bounded amount of memory. Three
+//! ways in, for three kinds of producer:
+//! - [`Outbound::send`] waits for room: the connection's own session (echo, pongs, close).
+//! - [`Outbound::try_send`] fails when full: fan-out from other connections (the hub then closes
+//!   the slow consumer), which must never block on one slow target.
+//! - [`Outbound::push_reply`] never fails for being full: a plugin's replies to the connection
+//!   whose event it is handling. Those are flow-controlled upstream instead: the session forwards
+//!   an event to the plugin only once this queue is below its bounds ([`Outbound::room`]), with a
+//!   small number of events in flight, so the overshoot is bounded by what those events return.
+//!
+//! The writer coalesces whatever is queued into one buffer and one write, which is what keeps
+//! pipelined traffic cheap. Frames are never interleaved mid-frame; after a close frame nothing
+//! else is written.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::protocol::close::close_payload;
 use crate::protocol::frame::{OpCode, encode_header};
@@ -29,7 +39,8 @@ const BATCH_BYTES: usize = 64 << 10;
 pub enum OutFrame {
     /// A frame to encode: opcode and payload.
     Data(OpCode, Bytes),
-    /// A frame already encoded (header and payload), shared by many receivers of one broadcast.
+    /// Bytes already encoded (a frame shared by many receivers of one broadcast, or the 101
+    /// response that precedes all frames).
     Encoded(Bytes),
     /// A close frame; the writer sends nothing after it.
     Close(Option<CloseFrame>),
@@ -44,11 +55,6 @@ impl OutFrame {
     }
 }
 
-struct Queued {
-    frame: OutFrame,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
 /// Why a frame could not be queued without waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueError {
@@ -58,12 +64,30 @@ pub enum QueueError {
     Closed,
 }
 
+/// What is queued, against the bounds.
+struct Level {
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+    max_frames: usize,
+    max_bytes: usize,
+    /// Signalled whenever the writer takes frames off the queue, or stops.
+    drained: Notify,
+}
+
+impl Level {
+    /// Room for one more frame of `len` bytes? A frame larger than the whole byte bound fits into
+    /// an empty queue, alone.
+    fn has_room(&self, len: usize) -> bool {
+        let bytes = self.bytes.load(Ordering::Acquire);
+        self.frames.load(Ordering::Acquire) < self.max_frames && (bytes == 0 || bytes + len <= self.max_bytes)
+    }
+}
+
 /// The sending side of a connection's outbound queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<Queued>,
-    budget: Arc<Semaphore>,
-    budget_total: usize,
+    tx: mpsc::UnboundedSender<OutFrame>,
+    level: Arc<Level>,
     urgent: Arc<Urgent>,
 }
 
@@ -75,38 +99,55 @@ struct Urgent {
 }
 
 impl Outbound {
-    fn permits_for(&self, frame: &OutFrame) -> u32 {
-        // A frame larger than the whole budget takes all of it: it passes, alone.
-        frame.payload_len().min(self.budget_total) as u32
+    fn push(&self, frame: OutFrame) -> Result<(), QueueError> {
+        self.level.frames.fetch_add(1, Ordering::AcqRel);
+        self.level.bytes.fetch_add(frame.payload_len(), Ordering::AcqRel);
+        self.tx.send(frame).map_err(|_| QueueError::Closed)
+    }
+
+    /// Waits until a frame of `len` bytes fits (or the writer has stopped).
+    async fn wait_for(&self, len: usize) -> Result<(), QueueError> {
+        loop {
+            let drained = self.level.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.tx.is_closed() {
+                return Err(QueueError::Closed);
+            }
+            if self.level.has_room(len) {
+                return Ok(());
+            }
+            drained.await;
+        }
     }
 
     /// Queues a frame, waiting while the queue is full (backpressure on the caller).
     pub async fn send(&self, frame: OutFrame) -> Result<(), QueueError> {
-        let n = self.permits_for(&frame);
-        let permit = if n > 0 {
-            Some(self.budget.clone().acquire_many_owned(n).await.map_err(|_| QueueError::Closed)?)
-        } else {
-            None
-        };
-        self.tx.send(Queued { frame, _permit: permit }).await.map_err(|_| QueueError::Closed)
+        self.wait_for(frame.payload_len()).await?;
+        self.push(frame)
+    }
+
+    /// Waits until the queue is below its bounds: the session calls this before handing the next
+    /// event to a plugin, so that the plugin's replies find room.
+    pub async fn room(&self) -> Result<(), QueueError> {
+        self.wait_for(0).await
     }
 
     /// Queues a frame if there is room now.
     pub fn try_send(&self, frame: OutFrame) -> Result<(), QueueError> {
-        let n = self.permits_for(&frame);
-        let permit = if n > 0 {
-            match self.budget.clone().try_acquire_many_owned(n) {
-                Ok(p) => Some(p),
-                Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueError::Full),
-                Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::Closed),
-            }
-        } else {
-            None
-        };
-        self.tx.try_send(Queued { frame, _permit: permit }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => QueueError::Full,
-            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-        })
+        if self.tx.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        if !self.level.has_room(frame.payload_len()) {
+            return Err(QueueError::Full);
+        }
+        self.push(frame)
+    }
+
+    /// Queues a reply to the connection's own event, past the bounds if need be (see the module
+    /// docs for why that stays bounded).
+    pub fn push_reply(&self, frame: OutFrame) -> Result<(), QueueError> {
+        self.push(frame)
     }
 
     /// Sends a close frame ahead of everything queued, which is dropped.
@@ -145,21 +186,27 @@ pub fn spawn_writer(
     bytes: usize,
     write_timeout: Duration,
 ) -> (Outbound, WriterHandle) {
-    let (tx, rx) = mpsc::channel(frames);
+    let (tx, rx) = mpsc::unbounded_channel();
     let (finish_tx, finish_rx) = oneshot::channel();
     let urgent = Arc::new(Urgent::default());
-    let budget = Arc::new(Semaphore::new(bytes));
-    let outbound = Outbound { tx, budget: budget.clone(), budget_total: bytes, urgent: urgent.clone() };
-    let writer = Writer { socket, rx, urgent, budget, write_timeout, buf: BytesMut::new(), closed: false };
+    let level = Arc::new(Level {
+        frames: AtomicUsize::new(0),
+        bytes: AtomicUsize::new(0),
+        max_frames: frames,
+        max_bytes: bytes,
+        drained: Notify::new(),
+    });
+    let outbound = Outbound { tx, level: level.clone(), urgent: urgent.clone() };
+    let writer = Writer { socket, rx, urgent, level, write_timeout, buf: BytesMut::new(), closed: false };
     let task = tokio::spawn(writer.run(finish_rx));
     (outbound, WriterHandle { finish: Some(finish_tx), task })
 }
 
 struct Writer {
     socket: OwnedWriteHalf,
-    rx: mpsc::Receiver<Queued>,
+    rx: mpsc::UnboundedReceiver<OutFrame>,
     urgent: Arc<Urgent>,
-    budget: Arc<Semaphore>,
+    level: Arc<Level>,
     write_timeout: Duration,
     buf: BytesMut,
     /// A close frame has been written: nothing more goes out.
@@ -182,22 +229,26 @@ impl Writer {
                     }
                     _ = &mut finish => {
                         // Drain what is already queued, then stop.
-                        while let Ok(q) = self.rx.try_recv() {
-                            self.push(q.frame);
+                        while let Ok(frame) = self.rx.try_recv() {
+                            self.taken(&frame);
+                            self.push(frame);
                             if self.buf.len() >= BATCH_BYTES { self.flush().await?; }
                         }
                         self.flush().await?;
                         return Ok(());
                     }
                     item = self.rx.recv() => {
-                        let Some(q) = item else { return Ok(()) };
-                        self.write_item(q).await?;
+                        let Some(frame) = item else { return Ok(()) };
+                        self.taken(&frame);
+                        self.write_item(frame).await?;
                         // Coalesce whatever else is already queued into the same write.
                         while self.buf.len() < BATCH_BYTES {
-                            let Ok(q) = self.rx.try_recv() else { break };
-                            self.write_item(q).await?;
+                            let Ok(frame) = self.rx.try_recv() else { break };
+                            self.taken(&frame);
+                            self.write_item(frame).await?;
                         }
                         self.flush().await?;
+                        self.level.drained.notify_waiters();
                     }
                 }
             }
@@ -206,14 +257,20 @@ impl Writer {
         if let Err(e) = result {
             tracing::debug!(error = %e, "writer stopped");
         }
-        // Refuse further frames and release any sender waiting for budget.
+        // Refuse further frames and wake any sender waiting for room.
         self.rx.close();
-        self.budget.close();
+        self.level.drained.notify_waiters();
         let _ = tokio::time::timeout(self.write_timeout, self.socket.shutdown()).await;
     }
 
-    async fn write_item(&mut self, q: Queued) -> std::io::Result<()> {
-        if let OutFrame::Data(op, payload) = &q.frame
+    /// Accounts for a frame taken off the queue.
+    fn taken(&self, frame: &OutFrame) {
+        self.level.frames.fetch_sub(1, Ordering::AcqRel);
+        self.level.bytes.fetch_sub(frame.payload_len(), Ordering::AcqRel);
+    }
+
+    async fn write_item(&mut self, frame: OutFrame) -> std::io::Result<()> {
+        if let OutFrame::Data(op, payload) = &frame
             && payload.len() > COPY_THRESHOLD
             && !self.closed
         {
@@ -221,7 +278,7 @@ impl Writer {
             self.flush().await?;
             return self.write(payload).await;
         }
-        self.push(q.frame);
+        self.push(frame);
         Ok(())
     }
 

@@ -1,0 +1,431 @@
+//! Plugin routes end to end: real compiled components (built by host/build.rs into
+//! target/plugins/) behind the real server, driven over loopback. Covers every action kind,
+//! admission (reject, subprotocols), on-close exactly once, per-connection ordering under
+//! concurrent load, topics, the example plugins, and hostile plugins that panic, loop, hog memory,
+//! flood, or break the contract — each of which must hurt only its own connection.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use wsplug_tests::{Client, TestServer, assert_echo, http_exchange, next_message, status_of, upgrade_request};
+
+const CONFIG: &str = r#"
+static_dir = "examples/static"
+
+[[routes]]
+path = "/probe"
+plugin = "target/plugins/probe.wasm"
+subprotocols = ["probe.v1"]
+
+[[routes]]
+path = "/probe2"
+plugin = "target/plugins/probe.wasm"
+instances = 2
+
+[[routes]]
+path = "/hostile"
+plugin = "target/plugins/hostile.wasm"
+[routes.sandbox]
+memory = "32MiB"
+cpu_deadline = "300ms"
+
+[[routes]]
+path = "/chat"
+plugin = "target/plugins/chat.wasm"
+
+[[routes]]
+path = "/guard"
+plugin = "target/plugins/guard.wasm"
+
+[[routes]]
+path = "/native"
+kind = "echo"
+"#;
+
+async fn server() -> TestServer {
+    TestServer::start(CONFIG).await
+}
+
+async fn say(ws: &mut Client, text: &str) {
+    tokio::time::timeout(Duration::from_secs(10), ws.send(Message::text(text))).await.expect("send timed out").unwrap();
+}
+
+async fn text(ws: &mut Client) -> String {
+    match next_message(ws).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+async fn id_of(ws: &mut Client) -> u64 {
+    say(ws, "id").await;
+    loop {
+        // Skip the probe's on-close notices about other connections.
+        let line = text(ws).await;
+        if !line.starts_with("closed ") {
+            return line.parse().unwrap();
+        }
+    }
+}
+
+/// `id_of` for a raw client.
+async fn raw_id_of(raw: &mut wsplug_tests::RawClient) -> u64 {
+    raw.send_frame(true, 0x1, b"id").await;
+    loop {
+        match raw.next().await {
+            wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m)) => {
+                let line = std::str::from_utf8(m.payload()).unwrap();
+                if !line.starts_with("closed ") {
+                    return line.parse().unwrap();
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Asserts that nothing arrived before a marker the client asks to have echoed.
+async fn assert_nothing_pending(ws: &mut Client) {
+    say(ws, "reply marker").await;
+    assert_eq!(text(ws).await, "marker");
+}
+
+async fn expect_close(ws: &mut Client) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no close within 10 s") {
+            Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("connection failed without a close frame: {e}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_action_kind_reaches_its_targets() {
+    let server = server().await;
+    let (mut a, mut b, mut c) =
+        (server.connect("/probe").await, server.connect("/probe").await, server.connect("/probe").await);
+    let b_id = id_of(&mut b).await;
+    let _ = id_of(&mut a).await;
+    let _ = id_of(&mut c).await;
+
+    say(&mut a, "reply r1").await;
+    assert_eq!(text(&mut a).await, "r1");
+    say(&mut a, "sender s1").await;
+    assert_eq!(text(&mut a).await, "s1");
+
+    for kind in ["broadcast", "everyone"] {
+        say(&mut a, &format!("{kind} all")).await;
+        for ws in [&mut a, &mut b, &mut c] {
+            assert_eq!(text(ws).await, "all", "{kind}");
+        }
+    }
+
+    say(&mut a, "others not-me").await;
+    assert_eq!(text(&mut b).await, "not-me");
+    assert_eq!(text(&mut c).await, "not-me");
+    assert_nothing_pending(&mut a).await;
+
+    say(&mut a, &format!("to {b_id} just-b")).await;
+    assert_eq!(text(&mut b).await, "just-b");
+    assert_nothing_pending(&mut a).await;
+    assert_nothing_pending(&mut c).await;
+
+    // Topics: only subscribers receive; unsubscribing stops delivery.
+    say(&mut b, "sub news").await;
+    assert_eq!(text(&mut b).await, "ok");
+    say(&mut c, "sub news").await;
+    assert_eq!(text(&mut c).await, "ok");
+    say(&mut a, "pub news extra").await;
+    assert_eq!(text(&mut b).await, "extra");
+    assert_eq!(text(&mut c).await, "extra");
+    assert_nothing_pending(&mut a).await;
+    say(&mut c, "unsub news").await;
+    assert_eq!(text(&mut c).await, "ok");
+    say(&mut a, "pub news late").await;
+    assert_eq!(text(&mut b).await, "late");
+    assert_nothing_pending(&mut c).await;
+
+    // Binary goes through as binary.
+    assert_echo(&mut a, Message::binary(vec![0u8, 1, 2, 255])).await;
+
+    // Close with the plugin's code and reason.
+    say(&mut a, "close 4001 bye now").await;
+    assert_eq!(expect_close(&mut a).await, (4001, "bye now".into()));
+}
+
+#[tokio::test]
+async fn first_actions_follow_the_handshake() {
+    let server = server().await;
+    let mut a = server.connect("/probe?greet=1").await;
+    // The welcome was queued by on-open: it is the first message, ahead of anything asked for.
+    let welcome = text(&mut a).await;
+    let id = id_of(&mut a).await;
+    assert_eq!(welcome, format!("welcome {id}"));
+}
+
+#[tokio::test]
+async fn reject_answers_with_the_plugins_status() {
+    let server = server().await;
+    match server.try_connect("/probe?reject=401").await {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401);
+            assert_eq!(resp.body().as_deref(), Some(&b"rejected by probe"[..]));
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    // A status outside 400-599 is a contract violation: 500.
+    assert_eq!(status_of(&http_exchange(server.addr, upgrade_request("/probe?reject=200").as_bytes()).await), 500);
+}
+
+async fn connect_offering(
+    server: &TestServer,
+    path: &str,
+    protocols: &str,
+) -> Result<(Client, Option<String>), tungstenite::Error> {
+    let mut request = server.url(path).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+    let (ws, resp) =
+        tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(request)).await.unwrap()?;
+    let chosen = resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().to_owned());
+    Ok((ws, chosen))
+}
+
+#[tokio::test]
+async fn subprotocol_is_the_plugins_choice_or_the_routes() {
+    let server = server().await;
+    let (_, chosen) = connect_offering(&server, "/probe?proto=b", "a, b").await.unwrap();
+    assert_eq!(chosen.as_deref(), Some("b"));
+    // The plugin picks none: the route's configured preference applies.
+    let (_, chosen) = connect_offering(&server, "/probe", "x, probe.v1").await.unwrap();
+    assert_eq!(chosen.as_deref(), Some("probe.v1"));
+    // A subprotocol the client did not offer is refused (the client would fail anyway).
+    let req = upgrade_request("/probe?proto=zzz").replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: a\r\n\r\n");
+    assert_eq!(status_of(&http_exchange(server.addr, req.as_bytes()).await), 500);
+    // The chat example speaks chat.v1, so browsers that offer it can connect.
+    let (_, chosen) = connect_offering(&server, "/chat?nick=ada", "chat.v1").await.unwrap();
+    assert_eq!(chosen.as_deref(), Some("chat.v1"));
+}
+
+#[tokio::test]
+async fn on_close_is_called_exactly_once_per_connection() {
+    let server = server().await;
+    let mut observer = server.connect("/probe").await;
+    let _ = id_of(&mut observer).await;
+
+    // Clean close (1000), plugin close (4002), protocol error (1002), abrupt TCP drop (1006).
+    let mut clean = server.connect("/probe").await;
+    let clean_id = id_of(&mut clean).await;
+    clean.close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() })).await.unwrap();
+    let mut closer = server.connect("/probe").await;
+    let closer_id = id_of(&mut closer).await;
+    say(&mut closer, "close 4002 done").await;
+    let mut bad = server.raw("/probe").await;
+    let bad_id = raw_id_of(&mut bad).await;
+    bad.send_raw(&[0x81, 0x01, b'x']).await; // unmasked
+    let mut dropped = server.raw("/probe").await;
+    let dropped_id = raw_id_of(&mut dropped).await;
+    drop(dropped);
+
+    let expected: HashMap<u64, u16> = [(clean_id, 1000), (closer_id, 4002), (bad_id, 1002), (dropped_id, 1006)].into();
+    let mut seen: HashMap<u64, u16> = HashMap::new();
+    while seen.len() < expected.len() {
+        let line = text(&mut observer).await;
+        let mut parts = line.split(' ');
+        assert_eq!(parts.next(), Some("closed"), "{line}");
+        let id: u64 = parts.next().unwrap().parse().unwrap();
+        let code: u16 = parts.next().unwrap().parse().unwrap();
+        assert!(seen.insert(id, code).is_none(), "on-close twice for {id}");
+    }
+    assert_eq!(seen, expected);
+    // And no second on-close for anyone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_nothing_pending(&mut observer).await;
+}
+
+#[tokio::test]
+async fn each_connections_messages_stay_in_order_under_concurrent_load() {
+    let server = server().await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let ws = server.connect("/probe2").await;
+        tasks.push(tokio::spawn(async move {
+            const N: usize = 400;
+            let (mut tx, mut rx) = ws.split();
+            let sender = tokio::spawn(async move {
+                for i in 0..N {
+                    tx.send(Message::text(format!("reply {i}"))).await.unwrap();
+                }
+                tx
+            });
+            let mut i = 0;
+            while i < N {
+                let msg = tokio::time::timeout(Duration::from_secs(20), rx.next()).await.unwrap().unwrap().unwrap();
+                // Skip the probe's on-close notices of connections that finished first.
+                if msg.to_text().is_ok_and(|t| t.starts_with("closed ")) {
+                    continue;
+                }
+                assert_eq!(msg, Message::text(i.to_string()));
+                i += 1;
+            }
+            drop(sender.await.unwrap());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn chat_broadcasts_to_the_room() {
+    let server = server().await;
+    let mut ada = server.connect("/chat?nick=ada&room=lobby").await;
+    assert!(text(&mut ada).await.contains(r#""type":"welcome""#));
+    let mut bob = server.connect("/chat?nick=bob&room=lobby").await;
+    assert!(text(&mut bob).await.contains(r#""type":"welcome""#));
+    assert!(text(&mut ada).await.contains(r#""type":"join""#));
+    let mut eve = server.connect("/chat?nick=eve&room=elsewhere").await;
+    assert!(text(&mut eve).await.contains(r#""type":"welcome""#));
+    say(&mut ada, "hello <b>room</b>").await;
+    for ws in [&mut ada, &mut bob] {
+        let line = text(ws).await;
+        assert!(line.contains(r#""type":"message""#) && line.contains(r#""nick":"ada""#), "{line}");
+        assert!(line.contains("hello <b>room</b>"), "{line}");
+    }
+    // Another room hears nothing: its next message is its own.
+    say(&mut eve, "only here").await;
+    assert!(text(&mut eve).await.contains("only here"));
+}
+
+#[tokio::test]
+async fn guard_checks_tokens_and_rate_limits() {
+    let server = server().await;
+    assert_eq!(status_of(&http_exchange(server.addr, upgrade_request("/guard").as_bytes()).await), 401);
+    assert_eq!(status_of(&http_exchange(server.addr, upgrade_request("/guard?token=nope").as_bytes()).await), 401);
+    let mut ws = server.connect("/guard?token=let-me-in").await;
+    assert_echo(&mut ws, Message::text("hi")).await;
+    for i in 0..40 {
+        if ws.send(Message::text(format!("spam {i}"))).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(expect_close(&mut ws).await.0, 1008);
+}
+
+#[tokio::test]
+async fn static_files_are_served_without_traversal() {
+    let server = server().await;
+    let resp = http_exchange(server.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert!(resp.contains("Content-Type: text/html; charset=utf-8\r\n"));
+    assert!(resp.contains("<html") || resp.contains("<!doctype html") || resp.contains("<!DOCTYPE html"));
+    for path in ["/../Cargo.toml", "/%2e%2e/Cargo.toml", "/..%2fCargo.toml", "/nope.html"] {
+        let resp = http_exchange(server.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
+        assert_eq!(status_of(&resp), 404, "{path}");
+    }
+}
+
+/// A hostile message closes its own connection with 1011; a neighbour on the same route keeps
+/// working within a bounded time, and other routes never notice.
+async fn survive(server: &TestServer, command: &str) {
+    let mut neighbour = server.connect("/hostile").await;
+    assert_echo(&mut neighbour, Message::text("before")).await;
+    let mut other_route = server.connect("/native").await;
+    let mut culprit = server.connect("/hostile").await;
+    say(&mut culprit, command).await;
+    let (code, _) = expect_close(&mut culprit).await;
+    assert_eq!(code, 1011, "{command}");
+    assert_echo(&mut neighbour, Message::text("after")).await;
+    assert_echo(&mut other_route, Message::text("untouched")).await;
+    let mut fresh = server.connect("/hostile").await;
+    assert_echo(&mut fresh, Message::text("new connections too")).await;
+}
+
+#[tokio::test]
+async fn hostile_panic() {
+    survive(&server().await, "panic").await;
+}
+
+#[tokio::test]
+async fn hostile_infinite_loop() {
+    survive(&server().await, "loop").await;
+}
+
+#[tokio::test]
+async fn hostile_memory_bomb() {
+    survive(&server().await, "alloc").await;
+}
+
+#[tokio::test]
+async fn hostile_100k_actions() {
+    survive(&server().await, "flood").await;
+}
+
+#[tokio::test]
+async fn hostile_100_mib_message() {
+    survive(&server().await, "huge").await;
+}
+
+#[tokio::test]
+async fn hostile_forbidden_close_code() {
+    survive(&server().await, "close-bad").await;
+}
+
+#[tokio::test]
+async fn hostile_foreign_connection_id_is_dropped_and_the_sender_served() {
+    let server = server().await;
+    let mut ws = server.connect("/hostile").await;
+    say(&mut ws, "foreign").await;
+    assert_eq!(text(&mut ws).await, "sent");
+    assert_echo(&mut ws, Message::text("fine")).await;
+}
+
+#[tokio::test]
+async fn hostile_trap_in_on_open_refuses_with_500_and_keeps_serving() {
+    let server = server().await;
+    let mut neighbour = server.connect("/hostile").await;
+    assert_eq!(status_of(&http_exchange(server.addr, upgrade_request("/hostile?trap-open=1").as_bytes()).await), 500);
+    assert_echo(&mut neighbour, Message::text("still here")).await;
+}
+
+#[tokio::test]
+async fn a_trap_re_attaches_the_other_connections() {
+    let server = server().await;
+    let mut watcher = server.connect("/probe").await;
+    let watcher_id = id_of(&mut watcher).await;
+    say(&mut watcher, "sub news").await;
+    assert_eq!(text(&mut watcher).await, "ok");
+    let mut culprit = server.connect("/probe").await;
+    let culprit_id = id_of(&mut culprit).await;
+    say(&mut culprit, "panic").await;
+    assert_eq!(expect_close(&mut culprit).await.0, 1011);
+    drop(culprit);
+    // The watcher stayed open and was re-attached to the new instance with on-open(resumed).
+    assert_eq!(text(&mut watcher).await, format!("resumed {watcher_id}"));
+    // The culprit's on-close still reaches the plugin, once.
+    assert_eq!(text(&mut watcher).await, format!("closed {culprit_id} 1011"));
+    assert_echo(&mut watcher, Message::text("served by the new instance")).await;
+}
+
+#[tokio::test]
+async fn bad_plugin_files_stop_start_up_with_the_file_and_reason() {
+    let cases = [("target/plugins/does-not-exist.wasm", "cannot read"), ("Cargo.toml", "not a WebAssembly file")];
+    for (file, reason) in cases {
+        let toml = format!("[[routes]]\npath = \"/x\"\nplugin = \"{file}\"\n");
+        let base = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut config = wsplug::config::Config::parse(&toml, "test", base).unwrap();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let err = match wsplug::server::Server::bind(&config).await {
+            Ok(_) => panic!("{file} was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(file) && err.contains(reason), "{err}");
+    }
+}
