@@ -16,6 +16,7 @@
     nick: params.get("nick") || localStorage.getItem("wsplug.nick") || "",
     room: params.get("room") || localStorage.getItem("wsplug.room") || "lobby",
     members: new Set(),
+    seen: [], // the last messages shown in this room, {nick, text}, to skip them in a history
     socket: null,
     wanted: false, // whether the user wants to be connected
     attempt: 0, // failed attempts since the last welcome
@@ -28,13 +29,19 @@
 
   const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 
-  function addLine(kind, text, who) {
+  // `earlier`: a line from the room's history, sent before we joined (its time is unknown).
+  function addLine(kind, text, who, earlier = false) {
     const li = document.createElement("li");
     li.className = kind;
     const time = document.createElement("time");
-    const now = new Date();
-    time.dateTime = now.toISOString();
-    time.textContent = clock.format(now);
+    if (earlier) {
+      time.textContent = "earlier";
+      time.title = "said before you joined";
+    } else {
+      const now = new Date();
+      time.dateTime = now.toISOString();
+      time.textContent = clock.format(now);
+    }
     li.append(time);
     if (who !== undefined) {
       const name = document.createElement("span");
@@ -85,6 +92,28 @@
 
   // ---- protocol -----------------------------------------------------------------------------
 
+  const HISTORY = 50; // the server keeps this many messages per room
+
+  function remember(line) {
+    state.seen.push(line);
+    if (state.seen.length > HISTORY) state.seen.shift();
+  }
+
+  // The part of a room's history not shown yet: after a reconnection to the same room, the
+  // history starts with messages already on screen; skip up to the last of them.
+  function unseen(history) {
+    const same = (a, b) => a.nick === b.nick && a.text === b.text;
+    const seen = state.seen;
+    for (let end = history.length; end > 0; end--) {
+      const n = Math.min(seen.length, end);
+      if (n === 0) break;
+      let match = true;
+      for (let i = 1; i <= n && match; i++) match = same(history[end - i], seen[seen.length - i]);
+      if (match) return history.slice(end);
+    }
+    return history;
+  }
+
   const handlers = {
     welcome(ev) {
       const sameRoom = ev.room === state.room;
@@ -97,6 +126,15 @@
       const again = state.attempt > 0;
       state.attempt = 0;
       setStatus("online", `online as ${ev.nick}`);
+      // The room's recent messages (never sent to a resumed connection: it saw them).
+      if (Array.isArray(ev.history)) {
+        if (!sameRoom) state.seen = [];
+        const lines = unseen(ev.history.filter((l) => l && typeof l.nick === "string" && typeof l.text === "string"));
+        for (const line of lines) {
+          addLine("message", line.text, line.nick, true);
+          remember({ nick: line.nick, text: line.text });
+        }
+      }
       if (!ev.resumed) {
         const others = ev.members.filter((m) => m !== ev.nick);
         addLine("event", `${again ? "Reconnected: you are in" : "You joined"} #${ev.room} as ${ev.nick}. ` +
@@ -117,6 +155,7 @@
     },
     message(ev) {
       addLine("message", ev.text, ev.nick);
+      if (ev.room === state.room) remember({ nick: ev.nick, text: ev.text });
     },
     nick(ev) {
       if (ev.old === state.nick) {

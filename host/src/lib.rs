@@ -10,6 +10,7 @@
 //! | [`server`] | the listener, connection tasks, outbound queues, the hub, shutdown, routes | Wasm |
 //! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and their actors | sockets, frames |
 //! | [`config`] | the TOML configuration, its defaults and checks | |
+//! | [`reload`] | watching plugin and config files, swapping changes in live | sockets, frames |
 //!
 //! `main.rs` is the command line around them.
 
@@ -18,4 +19,5 @@
 pub mod config;
 pub mod plugin;
 pub mod protocol;
+pub mod reload;
 pub mod server;

@@ -27,6 +27,9 @@ struct Cli {
     /// (e.g. /chat=chat.wasm) or PATH=echo for the native echo.
     #[arg(long = "route", value_name = "PATH=PLUGIN")]
     routes: Vec<String>,
+    /// Do not watch plugin and config files; reload only on SIGHUP.
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -76,7 +79,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let server = Server::bind(&config).await?;
+        let mut server = Server::bind(&config).await?;
+        if let Some(path) = &cli.config {
+            server = server.with_config_file(path);
+        }
+        if !cli.no_watch {
+            server.watch()?;
+        }
+        let reload = server.reload_handle();
+        tokio::spawn(async move {
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration and every plugin");
+                reload.reload_all();
+            }
+        });
         let handle = server.shutdown_handle();
         tokio::spawn(async move {
             wait_for_signal().await;

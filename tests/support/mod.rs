@@ -16,6 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wsplug::config::Config;
 use wsplug::protocol::frame::encode_client_frame;
 use wsplug::protocol::{Decoder, Event, Limits};
+use wsplug::reload::ReloadHandle;
 use wsplug::server::{Server, ShutdownHandle};
 
 /// The longest any single step of a test may take.
@@ -29,6 +30,8 @@ pub struct TestServer {
     pub shutdown: ShutdownHandle,
     /// The server's run loop; its error, if any, rendered as text.
     pub task: tokio::task::JoinHandle<Result<(), String>>,
+    /// Triggers a full reload (what SIGHUP does), for servers started from a file.
+    pub reload: Option<ReloadHandle>,
 }
 
 impl TestServer {
@@ -41,7 +44,23 @@ impl TestServer {
         let addr = server.local_addr().unwrap();
         let shutdown = server.shutdown_handle();
         let task = tokio::spawn(async move { server.run().await.map_err(|e| format!("{e:#}")) });
-        Self { addr, shutdown, task }
+        Self { addr, shutdown, task, reload: None }
+    }
+
+    /// Starts a server from a config file (its `listen` replaced by 127.0.0.1:0), optionally
+    /// watching its files for hot reload.
+    pub async fn from_file(path: &std::path::Path, watch: bool) -> Self {
+        let mut config = Config::from_file(path).expect("valid test config file");
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let mut server = Server::bind(&config).await.expect("bind").with_config_file(path);
+        if watch {
+            server.watch().expect("watch");
+        }
+        let addr = server.local_addr().unwrap();
+        let shutdown = server.shutdown_handle();
+        let reload = server.reload_handle();
+        let task = tokio::spawn(async move { server.run().await.map_err(|e| format!("{e:#}")) });
+        Self { addr, shutdown, task, reload: Some(reload) }
     }
 
     /// A server with one native echo route at /echo and the given extra TOML.
@@ -192,5 +211,60 @@ impl RawClient {
                 Seen::Eof => panic!("server closed TCP without a close frame"),
             }
         }
+    }
+}
+
+/// A component with an extra custom section appended: the same behaviour, another content hash
+/// (a "new version" for hot-reload tests).
+pub fn with_custom_section(component: &[u8], payload: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"wsplug-test";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload);
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    leb(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+/// The path of a built plugin component (target/plugins/NAME.wasm).
+pub fn plugin_path(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins").join(format!("{name}.wasm"))
+}
+
+/// A fresh temporary directory for one test (removed when dropped).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wsplug-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -46,6 +46,9 @@ pub enum Command {
     /// Answered once every event queued before it has been handled (a connection about to send
     /// its close frame lets the plugin's replies go first).
     Barrier(oneshot::Sender<()>),
+    /// Replace the running version with a checked new one (hot reload): events queued before
+    /// this command were handled by the old version, events after it go to the new one.
+    Swap { plugin: Box<LoadedPlugin>, settings: RouteSettings, done: oneshot::Sender<Result<(), String>> },
 }
 
 pub struct OpenRequest {
@@ -65,19 +68,23 @@ pub enum Admit {
 
 /// A route served by a plugin: its instances' queues and its hub.
 pub struct PluginRoute {
-    pub plugin: Arc<str>,
     pub hub: Arc<Hub>,
     instances: Vec<mpsc::Sender<Command>>,
+    /// The version and settings in service (after the last successful swap).
+    current: std::sync::Mutex<(LoadedPlugin, RouteSettings)>,
 }
 
 impl std::fmt::Debug for PluginRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRoute").field("plugin", &self.plugin).field("instances", &self.instances.len()).finish()
+        f.debug_struct("PluginRoute")
+            .field("plugin", &self.current().name)
+            .field("instances", &self.instances.len())
+            .finish()
     }
 }
 
 /// What an actor needs to know of its route.
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSettings {
     pub path: String,
     pub instances: usize,
@@ -86,6 +93,18 @@ pub struct RouteSettings {
     pub max_message_size: usize,
     /// Subprotocols named in the config, used when the plugin picks none.
     pub subprotocols: Vec<String>,
+}
+
+impl RouteSettings {
+    pub fn new(route: &crate::config::RouteConfig, limits: &crate::config::Limits) -> Self {
+        Self {
+            path: route.path.clone(),
+            instances: route.instances,
+            sandbox: route.sandbox.clone(),
+            max_message_size: limits.max_message_size,
+            subprotocols: route.subprotocols.clone(),
+        }
+    }
 }
 
 impl PluginRoute {
@@ -110,7 +129,46 @@ impl PluginRoute {
             std::thread::Builder::new().name(format!("plugin-{}-{index}", plugin.name)).spawn(move || actor.run(rx))?;
             instances.push(tx);
         }
-        Ok(Self { plugin: plugin.name.clone(), hub, instances })
+        Ok(Self { hub, instances, current: std::sync::Mutex::new((plugin, settings)) })
+    }
+
+    /// The version in service.
+    pub fn current(&self) -> LoadedPlugin {
+        self.current.lock().expect("current plugin lock").0.clone()
+    }
+
+    pub fn settings(&self) -> RouteSettings {
+        self.current.lock().expect("current plugin lock").1.clone()
+    }
+
+    pub fn instances(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// Swaps a checked new version (and optionally new settings) into every instance, in queue
+    /// order. Fails, leaving the old version serving, if an instance cannot instantiate or restore
+    /// the new one.
+    pub async fn swap(&self, plugin: LoadedPlugin, settings: Option<RouteSettings>) -> Result<(), String> {
+        let settings = settings.unwrap_or_else(|| self.settings());
+        let mut waits = Vec::new();
+        for tx in &self.instances {
+            let (done, wait) = oneshot::channel();
+            let command = Command::Swap { plugin: Box::new(plugin.clone()), settings: settings.clone(), done };
+            tx.send(command).await.map_err(|_| "the plugin instance has stopped".to_owned())?;
+            waits.push(wait);
+        }
+        let mut errors = Vec::new();
+        for (i, wait) in waits.into_iter().enumerate() {
+            match wait.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(format!("instance {i}: {e}")),
+                Err(_) => errors.push(format!("instance {i}: stopped")),
+            }
+        }
+        if errors.len() < self.instances.len() {
+            *self.current.lock().expect("current plugin lock") = (plugin, settings);
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }
 
     /// The queue of the instance a connection is pinned to.
@@ -144,6 +202,9 @@ impl Actor {
                 Command::Closed { id, code, reason } => self.closed(id, code, &reason),
                 Command::Barrier(done) => {
                     let _ = done.send(());
+                }
+                Command::Swap { plugin, settings, done } => {
+                    let _ = done.send(self.swap(*plugin, settings));
                 }
             }
         }
@@ -245,6 +306,12 @@ impl Actor {
     /// Rebuilds the instance and re-attaches every live connection pinned to it.
     fn recover(&mut self) {
         self.instance = None;
+        self.reattach();
+    }
+
+    /// Re-attaches every live connection pinned to this instance with `on-open` (`resumed: true`),
+    /// rebuilding the instance first if it has none (and again whenever a resume traps).
+    fn reattach(&mut self) {
         let mut pending = self.hub.members_where(|id| self.owns(id)).into_iter();
         loop {
             if let Err(e) = self.instance() {
@@ -271,6 +338,40 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Hot reload: builds the new version, hands the old version's state over, and re-attaches the
+    /// live connections. On any failure the old version stays in service, untouched.
+    fn swap(&mut self, plugin: LoadedPlugin, settings: RouteSettings) -> Result<(), String> {
+        let mut next = PluginInstance::new(&plugin, &settings.sandbox).map_err(|e| format!("instantiation {e}"))?;
+        if next.has_restore() {
+            let snapshot = match self.instance.as_mut() {
+                Some(old) if old.has_snapshot() => match old.snapshot() {
+                    Ok(bytes) => Some(bytes),
+                    Err(e) => {
+                        // The old version's state is lost, not the new version's chance.
+                        tracing::warn!(
+                            plugin = &*plugin.name,
+                            "snapshot of the running version {e}: the new version starts without its state"
+                        );
+                        None
+                    }
+                },
+                _ => None,
+            };
+            if let Some(bytes) = snapshot {
+                match next.restore(bytes) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(refusal)) => return Err(format!("restore refused the snapshot: {refusal}")),
+                    Err(e) => return Err(format!("restore {e}")),
+                }
+            }
+        }
+        self.plugin = plugin;
+        self.settings = settings;
+        self.instance = Some(next);
+        self.reattach();
+        Ok(())
     }
 
     /// The subprotocol to answer with: the plugin's (which must have been offered), else the

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{Plugin, PluginPre};
@@ -89,6 +89,12 @@ impl PluginEngine {
         let pre = PluginPre::new(pre)
             .map_err(|e| anyhow::anyhow!("{}: does not implement the world {WORLD}: {e:#}", what()))?;
         let imports = component.component_type().imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let state = component.get_export_index(None, STATE_INTERFACE).and_then(|iface| {
+            Some(StateExports {
+                snapshot: component.get_export_index(Some(&iface), "snapshot")?,
+                restore: component.get_export_index(Some(&iface), "restore")?,
+            })
+        });
         Ok(LoadedPlugin {
             name: name.into(),
             path: path.to_owned(),
@@ -97,6 +103,7 @@ impl PluginEngine {
             compile_time,
             imports,
             hash: content_hash(bytes),
+            state,
         })
     }
 }
@@ -114,6 +121,18 @@ pub struct LoadedPlugin {
     pub imports: Vec<String>,
     /// A hash of the file's bytes (to tell versions apart).
     pub hash: u64,
+    /// The optional state hand-over interface, when exported.
+    pub state: Option<StateExports>,
+}
+
+/// The optional `state` interface (hot reload hand-over).
+pub const STATE_INTERFACE: &str = "wsplug:plugin/state@0.1.0";
+
+/// Where the `state` functions are in a component.
+#[derive(Clone, Debug)]
+pub struct StateExports {
+    pub snapshot: ComponentExportIndex,
+    pub restore: ComponentExportIndex,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -131,7 +150,8 @@ pub fn plugin_name(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
-fn content_hash(bytes: &[u8]) -> u64 {
+/// A hash of a plugin file's bytes, to tell versions apart.
+pub fn content_hash(bytes: &[u8]) -> u64 {
     use std::hash::{DefaultHasher, Hasher};
     let mut h = DefaultHasher::new();
     h.write(bytes);
@@ -149,6 +169,10 @@ pub fn check_report(plugin: &LoadedPlugin) -> String {
     for import in &plugin.imports {
         out.push_str(&format!("    {import} — {}\n", import_policy(import)));
     }
+    out.push_str(match plugin.state {
+        Some(_) => "  state hand-over on reload: yes (exports wsplug:plugin/state)\n",
+        None => "  state hand-over on reload: no (state is lost when the plugin is reloaded)\n",
+    });
     out
 }
 
@@ -161,6 +185,7 @@ pub fn import_policy(import: &str) -> &'static str {
         i if i.starts_with("wasi:io/") => "provided",
         "wasi:cli/stdout" | "wasi:cli/stderr" => "provided: lines go to the server log",
         "wasi:cli/environment" => "provided, empty: no variables, no arguments",
+        "wasi:cli/exit" => "provided: exiting ends the call like a trap",
         i if i.starts_with("wasi:cli/") => "provided, inert (no stdin, no terminal)",
         i if i.starts_with("wasi:filesystem/") => "linked, denied: no directories are preopened",
         i if i.starts_with("wasi:sockets/") => "linked, denied: no network access",

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use wasmtime::Store;
+use wasmtime::component::TypedFunc;
 
 use super::bindings::Plugin;
 use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, Message};
@@ -37,11 +38,17 @@ impl fmt::Display for CallError {
     }
 }
 
+/// `state.restore`: snapshot in, the plugin's verdict out.
+type RestoreFunc = TypedFunc<(Vec<u8>,), (Result<(), String>,)>;
+
 /// An instantiated plugin and its store.
 pub struct PluginInstance {
     store: Store<PluginState>,
     bindings: Plugin,
     deadline_ticks: u64,
+    /// The optional `state` interface's functions, when the component exports them.
+    snapshot: Option<TypedFunc<(), (Vec<u8>,)>>,
+    restore: Option<RestoreFunc>,
 }
 
 impl PluginInstance {
@@ -52,8 +59,40 @@ impl PluginInstance {
         store.limiter(|s| &mut s.limiter);
         let deadline_ticks = (limits.cpu_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
         store.set_epoch_deadline(deadline_ticks);
-        let bindings = plugin.pre.instantiate(&mut store).map_err(|e| classify(&store, e))?;
-        Ok(Self { store, bindings, deadline_ticks })
+        let instance = plugin.pre.instance_pre().instantiate(&mut store).map_err(|e| classify(&store, e))?;
+        let bindings = Plugin::new(&mut store, &instance).map_err(|e| classify(&store, e))?;
+        let (snapshot, restore) = match &plugin.state {
+            Some(exports) => (
+                instance.get_typed_func(&mut store, exports.snapshot).ok(),
+                instance.get_typed_func(&mut store, exports.restore).ok(),
+            ),
+            None => (None, None),
+        };
+        Ok(Self { store, bindings, deadline_ticks, snapshot, restore })
+    }
+
+    pub fn has_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    pub fn has_restore(&self) -> bool {
+        self.restore.is_some()
+    }
+
+    /// The plugin's state, for its next version (`state.snapshot`).
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, CallError> {
+        let Some(f) = self.snapshot else { return Ok(Vec::new()) };
+        self.arm();
+        let r = f.call(&mut self.store, ());
+        r.map(|(bytes,)| bytes).map_err(|e| classify(&self.store, e))
+    }
+
+    /// Hands a snapshot to this (new) version (`state.restore`); `Ok(Err(_))` is the plugin's refusal.
+    pub fn restore(&mut self, snapshot: Vec<u8>) -> Result<Result<(), String>, CallError> {
+        let Some(f) = self.restore else { return Ok(Ok(())) };
+        self.arm();
+        let r = f.call(&mut self.store, (snapshot,));
+        r.map(|(result,)| result).map_err(|e| classify(&self.store, e))
     }
 
     fn arm(&mut self) {

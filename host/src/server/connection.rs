@@ -83,10 +83,11 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         };
     buf.advance(head_len);
 
-    let Some(route) = shared.routes.get(request.path()).cloned() else {
+    let live = shared.live();
+    let Some(route) = live.routes.get(request.path()).cloned() else {
         if request.method == "GET"
             && !handshake::wants_upgrade(&request)
-            && let Some(dir) = &shared.static_dir
+            && let Some(dir) = &live.static_dir
         {
             let resp = super::static_files::respond(dir, &request).await;
             return refuse(stream, &resp).await;
@@ -108,6 +109,13 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
 
     // Admission: the native route accepts at once; a plugin decides (and queues the 101 itself, so
     // that its first actions follow the handshake on the wire).
+    let info = Arc::new(ConnInfo {
+        id,
+        target: request.target.clone(),
+        headers: request.headers.clone(),
+        remote_addr: peer.to_string(),
+        protocols: upgrade.protocols.clone(),
+    });
     match &route.handler {
         Handler::Echo => {
             let subprotocol = route.choose_subprotocol(&upgrade.protocols);
@@ -115,15 +123,10 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             if out.send(OutFrame::Encoded(response.into())).await.is_err() {
                 return;
             }
+            // Registered only so that the route can be closed as a whole (reload, removal).
+            route.hub.join(info, out.clone(), control_tx.clone());
         }
         Handler::Plugin(plugin) => {
-            let info = Arc::new(ConnInfo {
-                id,
-                target: request.target.clone(),
-                headers: request.headers.clone(),
-                remote_addr: peer.to_string(),
-                protocols: upgrade.protocols.clone(),
-            });
             let (reply_tx, reply_rx) = oneshot::channel();
             let open = OpenRequest {
                 info,
@@ -168,9 +171,15 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     };
     let (ending, reader) = session.run(writer).await;
     tracing::debug!(%peer, id, code = ending.code, reason = %ending.reason, "connection closed");
-    if let Handler::Plugin(plugin) = &route.handler {
-        // Exactly once per admitted connection, whatever the way it ended.
-        let _ = plugin.instance_for(id).send(Command::Closed { id, code: ending.code, reason: ending.reason }).await;
+    match &route.handler {
+        Handler::Echo => {
+            route.hub.leave(id);
+        }
+        Handler::Plugin(plugin) => {
+            // Exactly once per admitted connection, whatever the way it ended.
+            let _ =
+                plugin.instance_for(id).send(Command::Closed { id, code: ending.code, reason: ending.reason }).await;
+        }
     }
     linger(reader, limits.close_timeout).await;
 }

@@ -61,6 +61,12 @@ pub struct Hub {
     inner: Mutex<Inner>,
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("route", &self.route).field("connections", &self.len()).finish()
+    }
+}
+
 impl Hub {
     pub fn new(route: &str) -> Self {
         Self { route: route.into(), inner: Mutex::default() }

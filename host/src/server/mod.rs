@@ -20,8 +20,8 @@ pub use routes::{Handler, Route, Routes};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use tokio::io::AsyncWriteExt;
@@ -30,18 +30,33 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::{Config, Limits};
 use crate::protocol::handshake::http_response;
+use crate::reload::{ReloadHandle, Reloader, Trigger};
+
+/// What hot reload can change, swapped as a whole.
+pub(crate) struct Live {
+    pub routes: Routes,
+    pub static_dir: Option<PathBuf>,
+}
 
 /// State every connection task shares.
 pub(crate) struct Shared {
     pub limits: Arc<Limits>,
-    pub routes: Routes,
-    pub static_dir: Option<PathBuf>,
+    live: RwLock<Arc<Live>>,
     /// Flips to true when the server shuts down; sessions then close with 1001.
     pub shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
 }
 
 impl Shared {
+    /// The current routes and static directory (a consistent snapshot; cheap to take).
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_live(&self, live: Live) {
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+    }
+
     /// A connection id, unique for the life of the process.
     pub fn next_connection_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -65,6 +80,10 @@ pub struct Server {
     shutdown_tx: Arc<watch::Sender<bool>>,
     /// Bounds live connections; a permit travels with each connection task.
     slots: Arc<Semaphore>,
+    /// Applies plugin and config changes while the server runs.
+    reloader: Reloader,
+    reload_tx: mpsc::UnboundedSender<Trigger>,
+    reload_rx: mpsc::UnboundedReceiver<Trigger>,
 }
 
 impl Server {
@@ -80,17 +99,37 @@ impl Server {
         let static_dir = config.static_dir.as_ref().map(|d| config.resolve(d));
         let shared = Arc::new(Shared {
             limits: Arc::new(config.limits.clone()),
-            routes,
-            static_dir,
+            live: RwLock::new(Arc::new(Live { routes, static_dir })),
             shutdown: shutdown_rx,
             next_id: AtomicU64::new(1),
         });
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let reloader = Reloader::new(shared.clone(), config.clone(), None, reload_tx.clone());
         Ok(Self {
             listener,
             slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             shared,
             shutdown_tx: Arc::new(shutdown_tx),
+            reloader,
+            reload_tx,
+            reload_rx,
         })
+    }
+
+    /// Names the config file the server was started from, so that reloads re-read it.
+    pub fn with_config_file(mut self, path: &std::path::Path) -> Self {
+        self.reloader.set_config_path(path);
+        self
+    }
+
+    /// Watches the config file and every plugin file for changes and applies them live.
+    pub fn watch(&mut self) -> anyhow::Result<()> {
+        self.reloader.watch()
+    }
+
+    /// A handle that triggers a full reload (what SIGHUP does).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.reload_tx.clone())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -104,11 +143,12 @@ impl Server {
     /// Accepts connections until shut down, then closes them gracefully (bounded by
     /// `limits.shutdown_timeout`).
     pub async fn run(self) -> anyhow::Result<()> {
-        let Self { listener, shared, shutdown_tx, slots } = self;
+        let Self { listener, shared, shutdown_tx, slots, reloader, reload_rx, .. } = self;
+        let reloading = tokio::spawn(reloader.run(reload_rx));
         let mut shutdown = shared.shutdown.clone();
         // Every connection task holds a clone; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        for path in shared.routes.paths() {
+        for path in shared.live().routes.paths() {
             tracing::info!(path, "route mounted");
         }
         tracing::info!(addr = %listener.local_addr()?, "listening");
@@ -139,6 +179,7 @@ impl Server {
             }
         }
         drop(listener);
+        reloading.abort();
         shutdown_tx.send_replace(true);
         drop(alive_tx);
         let open = shared.limits.max_connections - slots.available_permits();

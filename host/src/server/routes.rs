@@ -1,10 +1,15 @@
-//! The route table: which handler serves which path, and the subprotocols it speaks.
+//! The route table: which handler serves which path, the subprotocols it speaks, and the hub of
+//! its live connections. The table is immutable; hot reload builds a new one and swaps it in
+//! (`Shared::set_live`), while connections keep the `Arc<Route>` they were admitted on.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use super::hub::Hub;
 use crate::config::{Config, RouteKind};
 use crate::plugin::{PluginEngine, PluginRoute, RouteSettings};
+use crate::protocol::CloseFrame;
 
 /// What serves a route's messages.
 #[derive(Debug)]
@@ -13,7 +18,7 @@ pub enum Handler {
     /// performance baseline.
     Echo,
     /// A Wasm plugin.
-    Plugin(PluginRoute),
+    Plugin(Box<PluginRoute>),
 }
 
 /// One mounted route.
@@ -23,12 +28,44 @@ pub struct Route {
     pub handler: Handler,
     /// Subprotocols the route speaks, in preference order.
     pub subprotocols: Vec<String>,
+    /// The route's live connections (and, for plugins, their topics).
+    pub hub: Arc<Hub>,
+    /// The plugin file it serves (normalized), for hot reload.
+    plugin_file: Mutex<Option<PathBuf>>,
 }
 
 impl Route {
+    pub fn new(path: String, handler: Handler, subprotocols: Vec<String>, plugin_file: Option<PathBuf>) -> Self {
+        let hub = match &handler {
+            Handler::Plugin(p) => p.hub.clone(),
+            Handler::Echo => Arc::new(Hub::new(&path)),
+        };
+        Self { path, handler, subprotocols, hub, plugin_file: Mutex::new(plugin_file) }
+    }
+
     /// The subprotocol to answer with: the route's most preferred one that the client offered.
     pub fn choose_subprotocol(&self, offered: &[String]) -> Option<String> {
         self.subprotocols.iter().find(|p| offered.iter().any(|o| o == *p)).cloned()
+    }
+
+    pub fn plugin(&self) -> Option<&PluginRoute> {
+        match &self.handler {
+            Handler::Plugin(p) => Some(p),
+            Handler::Echo => None,
+        }
+    }
+
+    pub fn plugin_file(&self) -> Option<PathBuf> {
+        self.plugin_file.lock().expect("plugin file lock").clone()
+    }
+
+    pub(crate) fn set_plugin_file(&self, file: PathBuf) {
+        *self.plugin_file.lock().expect("plugin file lock") = Some(file);
+    }
+
+    /// Closes every connection on the route (after what is queued for each).
+    pub fn close_all(&self, frame: CloseFrame) {
+        self.hub.close_where(|_| true, frame);
     }
 }
 
@@ -42,39 +79,43 @@ impl Routes {
     /// Builds the table from a checked config, loading (compiling, checking, instantiating) every
     /// plugin. Blocking: call it off the async workers.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let mut by_path = HashMap::new();
+        let mut routes = Vec::new();
         for route in &config.routes {
             let r = route.get_ref();
-            let handler = match (&r.kind, &r.plugin) {
+            let file = r.plugin.as_ref().map(|f| crate::reload::normalize(&config.resolve(f)));
+            let handler = match (&r.kind, &file) {
                 (Some(RouteKind::Echo), _) => Handler::Echo,
                 (None, Some(file)) => {
-                    let plugin = PluginEngine::global().load(&config.resolve(file))?;
+                    let plugin = PluginEngine::global().load(file)?;
                     tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, "plugin loaded");
-                    let settings = RouteSettings {
-                        path: r.path.clone(),
-                        instances: r.instances,
-                        sandbox: r.sandbox.clone(),
-                        max_message_size: config.limits.max_message_size,
-                        subprotocols: r.subprotocols.clone(),
-                    };
-                    Handler::Plugin(PluginRoute::start(plugin, settings)?)
+                    Handler::Plugin(Box::new(PluginRoute::start(plugin, RouteSettings::new(r, &config.limits))?))
                 }
                 (None, None) => anyhow::bail!("route {} has no handler", r.path),
             };
-            by_path.insert(
-                r.path.clone(),
-                Arc::new(Route { path: r.path.clone(), handler, subprotocols: r.subprotocols.clone() }),
-            );
+            routes.push(Arc::new(Route::new(r.path.clone(), handler, r.subprotocols.clone(), file)));
         }
-        Ok(Self { by_path })
+        Ok(Self::from_routes(routes))
+    }
+
+    pub fn from_routes(routes: Vec<Arc<Route>>) -> Self {
+        Self { by_path: routes.into_iter().map(|r| (r.path.clone(), r)).collect() }
     }
 
     pub fn get(&self, path: &str) -> Option<&Arc<Route>> {
         self.by_path.get(path)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_path.values()
+    }
+
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.by_path.keys().map(String::as_str)
+    }
+
+    /// Whether any route serves this plugin file.
+    pub fn serves_file(&self, file: &Path) -> bool {
+        self.iter().any(|r| r.plugin_file().as_deref() == Some(file))
     }
 }
 
@@ -84,7 +125,7 @@ mod tests {
 
     #[test]
     fn route_preference_decides_the_subprotocol() {
-        let route = Route { path: "/x".into(), handler: Handler::Echo, subprotocols: vec!["b".into(), "a".into()] };
+        let route = Route::new("/x".into(), Handler::Echo, vec!["b".into(), "a".into()], None);
         assert_eq!(route.choose_subprotocol(&["a".into(), "b".into()]).as_deref(), Some("b"));
         assert_eq!(route.choose_subprotocol(&["a".into()]).as_deref(), Some("a"));
         assert_eq!(route.choose_subprotocol(&["c".into()]), None);

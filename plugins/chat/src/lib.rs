@@ -11,7 +11,7 @@
 //!
 //! | `type`    | fields                              | sent to                             |
 //! |-----------|-------------------------------------|-------------------------------------|
-//! | `welcome` | `nick`, `room`, `members` (+ `resumed`) | the connection that joined a room |
+//! | `welcome` | `nick`, `room`, `members`, `history` (or `resumed`) | the connection that joined a room |
 //! | `join`    | `nick`, `room`                      | the room, but the one who joined    |
 //! | `leave`   | `nick`, `room`                      | the room, but the one who left      |
 //! | `message` | `nick`, `room`, `text`              | the room, the sender included       |
@@ -26,19 +26,36 @@
 //! Rooms are topics of the host: a member is subscribed to its room's topic, and messages to the
 //! room are sent to that topic.
 //!
-//! **Resumed connections.** When the host re-attaches open connections to a fresh instance
-//! (after a trap or a reload), this plugin has lost its state. Each resumed connection is
-//! registered again from its query string as if new (the nick gets a suffix if taken), and is
-//! subscribed to its room again. No `join` notice is sent to the room — the others never saw it
-//! leave — but the connection itself gets a `welcome` with `"resumed": true`, so a client learns
-//! its nick and room again (a `/nick` or `/join` made before the state was lost is forgotten).
-//! Its `members` list holds only those resumed so far: a client should merge it into the list it
-//! has rather than replace it, when the room did not change.
+//! **History.** Each room keeps its last 50 messages (fewer when they are long: at most 64 KiB of
+//! nicks and text). A `welcome` for a connection that joins a room, on opening or with `/join`,
+//! carries them as `"history": [{"nick": "ada", "text": "hi"}, ...]`, oldest first (only the most
+//! recent ones if their JSON would exceed 64 KiB). A room's history outlives its members, but only
+//! the 32 most recently emptied rooms keep theirs.
+//!
+//! **Hand-over on reload.** When the server reloads this plugin, the old version's nicks, rooms
+//! and histories are handed to the new one (a JSON snapshot with a format `version`, described in
+//! `src/snapshot.rs`). Each connection is then re-attached (`resumed`): one the snapshot knows
+//! keeps its nick and room silently — it is subscribed to its room again and gets a `welcome` with
+//! `"resumed": true` and the room's current members, but no `history` (it saw those messages) —
+//! and no `join` is sent to the room.
+//!
+//! **Resumed connections without state.** When the host re-attaches open connections to a fresh
+//! instance that does not know them (after a trap, or a reload from a version without
+//! hand-over), this plugin has lost their state. Each such connection is registered again from
+//! its query string as if new (the nick gets a suffix if taken), and is subscribed to its room
+//! again. No `join` notice is sent to the room — the others never saw it leave — but the
+//! connection itself gets a `welcome` with `"resumed": true`, so a client learns its nick and
+//! room again (a `/nick` or `/join` made before the state was lost is forgotten). Its `members`
+//! list holds only those resumed so far: a client should merge it into the list it has rather
+//! than replace it, when the room did not change.
+
+mod snapshot;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
 use wsplug_sdk::{Action, Admission, Connection, ConnectionId, Message, Plugin, log};
 
 /// The subprotocol this plugin speaks.
@@ -51,11 +68,73 @@ const MAX_NICK: usize = 32;
 const MAX_ROOM: usize = 64;
 /// The longest chat message, in bytes.
 const MAX_TEXT: usize = 4096;
+/// The most messages a room's history keeps.
+const HISTORY_LINES: usize = 50;
+/// The most bytes of nicks and text a room's history keeps, and the most bytes of JSON a
+/// `welcome`'s `history` holds.
+const HISTORY_BYTES: usize = 64 * 1024;
+/// How many rooms without members keep their history (the most recently emptied ones).
+const IDLE_HISTORIES: usize = 32;
 
 /// One admitted connection.
 struct Member {
     nick: String,
     room: String,
+}
+
+/// A message said in a room, as its history keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Line {
+    nick: String,
+    text: String,
+}
+
+impl Line {
+    /// What the line counts for against [`HISTORY_BYTES`].
+    fn size(&self) -> usize {
+        self.nick.len() + self.text.len()
+    }
+}
+
+/// A room's recent messages, oldest first.
+#[derive(Default)]
+struct History {
+    lines: VecDeque<Line>,
+    /// The sum of the lines' [`Line::size`].
+    bytes: usize,
+}
+
+impl History {
+    /// Appends a line, dropping the oldest ones beyond [`HISTORY_LINES`] or [`HISTORY_BYTES`].
+    fn push(&mut self, line: Line) {
+        self.bytes += line.size();
+        self.lines.push_back(line);
+        while self.lines.len() > HISTORY_LINES || self.bytes > HISTORY_BYTES {
+            let Some(old) = self.lines.pop_front() else { break };
+            self.bytes -= old.size();
+        }
+    }
+
+    /// The `history` of a `welcome`: a JSON array of `{"nick", "text"}` objects, oldest first,
+    /// holding the most recent lines that fit in [`HISTORY_BYTES`].
+    fn to_json(&self) -> String {
+        let mut parts = Vec::new();
+        let mut size = 2;
+        for line in self.lines.iter().rev() {
+            let mut part = String::from("{\"nick\":");
+            push_json_string(&mut part, &line.nick);
+            part.push_str(",\"text\":");
+            push_json_string(&mut part, &line.text);
+            part.push('}');
+            size += part.len() + 1;
+            if size > HISTORY_BYTES {
+                break;
+            }
+            parts.push(part);
+        }
+        parts.reverse();
+        format!("[{}]", parts.join(","))
+    }
 }
 
 /// Everything the plugin remembers about its route.
@@ -67,6 +146,12 @@ struct State {
     nicks: BTreeMap<String, ConnectionId>,
     /// Each room's members' nicks (sorted). A room without members is removed.
     rooms: BTreeMap<String, BTreeSet<String>>,
+    /// Each room's recent messages. A room without members keeps its history while it is in
+    /// `idle`.
+    history: BTreeMap<String, History>,
+    /// The rooms with a history but without members, the longest empty first; at most
+    /// [`IDLE_HISTORIES`].
+    idle: VecDeque<String>,
 }
 
 thread_local! {
@@ -96,8 +181,16 @@ impl State {
 
     fn add(&mut self, id: ConnectionId, nick: String, room: String) {
         self.nicks.insert(nick.to_lowercase(), id);
-        self.rooms.entry(room.clone()).or_default().insert(nick.clone());
+        self.enter_room(&room, &nick);
         self.members.insert(id, Member { nick, room });
+    }
+
+    fn enter_room(&mut self, room: &str, nick: &str) {
+        let nicks = self.rooms.entry(room.to_owned()).or_default();
+        if nicks.is_empty() {
+            self.idle.retain(|idle| idle != room);
+        }
+        nicks.insert(nick.to_owned());
     }
 
     fn remove(&mut self, id: ConnectionId) -> Option<Member> {
@@ -112,6 +205,19 @@ impl State {
             nicks.remove(nick);
             if nicks.is_empty() {
                 self.rooms.remove(room);
+                if self.history.contains_key(room) {
+                    self.idle.push_back(room.to_owned());
+                    self.forget_idle();
+                }
+            }
+        }
+    }
+
+    /// Drops the histories of the longest empty rooms beyond [`IDLE_HISTORIES`].
+    fn forget_idle(&mut self) {
+        while self.idle.len() > IDLE_HISTORIES {
+            if let Some(room) = self.idle.pop_front() {
+                self.history.remove(&room);
             }
         }
     }
@@ -135,6 +241,16 @@ impl State {
         actions
     }
 
+    /// The actions that re-attach connection `id` as the member it already is (after a reload
+    /// handed its state over): the subscription to its room and a `welcome` with `resumed` and
+    /// the current members, but no `join` notice and no history. `None` if `id` is unknown.
+    fn resume(&self, id: ConnectionId) -> Option<Vec<Action>> {
+        let Member { nick, room } = self.members.get(&id)?;
+        Some(vec![Action::subscribe(room.as_str()), Action::reply_text(self.welcome(nick, room, true))])
+    }
+
+    /// A `welcome` to `room`: with its history for a joiner, with `"resumed": true` instead for
+    /// a resumed connection (which saw those messages already).
     fn welcome(&self, nick: &str, room: &str, resumed: bool) -> String {
         let mut json = JsonObject::new("welcome");
         json.str("nick", nick);
@@ -142,6 +258,8 @@ impl State {
         json.list("members", &self.members_of(room));
         if resumed {
             json.bool("resumed", true);
+        } else {
+            json.raw("history", &self.history.get(room).map_or_else(|| "[]".to_owned(), History::to_json));
         }
         json.finish()
     }
@@ -161,7 +279,7 @@ impl State {
         self.say(id, text)
     }
 
-    fn say(&self, id: ConnectionId, text: &str) -> Vec<Action> {
+    fn say(&mut self, id: ConnectionId, text: &str) -> Vec<Action> {
         if text.len() > MAX_TEXT {
             return vec![error(&format!("message too long: at most {MAX_TEXT} bytes"))];
         }
@@ -173,7 +291,10 @@ impl State {
         json.str("nick", &member.nick);
         json.str("room", &member.room);
         json.str("text", text);
-        vec![to_room(&member.room, json.finish())]
+        let line = Line { nick: member.nick.clone(), text: text.to_owned() };
+        let room = member.room.clone();
+        self.history.entry(room.clone()).or_default().push(line);
+        vec![to_room(&room, json.finish())]
     }
 
     fn rename(&mut self, id: ConnectionId, new: &str) -> Vec<Action> {
@@ -191,8 +312,15 @@ impl State {
             return vec![error(&format!("nick {new} is taken"))];
         }
         let room = member.room.clone();
-        let old = self.remove(id).expect("member").nick;
-        self.add(id, new.to_owned(), room.clone());
+        let old = member.nick.clone();
+        // Renamed in place: going through `remove` would empty the room for a moment.
+        self.nicks.remove(&old.to_lowercase());
+        self.nicks.insert(new.to_lowercase(), id);
+        if let Some(nicks) = self.rooms.get_mut(&room) {
+            nicks.remove(&old);
+            nicks.insert(new.to_owned());
+        }
+        self.members.get_mut(&id).expect("member").nick = new.to_owned();
         log::info(&format!("{old} is now {new}"));
         let mut json = JsonObject::new("nick");
         json.str("old", &old);
@@ -213,8 +341,12 @@ impl State {
             return vec![error(&format!("you are already in {room}"))];
         }
         let nick = member.nick.clone();
-        let old = self.remove(id).expect("member").room;
-        self.add(id, nick.clone(), room.to_owned());
+        let old = member.room.clone();
+        // Into the new room first: leaving the old one may forget the history of the longest
+        // empty room, and that must not be the new room's.
+        self.enter_room(room, &nick);
+        self.leave_room(&old, &nick);
+        self.members.get_mut(&id).expect("member").room = room.to_owned();
         vec![
             Action::unsubscribe(old.as_str()),
             to_room(&old, join_event("leave", &nick, &old)),
@@ -297,6 +429,12 @@ impl JsonObject {
         self.0.push(']');
     }
 
+    /// A field whose value is JSON already.
+    fn raw(&mut self, key: &str, json: &str) {
+        self.key(key);
+        self.0.push_str(json);
+    }
+
     fn bool(&mut self, key: &str, value: bool) {
         self.key(key);
         self.0.push_str(if value { "true" } else { "false" });
@@ -342,6 +480,17 @@ impl Plugin for Chat {
         } else {
             return Admission::reject(400, "this endpoint requires the chat.v1 subprotocol");
         };
+        if conn.resumed {
+            let resumed = STATE.with_borrow(|state| {
+                let actions = state.resume(conn.id)?;
+                let Member { nick, room } = &state.members[&conn.id];
+                log::info(&format!("{nick} is still in {room}"));
+                Some(actions)
+            });
+            if let Some(actions) = resumed {
+                return Admission::accept_with(subprotocol, actions);
+            }
+        }
         let default_nick = format!("guest-{}", conn.id);
         let nick = conn.query_param("nick").filter(|n| !n.is_empty()).unwrap_or_else(|| default_nick.clone());
         let room = conn.query_param("room").filter(|r| !r.is_empty()).unwrap_or_else(|| DEFAULT_ROOM.to_owned());
@@ -388,6 +537,32 @@ impl Plugin for Chat {
             }
             None => Vec::new(),
         })
+    }
+
+    fn snapshot() -> Vec<u8> {
+        STATE.with_borrow(|state| {
+            let bytes = snapshot::encode(state);
+            log::info(&format!(
+                "snapshot: {} connections, {} rooms, {} histories ({} bytes)",
+                state.members.len(),
+                state.rooms.len(),
+                state.history.len(),
+                bytes.len()
+            ));
+            bytes
+        })
+    }
+
+    fn restore(snapshot: Vec<u8>) -> Result<(), String> {
+        let restored = snapshot::decode(&snapshot)?;
+        log::info(&format!(
+            "restored: {} connections, {} rooms, {} histories",
+            restored.members.len(),
+            restored.rooms.len(),
+            restored.history.len()
+        ));
+        STATE.with_borrow_mut(|state| *state = restored);
+        Ok(())
     }
 }
 

@@ -83,12 +83,18 @@ fn join_talk_rename_move_leave() {
         [
             pair("topic:lobby", json!({"type": "join", "nick": "ada", "room": "lobby"})),
             pair("subscribe", json!("lobby")),
-            pair("reply", json!({"type": "welcome", "nick": "ada", "room": "lobby", "members": ["ada"]})),
+            pair(
+                "reply",
+                json!({"type": "welcome", "nick": "ada", "room": "lobby", "members": ["ada"], "history": []})
+            ),
         ]
     );
     assert_eq!(
         open(2, "/chat?nick=bob&room=lobby")[2],
-        pair("reply", json!({"type": "welcome", "nick": "bob", "room": "lobby", "members": ["ada", "bob"]}))
+        pair(
+            "reply",
+            json!({"type": "welcome", "nick": "bob", "room": "lobby", "members": ["ada", "bob"], "history": []})
+        )
     );
     assert_eq!(
         say(1, "hi \"there\"\n"),
@@ -110,7 +116,7 @@ fn join_talk_rename_move_leave() {
             pair("topic:lobby", json!({"type": "leave", "nick": "ada", "room": "lobby"})),
             pair("topic:rust", json!({"type": "join", "nick": "ada", "room": "rust"})),
             pair("subscribe", json!("rust")),
-            pair("reply", json!({"type": "welcome", "nick": "ada", "room": "rust", "members": ["ada"]})),
+            pair("reply", json!({"type": "welcome", "nick": "ada", "room": "rust", "members": ["ada"], "history": []})),
         ]
     );
     assert_eq!(
@@ -215,4 +221,254 @@ fn json_escaping() {
     push_json_string(&mut out, nasty);
     assert_eq!(serde_json::from_str::<String>(&out).unwrap(), nasty);
     assert!(!out.contains('\n') && !out.contains('\0') && !out.contains('\u{2028}'));
+}
+
+/// The `history` of a connection's `welcome` (the last of its open actions).
+fn history_of(actions: &[(String, Value)]) -> Value {
+    let (to, welcome) = actions.last().expect("actions");
+    assert_eq!((to.as_str(), &welcome["type"]), ("reply", &json!("welcome")));
+    welcome["history"].clone()
+}
+
+fn resume(id: ConnectionId, path: &str) -> Vec<(String, Value)> {
+    match Chat::on_open(conn(id, path, &["chat.v1"], true)) {
+        Admission::Accept(acceptance) => shown(acceptance.actions),
+        Admission::Reject(r) => panic!("rejected: {r:?}"),
+    }
+}
+
+#[test]
+fn joiners_get_the_last_50_messages() {
+    open(1, "/chat?nick=ada");
+    for i in 0..55 {
+        say(1, &format!("line {i}"));
+    }
+    say(1, "<b>\"quoted\"</b>\n");
+    let history = history_of(&open(2, "/chat?nick=bob"));
+    let history = history.as_array().expect("an array");
+    assert_eq!(history.len(), 50);
+    assert_eq!(history[0], json!({"nick": "ada", "text": "line 6"}));
+    assert_eq!(history[48], json!({"nick": "ada", "text": "line 54"}));
+    assert_eq!(history[49], json!({"nick": "ada", "text": "<b>\"quoted\"</b>"}));
+    // A history per room: /join sends the new room's.
+    assert_eq!(history_of(&say(2, "/join rust")), json!([]));
+    say(2, "in rust");
+    assert_eq!(history_of(&say(1, "/join rust")), json!([{"nick": "bob", "text": "in rust"}]));
+    // Renaming keeps what was said under the old nick.
+    say(1, "/nick ada2");
+    say(1, "renamed");
+    assert_eq!(history_of(&say(2, "/join lobby")).as_array().unwrap().len(), 50);
+    assert_eq!(
+        history_of(&say(2, "/join rust")),
+        json!([{"nick": "bob", "text": "in rust"}, {"nick": "ada2", "text": "renamed"}])
+    );
+    // Commands and blank lines are not history.
+    say(2, "   ");
+    say(2, "/who");
+    assert_eq!(history_of(&open(3, "/chat?room=rust")).as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn long_histories_are_capped_in_bytes() {
+    open(1, "/chat?nick=ada");
+    for i in 0..50 {
+        say(1, &format!("{i:02}{}", "\u{1}".repeat(4094)));
+    }
+    STATE.with_borrow(|state| {
+        let history = &state.history["lobby"];
+        assert!(history.bytes <= HISTORY_BYTES && history.lines.len() < 50, "{}", history.bytes);
+    });
+    let Admission::Accept(acceptance) = Chat::on_open(conn(2, "/chat", &[], false)) else { panic!("rejected") };
+    let Some(Action::Reply(Message::Text(welcome))) = acceptance.actions.last() else { panic!("no welcome") };
+    // Each "\u0001" is 6 bytes of JSON: only the last few lines fit.
+    assert!(welcome.len() < HISTORY_BYTES + 200, "{}", welcome.len());
+    let history = parse(welcome)["history"].as_array().unwrap().clone();
+    assert!(!history.is_empty());
+    assert!(history.last().unwrap()["text"].as_str().unwrap().starts_with("49"));
+}
+
+#[test]
+fn empty_rooms_keep_their_history_for_a_while() {
+    open(1, "/chat?nick=ada&room=r0");
+    say(1, "hello r0");
+    Chat::on_close(1, 1000, String::new());
+    assert_eq!(history_of(&open(2, "/chat?room=r0")), json!([{"nick": "ada", "text": "hello r0"}]));
+    // Emptied again, then 32 other rooms are emptied after it: it is forgotten.
+    Chat::on_close(2, 1000, String::new());
+    for i in 1..=IDLE_HISTORIES as u64 {
+        open(10 + i, &format!("/chat?room=r{i}"));
+        say(10 + i, "hi");
+        Chat::on_close(10 + i, 1000, String::new());
+    }
+    assert_eq!(history_of(&open(3, "/chat?room=r0")), json!([]));
+    // Moving from a room that empties to the longest empty one, with as many empty rooms as are
+    // kept: the new room is no longer empty, so the old one takes its place and nothing is lost.
+    say(3, "hello again");
+    assert_eq!(history_of(&say(3, "/join r1")), json!([{"nick": "guest-11", "text": "hi"}]));
+    STATE.with_borrow(|state| {
+        assert_eq!(state.idle.len(), IDLE_HISTORIES);
+        assert_eq!(state.idle.front().map(String::as_str), Some("r2"));
+        assert_eq!(state.idle.back().map(String::as_str), Some("r0"));
+        assert_eq!(state.history.len(), IDLE_HISTORIES + 1);
+    });
+}
+
+/// Ada and Bob in the lobby, Cy renamed and moved to rust, with a history in both rooms.
+fn populate() {
+    open(1, "/chat?nick=ada");
+    open(2, "/chat?nick=bob");
+    open(3, "/chat?nick=cy");
+    say(1, "hi all");
+    say(3, "/nick cyril");
+    say(3, "/join rust");
+    say(3, "rust \"rocks\"");
+}
+
+/// A reload: the old version's snapshot is restored into a fresh instance.
+fn reload() {
+    let snapshot = Chat::snapshot();
+    Chat::restore(Vec::new()).expect("an empty snapshot starts fresh");
+    assert!(STATE.with_borrow(|state| state.members.is_empty() && state.history.is_empty()));
+    Chat::restore(snapshot).expect("restore");
+}
+
+#[test]
+fn snapshot_format() {
+    populate();
+    let snapshot = parse(std::str::from_utf8(&Chat::snapshot()).unwrap());
+    assert_eq!(
+        snapshot,
+        json!({
+            "version": 1,
+            "members": [
+                {"id": 1, "nick": "ada", "room": "lobby"},
+                {"id": 2, "nick": "bob", "room": "lobby"},
+                {"id": 3, "nick": "cyril", "room": "rust"},
+            ],
+            "history": {
+                "lobby": [{"nick": "ada", "text": "hi all"}],
+                "rust": [{"nick": "cyril", "text": "rust \"rocks\""}],
+            },
+        })
+    );
+}
+
+#[test]
+fn snapshot_restore_round_trip() {
+    populate();
+    Chat::on_close(2, 1000, String::new());
+    open(4, "/chat?nick=dee&room=quiet");
+    say(4, "anyone?");
+    Chat::on_close(4, 1000, String::new()); // "quiet" is empty but keeps its history
+    let before = Chat::snapshot();
+    reload();
+    assert_eq!(Chat::snapshot(), before);
+    STATE.with_borrow(|state| {
+        assert_eq!(state.members.len(), 2);
+        assert_eq!(state.nicks.keys().collect::<Vec<_>>(), ["ada", "cyril"]);
+        assert_eq!(state.members_of("lobby"), ["ada"]);
+        assert_eq!(state.members_of("rust"), ["cyril"]);
+        assert_eq!(state.idle, ["quiet"]);
+        assert_eq!(state.history["lobby"].bytes, "adahi all".len());
+    });
+    // Taken nicks stay taken; a newcomer gets every room's history.
+    let actions = open(5, "/chat?nick=CYRIL&room=quiet");
+    assert_eq!(actions[2].1["nick"], "CYRIL-2");
+    assert_eq!(history_of(&actions), json!([{"nick": "dee", "text": "anyone?"}]));
+    assert_eq!(history_of(&say(5, "/join lobby")), json!([{"nick": "ada", "text": "hi all"}]));
+}
+
+#[test]
+fn resumed_connections_keep_their_nick_and_room() {
+    populate();
+    reload();
+    // Cy's query still says "cy" in the lobby, but it is cyril in rust now: that is kept, silently.
+    assert_eq!(
+        resume(3, "/chat?nick=cy"),
+        [
+            pair("subscribe", json!("rust")),
+            pair(
+                "reply",
+                json!({"type": "welcome", "nick": "cyril", "room": "rust", "members": ["cyril"], "resumed": true})
+            ),
+        ]
+    );
+    // The members list is the room's whole list, before the others are back.
+    assert_eq!(resume(2, "/chat?nick=bob")[1].1["members"], json!(["ada", "bob"]));
+    // Carrying on where they were.
+    assert_eq!(
+        say(3, "still here"),
+        [pair("topic:rust", json!({"type": "message", "nick": "cyril", "room": "rust", "text": "still here"}))]
+    );
+    // A connection the snapshot does not know is registered from its query, as after a trap.
+    assert_eq!(
+        resume(9, "/chat?nick=ada&room=rust"),
+        [
+            pair("subscribe", json!("rust")),
+            pair(
+                "reply",
+                json!({"type": "welcome", "nick": "ada-2", "room": "rust", "members": ["ada-2", "cyril"],
+                       "resumed": true})
+            ),
+        ]
+    );
+    // A restored member that closes before being re-attached leaves as usual.
+    assert_eq!(
+        shown(Chat::on_close(1, 1006, String::new())),
+        [pair("topic:lobby", json!({"type": "leave", "nick": "ada", "room": "lobby"}))]
+    );
+}
+
+#[test]
+fn bad_snapshots_are_refused() {
+    populate();
+    let before = Chat::snapshot();
+    let refused = |bytes: &[u8], expected: &str| {
+        let err = Chat::restore(bytes.to_vec()).expect_err(&String::from_utf8_lossy(bytes));
+        assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+    };
+    refused(br#"{"version":2,"members":[],"history":{}}"#, "unsupported chat snapshot version 2");
+    refused(br#"{"version":"1"}"#, "unsupported chat snapshot version \"1\"");
+    refused(br#"{"members":[],"history":{}}"#, "no \"version\" field");
+    refused(b"garbage", "malformed chat snapshot");
+    refused(b"[1, 2]", "malformed chat snapshot");
+    refused(b"\xff\xfe{}", "malformed chat snapshot");
+    refused(br#"{"version":1,"members":[],"history":{}"#, "malformed chat snapshot");
+    refused(br#"{"version":1}"#, "malformed chat snapshot (version 1): missing field `members`");
+    refused(br#"{"version":1,"members":[{"id":1,"nick":"a"}],"history":{}}"#, "missing field `room`");
+    refused(
+        br#"{"version":1,"members":[{"id":1,"nick":"a","room":"x"},{"id":1,"nick":"b","room":"x"}],"history":{}}"#,
+        "connection 1 is listed twice",
+    );
+    refused(
+        br#"{"version":1,"members":[{"id":1,"nick":"a","room":"x"},{"id":2,"nick":"A","room":"y"}],"history":{}}"#,
+        "nick \"A\" is used twice",
+    );
+    refused(br#"{"version":1,"members":[{"id":1,"nick":"a b","room":"x"}],"history":{}}"#, "connection 1: a nick");
+    refused(br#"{"version":1,"members":[],"history":{"":[]}}"#, "a room must be");
+    // A refused snapshot leaves the state as it was.
+    assert_eq!(Chat::snapshot(), before);
+}
+
+#[test]
+fn lenient_snapshots_are_accepted() {
+    // Fields version 1 does not know are ignored; long histories are cut to the limits.
+    let lines: Vec<Value> = (0..60).map(|i| json!({"nick": "old", "text": format!("m{i}")})).collect();
+    let snapshot = json!({
+        "version": 1,
+        "members": [{"id": 4, "nick": "ada", "room": "lobby", "color": "red"}],
+        "history": {"lobby": lines, "empty": []},
+        "later": true,
+    });
+    Chat::restore(serde_json::to_vec(&snapshot).unwrap()).expect("restore");
+    let history = history_of(&open(5, "/chat?nick=bob"));
+    assert_eq!(history.as_array().unwrap().len(), 50);
+    assert_eq!(history[0]["text"], "m10");
+    STATE.with_borrow(|state| assert!(!state.history.contains_key("empty")));
+    // An empty snapshot: a fresh start.
+    Chat::restore(Vec::new()).expect("empty snapshot");
+    assert_eq!(
+        parse(std::str::from_utf8(&Chat::snapshot()).unwrap()),
+        json!({"version": 1, "members": [], "history": {}})
+    );
 }

@@ -1,13 +1,13 @@
 //! A thin SDK for writing wsplug plugins in Rust.
 //!
 //! A wsplug plugin is a WebAssembly component (target `wasm32-wasip2`) that implements the
-//! `plugin` world of `wit/wsplug.wit`: the host calls it once per event (a connection asks to
-//! open, a message arrives, a connection has closed) and the plugin answers with a list of
+//! `stateful-plugin` world of `wit/wsplug.wit`: the host calls it once per event (a connection
+//! asks to open, a message arrives, a connection has closed) and the plugin answers with a list of
 //! [`Action`]s. This crate runs `wit_bindgen::generate!` over that contract, re-exports the
 //! generated types and adds a few conveniences:
 //!
-//! * the [`Plugin`] trait (the contract's `handler` interface, with default `on_open` and
-//!   `on_close`) and the [`export_plugin!`] macro;
+//! * the [`Plugin`] trait (the contract's `handler` and `state` interfaces, with defaults for all
+//!   but `on_message`) and the [`export_plugin!`] macro;
 //! * constructors such as [`Action::reply_text`], [`Admission::accept`] and
 //!   [`Admission::reject`];
 //! * [`query_param`] and [`Connection::query_param`] to read the request's query string;
@@ -34,6 +34,25 @@
 //!
 //! Calls into one plugin instance never overlap, so plain global state (`thread_local!` with a
 //! `RefCell`, or a `static` behind one) is safe and is the way to remember connections.
+//!
+//! # State hand-over on reload
+//!
+//! When the server replaces a plugin's file while it runs (hot reload), the host asks the old
+//! version for a snapshot of its state ([`Plugin::snapshot`]), hands those bytes to the new
+//! version ([`Plugin::restore`]) before the new version sees any event, and then re-attaches every
+//! open connection to the new version with `on_open` (`conn.resumed` set). If `restore` returns an
+//! error, the new version is refused: the old one keeps serving and the error is logged.
+//!
+//! Every plugin built with this SDK exports the contract's `state` interface
+//! (`wsplug:plugin/state@0.1.0`). The defaults hand nothing over: `snapshot` returns no bytes
+//! and `restore` accepts anything and ignores it, so a plugin that does not override them starts
+//! fresh after a reload, exactly as after a trap. A plugin that keeps state worth keeping
+//! overrides both.
+//!
+//! The bytes are the plugin's own format, and the two ends are *different versions* of the
+//! plugin. So put a format version in every snapshot, make `restore` read the versions it knows
+//! (older ones included) and refuse the others with a clear error, and accept an empty snapshot
+//! (what a version without hand-over, or the default `snapshot`, produces) by starting fresh.
 
 #![warn(missing_docs)]
 
@@ -49,7 +68,7 @@ pub use wit_bindgen;
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "plugin",
+        world: "stateful-plugin",
         path: "../../wit",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
@@ -62,6 +81,9 @@ pub mod bindings {
 mod query;
 
 pub use bindings::exports::wsplug::plugin::handler::Guest;
+/// The generated trait of the contract's `state` interface; [`Plugin`] implementors get it for
+/// free.
+pub use bindings::exports::wsplug::plugin::state::Guest as StateGuest;
 pub use bindings::wsplug::plugin::host::Level;
 pub use bindings::wsplug::plugin::types::{
     Acceptance, Action, Admission, CloseFrame, Connection, ConnectionId, Message, Outgoing, Rejection, Target,
@@ -70,14 +92,16 @@ pub use query::{percent_decode, query_param, query_params};
 
 /// The events a plugin handles: implement this and pass the type to [`export_plugin!`].
 ///
-/// These are the contract's `handler` functions. They are associated functions (no `self`): one
-/// instance serves every connection of its route, one call at a time, so a plugin keeps its
-/// state in globals. Only [`Plugin::on_message`] must be written; the others default to
-/// admitting every connection without a subprotocol and doing nothing on close.
+/// These are the contract's `handler` and `state` functions. They are associated functions (no
+/// `self`): one instance serves every connection of its route, one call at a time, so a plugin
+/// keeps its state in globals. Only [`Plugin::on_message`] must be written; the others default to
+/// admitting every connection without a subprotocol, doing nothing on close, and handing no state
+/// over on reload (see [the crate docs](crate#state-hand-over-on-reload)).
 pub trait Plugin {
     /// A client asks to open a WebSocket on the plugin's route, or an open connection is being
-    /// re-attached to a fresh instance (`conn.resumed`: the plugin's state was lost, and a
-    /// rejection now closes the connection with 1008).
+    /// re-attached to a fresh instance (`conn.resumed`: after a trap the plugin's state was lost;
+    /// after a reload it is whatever [`Plugin::restore`] made of the old version's snapshot; in
+    /// both cases a rejection now closes the connection with 1008).
     ///
     /// The default admits the connection without a subprotocol and without actions.
     fn on_open(conn: Connection) -> Admission {
@@ -98,6 +122,26 @@ pub trait Plugin {
         let _ = (conn, code, reason);
         Vec::new()
     }
+
+    /// Hot reload, on the old version: everything the next version needs to carry on, in the
+    /// plugin's own format. Start it with a format version (see
+    /// [the crate docs](crate#state-hand-over-on-reload)).
+    ///
+    /// The default hands nothing over: an empty snapshot.
+    fn snapshot() -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Hot reload, on the new version, before any event: loads a snapshot taken by an earlier
+    /// version (possibly in an older format). It should accept an empty snapshot by starting
+    /// fresh. An error refuses the new version: the old one keeps serving, and the error is
+    /// logged.
+    ///
+    /// The default accepts any snapshot and ignores it: the plugin starts fresh.
+    fn restore(snapshot: Vec<u8>) -> Result<(), String> {
+        let _ = snapshot;
+        Ok(())
+    }
 }
 
 impl<T: Plugin> Guest for T {
@@ -114,7 +158,18 @@ impl<T: Plugin> Guest for T {
     }
 }
 
-/// Exports a type that implements [`Plugin`] as the component's `handler`.
+impl<T: Plugin> StateGuest for T {
+    fn snapshot() -> Vec<u8> {
+        <T as Plugin>::snapshot()
+    }
+
+    fn restore(snapshot: Vec<u8>) -> Result<(), String> {
+        <T as Plugin>::restore(snapshot)
+    }
+}
+
+/// Exports a type that implements [`Plugin`] as the component's `handler` and `state`
+/// interfaces (`wsplug:plugin/handler@0.1.0` and `wsplug:plugin/state@0.1.0`).
 ///
 /// Use it once, at the root of a `cdylib` crate: `wsplug_sdk::export_plugin!(MyPlugin);`.
 /// The argument is a plain type name (bring it into scope first).
@@ -304,6 +359,19 @@ mod tests {
         assert_eq!(frame.code, 1000);
         assert!(frame.reason.len() <= MAX_CLOSE_REASON);
         assert_eq!(frame.reason.len(), 122);
+    }
+
+    #[test]
+    fn state_defaults_hand_nothing_over() {
+        struct Plain;
+        impl Plugin for Plain {
+            fn on_message(_conn: ConnectionId, _msg: Message) -> Vec<Action> {
+                Vec::new()
+            }
+        }
+        assert!(<Plain as StateGuest>::snapshot().is_empty());
+        assert_eq!(<Plain as StateGuest>::restore(Vec::new()), Ok(()));
+        assert_eq!(<Plain as StateGuest>::restore(b"{\"version\":9}".to_vec()), Ok(()));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `sub TOPIC` / `unsub TOPIC` | `subscribe` / `unsubscribe`, then reply `ok` |
 //! | `close CODE REASON` | `close` |
 //! | `panic` | panics (to watch the host rebuild the instance and resume the others) |
+//! | `tagged X` | reply `TAG X`, TAG being this build's version tag (see [`TAG`]) |
 //! | anything else | echoed |
 //!
 //! `on-open`: `?reject=STATUS` rejects with that status; `?proto=P` accepts with subprotocol P
@@ -19,6 +20,10 @@
 //! told `resumed ID`. `on-close` sends `closed ID CODE` to everyone left on the route.
 
 use wsplug_sdk::{Action, Admission, Connection, ConnectionId, Message, Plugin, Target};
+
+/// A version tag that hot-reload tests patch in the compiled `.wasm` (same length, e.g.
+/// `wsplug-tag:v0001`) to make distinguishable versions of one build.
+static TAG: &str = "wsplug-tag:v0000";
 
 struct Probe;
 
@@ -45,6 +50,10 @@ impl Plugin for Probe {
         match command {
             "id" => vec![Action::reply_text(conn.to_string())],
             "panic" => panic!("probe: asked to panic"),
+            "tagged" => {
+                let tag = std::hint::black_box(TAG);
+                vec![Action::reply_text(format!("{} {rest}", &tag[11..]))]
+            }
             "reply" => vec![Action::reply_text(rest)],
             "sender" => vec![send(Target::Sender, rest)],
             "broadcast" => vec![Action::broadcast_text(rest)],

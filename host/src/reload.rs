@@ -1,0 +1,390 @@
+//! Hot reload: plugin files and the config file are watched and swapped in live, without a restart,
+//! without dropping a connection, and without losing or reordering a message.
+//!
+//! - A watcher (crate `notify`) watches the directories that hold the config file and every plugin
+//!   file it names, so that every way a file really changes is seen: written in place, truncated then
+//!   written, written elsewhere then renamed over, deleted and recreated. Events are debounced: a
+//!   burst becomes one reload once the directory has been quiet for [`DEBOUNCE`].
+//! - A plugin file whose content hash is unchanged is left alone. A changed one is compiled and
+//!   checked off the async workers; only a good version is handed to the route's instances, as a
+//!   command in their queues (see `plugin::actor`): events before it go to the old version, events
+//!   after it to the new one, and live connections are re-attached (`on-open`, `resumed: true`),
+//!   with the plugin's state handed over when both versions speak the `state` interface.
+//! - A broken version (not Wasm, wrong world, a trap when instantiated or restored) is refused and
+//!   logged with the file and the reason; the running version keeps serving and the next write is
+//!   picked up. A deleted plugin file keeps the last good version serving, with a warning.
+//! - A changed config is checked as a whole (every plugin it names is loaded first) and refused as a
+//!   whole if anything is wrong. Otherwise new routes are mounted, removed routes' connections are
+//!   closed with 1001, and changed routes are swapped like plugins (a route whose `instances` or
+//!   kind changes is replaced, its connections closed with 1012 so that clients reconnect).
+//! - SIGHUP (see `main.rs`) re-reads everything through [`ReloadHandle::reload_all`], for
+//!   deployments that do not want file watching.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::Watcher as _;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::plugin::{LoadedPlugin, PluginEngine, PluginRoute, RouteSettings};
+use crate::protocol::{CloseCode, CloseFrame};
+use crate::server::{Handler, Live, Route, Routes, Shared};
+
+/// How long a file's directory must be quiet before a burst of events becomes one reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What asks for a reload.
+#[derive(Debug)]
+pub(crate) enum Trigger {
+    /// These paths changed (from the watcher).
+    Changed(Vec<PathBuf>),
+    /// Re-read the config and every plugin (SIGHUP).
+    All,
+}
+
+/// Asks a running server to reload.
+#[derive(Clone)]
+pub struct ReloadHandle(pub(crate) mpsc::UnboundedSender<Trigger>);
+
+impl ReloadHandle {
+    /// Re-reads the config file (if the server has one) and every plugin file.
+    pub fn reload_all(&self) {
+        let _ = self.0.send(Trigger::All);
+    }
+}
+
+/// Owns the watcher and applies changes to the server's live routes.
+pub(crate) struct Reloader {
+    shared: Arc<Shared>,
+    config: Config,
+    config_path: Option<PathBuf>,
+    tx: mpsc::UnboundedSender<Trigger>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: HashSet<PathBuf>,
+}
+
+impl Reloader {
+    pub fn new(
+        shared: Arc<Shared>,
+        config: Config,
+        config_path: Option<PathBuf>,
+        tx: mpsc::UnboundedSender<Trigger>,
+    ) -> Self {
+        Self {
+            shared,
+            config,
+            config_path: config_path.map(|p| normalize(&p)),
+            tx,
+            watcher: None,
+            watched: HashSet::new(),
+        }
+    }
+
+    pub fn set_config_path(&mut self, path: &Path) {
+        self.config_path = Some(normalize(path));
+    }
+
+    /// Starts watching the config file's and the plugins' directories.
+    pub fn watch(&mut self) -> anyhow::Result<()> {
+        let tx = self.tx.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if !matches!(event.kind, notify::EventKind::Access(_)) => {
+                let _ = tx.send(Trigger::Changed(event.paths));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "file watcher error"),
+        })?;
+        self.watcher = Some(watcher);
+        self.rewatch();
+        Ok(())
+    }
+
+    /// Watches exactly the directories the current config needs.
+    fn rewatch(&mut self) {
+        let Some(watcher) = self.watcher.as_mut() else { return };
+        let mut wanted: HashSet<PathBuf> =
+            plugin_files(&self.config).into_iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        if let Some(dir) = self.config_path.as_ref().and_then(|p| p.parent()) {
+            wanted.insert(dir.to_path_buf());
+        }
+        for dir in self.watched.difference(&wanted) {
+            let _ = watcher.unwatch(dir);
+        }
+        for dir in wanted.difference(&self.watched) {
+            match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "watching for plugin and config changes"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch this directory: reload with SIGHUP")
+                }
+            }
+        }
+        self.watched = wanted;
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Trigger>) {
+        while let Some(first) = rx.recv().await {
+            let mut all = false;
+            let mut paths = HashSet::new();
+            let mut add = |t: Trigger| match t {
+                Trigger::All => all = true,
+                Trigger::Changed(p) => paths.extend(p.iter().map(|p| normalize(p))),
+            };
+            add(first);
+            // Debounce: a burst of events (truncate + write, write + rename, ...) is one reload.
+            loop {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(t)) => add(t),
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            if all || self.config_path.as_ref().is_some_and(|c| paths.contains(c)) {
+                self.reload_config(all).await;
+            } else {
+                let files: Vec<PathBuf> =
+                    plugin_files(&self.config).into_iter().filter(|f| paths.contains(f)).collect();
+                for file in files {
+                    self.reload_plugin_file(&file).await;
+                }
+            }
+        }
+    }
+
+    /// Swaps a changed plugin file into every route that uses it.
+    async fn reload_plugin_file(&self, file: &Path) {
+        let live = self.shared.live();
+        let routes: Vec<&Arc<Route>> =
+            live.routes.iter().filter(|r| r.plugin_file().is_some_and(|f| f == file)).collect();
+        let Some(loaded) = load_if_changed(file, routes.iter().map(|r| r.plugin().expect("plugin route"))).await else {
+            return;
+        };
+        for route in routes {
+            let plugin = route.plugin().expect("plugin route");
+            swap(&route.path, plugin, loaded.clone(), None).await;
+        }
+    }
+
+    /// Re-reads the config file and applies the difference, or refuses it as a whole.
+    async fn reload_config(&mut self, everything: bool) {
+        let new = match &self.config_path {
+            Some(path) => {
+                let path = path.clone();
+                match tokio::task::spawn_blocking(move || Config::from_file(&path)).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        return tracing::error!("config reload refused: {e}; the running configuration stays");
+                    }
+                    Err(e) => return tracing::error!("config reload failed: {e}"),
+                }
+            }
+            None => self.config.clone(),
+        };
+        if new.listen != self.config.listen {
+            tracing::warn!(running = %self.config.listen, wanted = %new.listen, "a new listen address takes a restart; still listening on the old one");
+        }
+        if format!("{:?}", new.limits) != format!("{:?}", self.config.limits) {
+            tracing::warn!("[limits] changes take a restart; the running limits stay");
+        }
+
+        // Plan against the running routes: keep, swap, replace, mount, remove. Every plugin the new
+        // config names is loaded (compiled, checked) before anything changes.
+        let live = self.shared.live();
+        let mut loaded: HashMap<PathBuf, Option<LoadedPlugin>> = HashMap::new();
+        for route in &new.routes {
+            let r = route.get_ref();
+            let Some(file) = r.plugin.as_ref().map(|f| normalize(&new.resolve(f))) else { continue };
+            if loaded.contains_key(&file) {
+                continue;
+            }
+            let running =
+                live.routes.iter().filter(|x| x.plugin_file().is_some_and(|f| f == file)).filter_map(|x| x.plugin());
+            let running: Vec<&PluginRoute> = running.collect();
+            let result = if running.is_empty() {
+                load(&file).await.map(Some)
+            } else if everything || running.iter().any(|p| p.current().hash != file_hash(&file)) {
+                load_if_changed_checked(&file, running.iter().copied()).await
+            } else {
+                Ok(None) // unchanged file
+            };
+            match result {
+                Ok(l) => {
+                    loaded.insert(file, l);
+                }
+                Err(e) => return tracing::error!("config reload refused: {e:#}; the running configuration stays"),
+            }
+        }
+
+        let mut routes = Vec::new();
+        let mut swaps = Vec::new();
+        let mut retired = Vec::new();
+        for route in &new.routes {
+            let r = route.get_ref();
+            let file = r.plugin.as_ref().map(|f| normalize(&new.resolve(f)));
+            let settings = RouteSettings::new(r, &new.limits);
+            let old = live.routes.get(&r.path).cloned();
+            let reusable = old.as_ref().is_some_and(|o| match (o.plugin(), &file) {
+                (Some(p), Some(_)) => p.instances() == r.instances,
+                (None, None) => o.subprotocols == r.subprotocols,
+                _ => false,
+            });
+            match (old, reusable) {
+                (Some(old), true) => {
+                    if let (Some(plugin_route), Some(file)) = (old.plugin(), &file) {
+                        let plugin = loaded.get(file).cloned().flatten();
+                        let file_changed = old.plugin_file().as_deref() != Some(file.as_path());
+                        let settings_changed = plugin_route.settings() != settings;
+                        if plugin.is_some() || file_changed || settings_changed {
+                            let plugin = plugin.unwrap_or_else(|| plugin_route.current());
+                            swaps.push((old.clone(), plugin, settings, file.clone()));
+                        }
+                    }
+                    routes.push(old);
+                }
+                (old, _) => {
+                    let handler = match &file {
+                        None => Handler::Echo,
+                        Some(f) => {
+                            let plugin = match loaded.get(f).cloned().flatten() {
+                                Some(p) => p,
+                                None => match load(f).await {
+                                    Ok(p) => p,
+                                    Err(e) => {
+                                        return tracing::error!(
+                                            "config reload refused: {e:#}; the running configuration stays"
+                                        );
+                                    }
+                                },
+                            };
+                            match PluginRoute::start(plugin, settings) {
+                                Ok(p) => Handler::Plugin(Box::new(p)),
+                                Err(e) => {
+                                    return tracing::error!(
+                                        "config reload refused: {e:#}; the running configuration stays"
+                                    );
+                                }
+                            }
+                        }
+                    };
+                    if let Some(old) = old {
+                        retired.push((
+                            old,
+                            CloseFrame { code: CloseCode(1012), reason: "route reconfigured: reconnect".into() },
+                        ));
+                    }
+                    routes.push(Arc::new(Route::new(r.path.clone(), handler, r.subprotocols.clone(), file)));
+                }
+            }
+        }
+        for old in live.routes.iter() {
+            if !new.routes.iter().any(|r| r.get_ref().path == old.path) {
+                retired.push((old.clone(), CloseFrame { code: CloseCode::GOING_AWAY, reason: "route removed".into() }));
+            }
+        }
+
+        // Apply: the new table first (new connections see it at once), then swaps and closes.
+        let static_dir = new.static_dir.as_ref().map(|d| new.resolve(d));
+        self.shared.set_live(Live { routes: Routes::from_routes(routes), static_dir });
+        for (route, plugin, settings, file) in swaps {
+            let plugin_route = route.plugin().expect("plugin route");
+            if swap(&route.path, plugin_route, plugin, Some(settings)).await {
+                route.set_plugin_file(file);
+            }
+        }
+        for (route, frame) in retired {
+            tracing::info!(path = %route.path, reason = %frame.reason, "closing the route's connections");
+            route.close_all(frame);
+        }
+        tracing::info!(config = ?self.config_path, "configuration reloaded");
+        self.config = new;
+        self.rewatch();
+    }
+}
+
+/// Hands a checked plugin to a route's instances; logs the outcome. True when every instance took it.
+async fn swap(path: &str, route: &PluginRoute, plugin: LoadedPlugin, settings: Option<RouteSettings>) -> bool {
+    let started = Instant::now();
+    let file = plugin.path.display().to_string();
+    match route.swap(plugin, settings).await {
+        Ok(()) => {
+            tracing::info!(route = path, plugin = %file, ms = started.elapsed().as_millis() as u64, "plugin reloaded: new version in service");
+            true
+        }
+        Err(e) => {
+            tracing::error!(route = path, plugin = %file, "plugin reload refused: {e}; the running version keeps serving");
+            false
+        }
+    }
+}
+
+/// Loads a plugin file off the async workers.
+async fn load(file: &Path) -> anyhow::Result<LoadedPlugin> {
+    let file = file.to_path_buf();
+    tokio::task::spawn_blocking(move || PluginEngine::global().load(&file)).await?
+}
+
+/// Reads a plugin file and, if its content differs from what `running` serves, loads it. Logs and
+/// returns `None` when there is nothing to swap (unchanged, deleted, or broken).
+async fn load_if_changed<'a>(file: &Path, running: impl Iterator<Item = &'a PluginRoute>) -> Option<LoadedPlugin> {
+    match load_if_changed_checked(file, running).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("plugin reload refused: {e:#}; the running version keeps serving");
+            None
+        }
+    }
+}
+
+async fn load_if_changed_checked<'a>(
+    file: &Path,
+    running: impl Iterator<Item = &'a PluginRoute>,
+) -> anyhow::Result<Option<LoadedPlugin>> {
+    let bytes = match tokio::fs::read(file).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(plugin = %file.display(), "plugin file removed: the last good version keeps serving");
+            return Ok(None);
+        }
+        Err(e) => anyhow::bail!("plugin {}: cannot read the file: {e}", file.display()),
+    };
+    let hash = crate::plugin::engine::content_hash(&bytes);
+    let hashes: Vec<u64> = running.map(|p| p.current().hash).collect();
+    if !hashes.is_empty() && hashes.iter().all(|h| *h == hash) {
+        tracing::debug!(plugin = %file.display(), "plugin file touched but unchanged: no swap");
+        return Ok(None);
+    }
+    let file = file.to_path_buf();
+    let name = crate::plugin::engine::plugin_name(&file);
+    let loaded = tokio::task::spawn_blocking(move || PluginEngine::global().load_bytes(&file, &name, &bytes)).await??;
+    Ok(Some(loaded))
+}
+
+fn file_hash(file: &Path) -> u64 {
+    std::fs::read(file).map(|b| crate::plugin::engine::content_hash(&b)).unwrap_or(0)
+}
+
+/// Every plugin file a config names, normalized.
+fn plugin_files(config: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = config
+        .routes
+        .iter()
+        .filter_map(|r| r.get_ref().plugin.as_ref())
+        .map(|f| normalize(&config.resolve(f)))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// A path with its directory made canonical (the file itself may not exist right now), so that
+/// paths from the config and from the watcher compare equal.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return path.to_path_buf() };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    match dir.canonicalize() {
+        Ok(dir) => dir.join(name),
+        Err(_) => path.to_path_buf(),
+    }
+}
