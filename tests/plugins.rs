@@ -429,3 +429,22 @@ async fn bad_plugin_files_stop_start_up_with_the_file_and_reason() {
         assert!(err.contains(file) && err.contains(reason), "{err}");
     }
 }
+
+#[test]
+fn compile_cache_serves_a_version_seen_before_and_survives_a_bad_entry() {
+    let dir = wsplug_tests::TempDir::new("cache");
+    let engine = wsplug::plugin::PluginEngine::global();
+    let echo = wsplug_tests::plugin_path("echo");
+    let first = engine.load(&echo, Some(&dir.0)).unwrap();
+    assert!(!first.from_cache, "first load compiles");
+    let second = engine.load(&echo, Some(&dir.0)).unwrap();
+    assert!(second.from_cache, "second load comes from the cache");
+    wsplug::plugin::instance::PluginInstance::new(&second, &Default::default()).expect("cached code runs");
+    // A damaged entry is not trusted: it is replaced by a fresh compile.
+    for entry in std::fs::read_dir(&dir.0).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"not compiled code").unwrap();
+    }
+    let third = engine.load(&echo, Some(&dir.0)).unwrap();
+    assert!(!third.from_cache, "a bad entry is recompiled");
+    wsplug::plugin::instance::PluginInstance::new(&third, &Default::default()).expect("recompiled code runs");
+}

@@ -6,27 +6,15 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-use wsplug_tests::{Client, TempDir, TestServer, assert_echo, next_message, plugin_path, with_custom_section};
-
-/// The probe plugin with its version tag patched (`v0000` → `vNNNN`).
-fn probe_version(n: u32) -> Vec<u8> {
-    let mut bytes = std::fs::read(plugin_path("probe")).unwrap();
-    let marker = b"wsplug-tag:v0000";
-    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("probe.wasm carries its tag");
-    bytes[at + 11..at + 16].copy_from_slice(format!("v{n:04}").as_bytes());
-    bytes
-}
+use wsplug_tests::{
+    Client, TempDir, TestServer, assert_echo, next_message, plugin_path, probe_version, with_custom_section,
+    write_atomically,
+};
 
 fn write_config(dir: &TempDir, body: &str) -> std::path::PathBuf {
     let path = dir.join("wsplug.toml");
     write_atomically(&path, body.as_bytes());
     path
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// The ways editors, compilers and deploy scripts replace a file.

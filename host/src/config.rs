@@ -33,6 +33,14 @@ pub struct Config {
     /// A directory served as static files on paths that are not WebSocket routes (optional).
     #[serde(default)]
     pub static_dir: Option<PathBuf>,
+    /// Compiled plugins are cached here, keyed by content and engine, so that a restart or a swap
+    /// back to a version seen before skips compilation. Default: `$WSPLUG_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/wsplug`, else `~/.cache/wsplug`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Turns the compile cache off. Default true.
+    #[serde(default = "yes")]
+    pub compile_cache: bool,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -155,6 +163,10 @@ impl fmt::Display for RouteKind {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -216,6 +228,17 @@ impl Config {
         };
         self.routes.push(Spanned::new(0..0, route));
         self.check().map_err(|(_, msg)| err(msg))
+    }
+
+    /// The compile cache directory in effect, if the cache is on.
+    pub fn effective_cache_dir(&self) -> Option<PathBuf> {
+        if !self.compile_cache {
+            return None;
+        }
+        match &self.cache_dir {
+            Some(dir) => Some(self.resolve(dir)),
+            None => crate::plugin::engine::default_cache_dir(),
+        }
     }
 
     /// Resolves a path from this config relative to its directory.

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Cmd::Check { file }) = &cli.command {
-        let plugin = wsplug::plugin::PluginEngine::global().load(file)?;
+        let plugin = wsplug::plugin::PluginEngine::global().load(file, None)?;
         // Instantiating runs the component's start-up code under the default sandbox too.
         wsplug::plugin::instance::PluginInstance::new(&plugin, &Default::default())
             .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", file.display()))?;

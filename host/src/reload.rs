@@ -158,7 +158,13 @@ impl Reloader {
         let live = self.shared.live();
         let routes: Vec<&Arc<Route>> =
             live.routes.iter().filter(|r| r.plugin_file().is_some_and(|f| f == file)).collect();
-        let Some(loaded) = load_if_changed(file, routes.iter().map(|r| r.plugin().expect("plugin route"))).await else {
+        let Some(loaded) = load_if_changed(
+            file,
+            routes.iter().map(|r| r.plugin().expect("plugin route")),
+            self.config.effective_cache_dir(),
+        )
+        .await
+        else {
             return;
         };
         for route in routes {
@@ -203,9 +209,9 @@ impl Reloader {
                 live.routes.iter().filter(|x| x.plugin_file().is_some_and(|f| f == file)).filter_map(|x| x.plugin());
             let running: Vec<&PluginRoute> = running.collect();
             let result = if running.is_empty() {
-                load(&file).await.map(Some)
+                load(&file, new.effective_cache_dir()).await.map(Some)
             } else if everything || running.iter().any(|p| p.current().hash != file_hash(&file)) {
-                load_if_changed_checked(&file, running.iter().copied()).await
+                load_if_changed_checked(&file, running.iter().copied(), new.effective_cache_dir()).await
             } else {
                 Ok(None) // unchanged file
             };
@@ -249,7 +255,7 @@ impl Reloader {
                         Some(f) => {
                             let plugin = match loaded.get(f).cloned().flatten() {
                                 Some(p) => p,
-                                None => match load(f).await {
+                                None => match load(f, new.effective_cache_dir()).await {
                                     Ok(p) => p,
                                     Err(e) => {
                                         return tracing::error!(
@@ -320,15 +326,19 @@ async fn swap(path: &str, route: &PluginRoute, plugin: LoadedPlugin, settings: O
 }
 
 /// Loads a plugin file off the async workers.
-async fn load(file: &Path) -> anyhow::Result<LoadedPlugin> {
+async fn load(file: &Path, cache: Option<PathBuf>) -> anyhow::Result<LoadedPlugin> {
     let file = file.to_path_buf();
-    tokio::task::spawn_blocking(move || PluginEngine::global().load(&file)).await?
+    tokio::task::spawn_blocking(move || PluginEngine::global().load(&file, cache.as_deref())).await?
 }
 
 /// Reads a plugin file and, if its content differs from what `running` serves, loads it. Logs and
 /// returns `None` when there is nothing to swap (unchanged, deleted, or broken).
-async fn load_if_changed<'a>(file: &Path, running: impl Iterator<Item = &'a PluginRoute>) -> Option<LoadedPlugin> {
-    match load_if_changed_checked(file, running).await {
+async fn load_if_changed<'a>(
+    file: &Path,
+    running: impl Iterator<Item = &'a PluginRoute>,
+    cache: Option<PathBuf>,
+) -> Option<LoadedPlugin> {
+    match load_if_changed_checked(file, running, cache).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("plugin reload refused: {e:#}; the running version keeps serving");
@@ -340,6 +350,7 @@ async fn load_if_changed<'a>(file: &Path, running: impl Iterator<Item = &'a Plug
 async fn load_if_changed_checked<'a>(
     file: &Path,
     running: impl Iterator<Item = &'a PluginRoute>,
+    cache: Option<PathBuf>,
 ) -> anyhow::Result<Option<LoadedPlugin>> {
     let bytes = match tokio::fs::read(file).await {
         Ok(b) => b,
@@ -357,7 +368,9 @@ async fn load_if_changed_checked<'a>(
     }
     let file = file.to_path_buf();
     let name = crate::plugin::engine::plugin_name(&file);
-    let loaded = tokio::task::spawn_blocking(move || PluginEngine::global().load_bytes(&file, &name, &bytes)).await??;
+    let loaded =
+        tokio::task::spawn_blocking(move || PluginEngine::global().load_bytes(&file, &name, &bytes, cache.as_deref()))
+            .await??;
     Ok(Some(loaded))
 }
 

@@ -268,3 +268,20 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The probe test plugin with its version tag patched (`v0000` → `vNNNN`): distinguishable versions
+/// of one build, for hot-reload tests and benchmarks.
+pub fn probe_version(n: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(plugin_path("probe")).unwrap();
+    let marker = b"wsplug-tag:v0000";
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("probe.wasm carries its tag");
+    bytes[at + 11..at + 16].copy_from_slice(format!("v{n:04}").as_bytes());
+    bytes
+}
+
+/// Writes a file the way deploy tools do: to a temporary name, then renamed over.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

@@ -28,6 +28,8 @@ pub const WORLD: &str = "wsplug:plugin/plugin@0.1.0";
 pub struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<PluginState>,
+    /// Identifies the engine's configuration and version in cache keys.
+    engine_key: u64,
 }
 
 impl PluginEngine {
@@ -56,18 +58,57 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
-        Ok(Self { engine, linker })
+        let engine_key = {
+            use std::hash::{DefaultHasher, Hash, Hasher};
+            let mut h = DefaultHasher::new();
+            engine.precompile_compatibility_hash().hash(&mut h);
+            env!("CARGO_PKG_VERSION").hash(&mut h);
+            h.finish()
+        };
+        Ok(Self { engine, linker, engine_key })
     }
 
-    /// Compiles and checks a plugin file. The error names the file and what is wrong.
-    pub fn load(&self, path: &Path) -> anyhow::Result<LoadedPlugin> {
+    /// Compiles a component, or loads its compiled form from the cache in `cache_dir` (created on
+    /// first use). Returns whether the cache served it.
+    fn compile(&self, bytes: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<(Component, bool)> {
+        let cached =
+            cache_dir.map(|dir| dir.join(format!("{:016x}-{:016x}.cwasm", content_hash(bytes), self.engine_key)));
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            match load_precompiled(&self.engine, path) {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => {
+                    tracing::warn!(cache = %path.display(), "unusable cache entry, recompiling: {e}");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        if let Some(path) = cached
+            && let Err(e) = store_precompiled(&component, &path)
+        {
+            tracing::warn!(cache = %path.display(), "cannot write the compile cache: {e}");
+        }
+        Ok((component, false))
+    }
+
+    /// Compiles and checks a plugin file, using the compile cache in `cache_dir` if given. The error
+    /// names the file and what is wrong.
+    pub fn load(&self, path: &Path, cache_dir: Option<&Path>) -> anyhow::Result<LoadedPlugin> {
         let name = plugin_name(path);
         let bytes = std::fs::read(path).with_context(|| format!("plugin {}: cannot read the file", path.display()))?;
-        self.load_bytes(path, &name, &bytes)
+        self.load_bytes(path, &name, &bytes, cache_dir)
     }
 
     /// Compiles and checks plugin bytes read from `path`.
-    pub fn load_bytes(&self, path: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<LoadedPlugin> {
+    pub fn load_bytes(
+        &self,
+        path: &Path,
+        name: &str,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<LoadedPlugin> {
         let what = || format!("plugin {}", path.display());
         if !bytes.starts_with(b"\0asm") {
             anyhow::bail!("{}: not a WebAssembly file (no \\0asm header)", what());
@@ -79,8 +120,8 @@ impl PluginEngine {
             );
         }
         let started = Instant::now();
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| anyhow::anyhow!("{}: invalid component: {e:#}", what()))?;
+        let (component, from_cache) =
+            self.compile(bytes, cache_dir).map_err(|e| anyhow::anyhow!("{}: invalid component: {e:#}", what()))?;
         let compile_time = started.elapsed();
         let pre = self
             .linker
@@ -104,6 +145,7 @@ impl PluginEngine {
             imports,
             hash: content_hash(bytes),
             state,
+            from_cache,
         })
     }
 }
@@ -123,6 +165,8 @@ pub struct LoadedPlugin {
     pub hash: u64,
     /// The optional state hand-over interface, when exported.
     pub state: Option<StateExports>,
+    /// Whether the compiled code came from the artifact cache (then `compile_time` is load time).
+    pub from_cache: bool,
 }
 
 /// The optional `state` interface (hot reload hand-over).
@@ -150,21 +194,62 @@ pub fn plugin_name(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
-/// A hash of a plugin file's bytes, to tell versions apart.
+/// A hash of a plugin file's bytes, to tell versions apart (SHA-1, stable across builds, so it
+/// can key the on-disk cache).
 pub fn content_hash(bytes: &[u8]) -> u64 {
-    use std::hash::{DefaultHasher, Hasher};
-    let mut h = DefaultHasher::new();
-    h.write(bytes);
-    h.finish()
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(bytes);
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Loads compiled code written by [`store_precompiled`].
+#[allow(unsafe_code)]
+fn load_precompiled(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime trusts precompiled artifacts to come from a compatible engine (it checks the
+    // engine's version and settings in the header, but not that the code is well formed). The
+    // cache directory holds only files this process family wrote with `Component::serialize`,
+    // written to a temporary name and renamed into place, so a file under a final name is whole.
+    // Keep the cache directory private to the server's user. The file is read into memory rather
+    // than mapped (`deserialize_file`): a mapped file truncated underneath a running server would
+    // crash it with SIGBUS.
+    let bytes = std::fs::read(path)?;
+    unsafe { Component::deserialize(engine, bytes) }
+}
+
+fn store_precompiled(component: &Component, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    // A name no other writer (thread or process) uses, renamed into place once complete.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The default cache directory: `$WSPLUG_CACHE_DIR`, else `$XDG_CACHE_HOME/wsplug`, else
+/// `$HOME/.cache/wsplug`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WSPLUG_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("wsplug"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("wsplug"))
 }
 
 /// What `wsplug check` reports about a component.
 pub fn check_report(plugin: &LoadedPlugin) -> String {
     let mut out = format!(
-        "{}: ok\n  implements: {WORLD}\n  size: {} bytes\n  compile time: {:.1} ms\n  imports:\n",
+        "{}: ok\n  implements: {WORLD}\n  size: {} bytes\n  compile time: {:.1} ms{}\n  imports:\n",
         plugin.path.display(),
         plugin.size,
-        plugin.compile_time.as_secs_f64() * 1000.0
+        plugin.compile_time.as_secs_f64() * 1000.0,
+        if plugin.from_cache { " (loaded from the compile cache)" } else { "" }
     );
     for import in &plugin.imports {
         out.push_str(&format!("    {import} — {}\n", import_policy(import)));

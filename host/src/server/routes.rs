@@ -86,8 +86,8 @@ impl Routes {
             let handler = match (&r.kind, &file) {
                 (Some(RouteKind::Echo), _) => Handler::Echo,
                 (None, Some(file)) => {
-                    let plugin = PluginEngine::global().load(file)?;
-                    tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, "plugin loaded");
+                    let plugin = PluginEngine::global().load(file, config.effective_cache_dir().as_deref())?;
+                    tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, cached = plugin.from_cache, "plugin loaded");
                     Handler::Plugin(Box::new(PluginRoute::start(plugin, RouteSettings::new(r, &config.limits))?))
                 }
                 (None, None) => anyhow::bail!("route {} has no handler", r.path),
