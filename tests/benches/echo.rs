@@ -173,7 +173,7 @@ fn main() {
 
         // Idle memory per plugin instance: a route with 1 instance, then one with 1 + n; the
         // difference of the two deltas removes the cost of compiling the component.
-        let n = 64;
+        let n = 63;
         let before = rss_bytes();
         let one = TestServer::start("[[routes]]\npath = \"/one\"\nplugin = \"target/plugins/echo.wasm\"\n").await;
         let mid = rss_bytes();

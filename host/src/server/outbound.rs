@@ -12,10 +12,12 @@
 //!   small number of events in flight, so the overshoot is bounded by what those events return.
 //!
 //! The writer coalesces whatever is queued into one buffer and one write, which is what keeps
-//! pipelined traffic cheap. Frames are never interleaved mid-frame; after a close frame nothing
-//! else is written.
+//! pipelined traffic cheap. When nothing at all is queued or being written, [`Outbound::send`]
+//! writes a small frame itself with a non-blocking `try_write` (the request/response case), which
+//! saves waking the writer task for every reply. Frames are never interleaved mid-frame; after a
+//! close frame nothing else is written.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,12 +85,27 @@ impl Level {
     }
 }
 
+/// The socket's write half, shared by the writer task and the senders' fast path.
+struct WriteSide {
+    socket: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Frames queued or taken by the writer but not yet written. The fast path may only write
+    /// when this is 0, which keeps every producer's frames in order.
+    unwritten: AtomicUsize,
+    /// A close frame has been written: nothing more goes out.
+    closed: AtomicBool,
+}
+
+/// Frames up to this payload size may take the fast path.
+const FAST_PATH_MAX: usize = 4 << 10;
+
 /// The sending side of a connection's outbound queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbound {
     tx: mpsc::UnboundedSender<OutFrame>,
     level: Arc<Level>,
     urgent: Arc<Urgent>,
+    side: Arc<WriteSide>,
+    write_timeout: Duration,
 }
 
 /// A close that skips the queue (used when the queue itself is the problem).
@@ -100,6 +117,7 @@ struct Urgent {
 
 impl Outbound {
     fn push(&self, frame: OutFrame) -> Result<(), QueueError> {
+        self.side.unwritten.fetch_add(1, Ordering::AcqRel);
         self.level.frames.fetch_add(1, Ordering::AcqRel);
         self.level.bytes.fetch_add(frame.payload_len(), Ordering::AcqRel);
         self.tx.send(frame).map_err(|_| QueueError::Closed)
@@ -121,10 +139,45 @@ impl Outbound {
         }
     }
 
-    /// Queues a frame, waiting while the queue is full (backpressure on the caller).
+    /// Queues a frame, waiting while the queue is full (backpressure on the caller); a small frame
+    /// on an idle connection is written at once.
     pub async fn send(&self, frame: OutFrame) -> Result<(), QueueError> {
+        if let OutFrame::Data(op, payload) = &frame
+            && payload.len() <= FAST_PATH_MAX
+            && let Some(done) = self.write_now(*op, payload).await
+        {
+            return done;
+        }
         self.wait_for(frame.payload_len()).await?;
         self.push(frame)
+    }
+
+    /// The fast path: when nothing is queued or being written, write the frame directly. `None`
+    /// means "not possible now, queue it".
+    async fn write_now(&self, op: OpCode, payload: &[u8]) -> Option<Result<(), QueueError>> {
+        if self.side.unwritten.load(Ordering::Acquire) != 0 || self.side.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let socket = self.side.socket.try_lock().ok()?;
+        // Checked again under the lock: the writer takes it for every write it makes.
+        if self.side.unwritten.load(Ordering::Acquire) != 0 || self.tx.is_closed() {
+            return None;
+        }
+        let mut buf = BytesMut::with_capacity(payload.len() + 10);
+        encode_header(&mut buf, true, op, payload.len());
+        buf.extend_from_slice(payload);
+        let mut socket = socket;
+        match socket.try_write(&buf) {
+            Ok(n) if n == buf.len() => Some(Ok(())),
+            Ok(n) => {
+                // Part of the frame is out: the rest must follow before anything else, so finish
+                // it here, still holding the socket.
+                let rest = tokio::time::timeout(self.write_timeout, socket.write_all(&buf[n..])).await;
+                Some(if matches!(rest, Ok(Ok(()))) { Ok(()) } else { Err(QueueError::Closed) })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(_) => None, // the writer will meet the same error and stop the connection
+        }
     }
 
     /// Waits until the queue is below its bounds: the session calls this before handing the next
@@ -196,15 +249,22 @@ pub fn spawn_writer(
         max_bytes: bytes,
         drained: Notify::new(),
     });
-    let outbound = Outbound { tx, level: level.clone(), urgent: urgent.clone() };
-    let writer = Writer { socket, rx, urgent, level, write_timeout, buf: BytesMut::new(), closed: false };
+    let side = Arc::new(WriteSide {
+        socket: tokio::sync::Mutex::new(socket),
+        unwritten: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+    });
+    let outbound = Outbound { tx, level: level.clone(), urgent: urgent.clone(), side: side.clone(), write_timeout };
+    let writer = Writer { side, rx, urgent, level, write_timeout, buf: BytesMut::new(), closed: false, taken: 0 };
     let task = tokio::spawn(writer.run(finish_rx));
     (outbound, WriterHandle { finish: Some(finish_tx), task })
 }
 
 struct Writer {
-    socket: OwnedWriteHalf,
+    side: Arc<WriteSide>,
     rx: mpsc::UnboundedReceiver<OutFrame>,
+    /// Frames taken off the queue since the last completed write.
+    taken: usize,
     urgent: Arc<Urgent>,
     level: Arc<Level>,
     write_timeout: Duration,
@@ -248,6 +308,8 @@ impl Writer {
                             self.write_item(frame).await?;
                         }
                         self.flush().await?;
+                        // Every frame taken is now on the wire: the fast path may resume.
+                        self.side.unwritten.fetch_sub(std::mem::take(&mut self.taken), Ordering::AcqRel);
                         self.level.drained.notify_waiters();
                     }
                 }
@@ -260,11 +322,13 @@ impl Writer {
         // Refuse further frames and wake any sender waiting for room.
         self.rx.close();
         self.level.drained.notify_waiters();
-        let _ = tokio::time::timeout(self.write_timeout, self.socket.shutdown()).await;
+        let _ =
+            tokio::time::timeout(self.write_timeout, async { self.side.socket.lock().await.shutdown().await }).await;
     }
 
     /// Accounts for a frame taken off the queue.
-    fn taken(&self, frame: &OutFrame) {
+    fn taken(&mut self, frame: &OutFrame) {
+        self.taken += 1;
         self.level.frames.fetch_sub(1, Ordering::AcqRel);
         self.level.bytes.fetch_sub(frame.payload_len(), Ordering::AcqRel);
     }
@@ -298,6 +362,7 @@ impl Writer {
                 encode_header(&mut self.buf, true, OpCode::Close, payload.len());
                 self.buf.extend_from_slice(&payload);
                 self.closed = true;
+                self.side.closed.store(true, Ordering::Release);
             }
         }
     }
@@ -318,7 +383,11 @@ impl Writer {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match tokio::time::timeout(self.write_timeout, self.socket.write_all(bytes)).await {
+        let side = self.side.clone();
+        let result =
+            tokio::time::timeout(self.write_timeout, async move { side.socket.lock().await.write_all(bytes).await })
+                .await;
+        match result {
             Ok(r) => r,
             Err(_) => {
                 Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write made no progress (peer not reading)"))
