@@ -369,6 +369,11 @@ impl Session {
         }
     }
 
+    /// Queues the session's own reply; the last one of a read batch may be written at once.
+    async fn reply(&self, frame: OutFrame) -> Result<(), super::QueueError> {
+        if self.buf.is_empty() { self.out.send_or_write(frame).await } else { self.out.send(frame).await }
+    }
+
     async fn on_event(&mut self, event: Event, closing: bool, ending: &mut Ending) -> Next {
         match event {
             Event::Close(frame) => {
@@ -387,7 +392,7 @@ impl Session {
             // After our close frame, nothing else is sent and data is no longer delivered.
             _ if closing => Next::Continue,
             Event::Ping(payload) => {
-                if self.out.send(OutFrame::Data(crate::protocol::OpCode::Pong, payload)).await.is_err() {
+                if self.reply(OutFrame::Data(crate::protocol::OpCode::Pong, payload)).await.is_err() {
                     return Next::Finish;
                 }
                 Next::Continue
@@ -396,7 +401,7 @@ impl Session {
             Event::Message(message) => {
                 let delivered = match &self.route.handler {
                     Handler::Echo => {
-                        self.out.send(OutFrame::Data(message.opcode(), message.payload().clone())).await.is_ok()
+                        self.reply(OutFrame::Data(message.opcode(), message.payload().clone())).await.is_ok()
                     }
                     Handler::Plugin(plugin) => {
                         // Credit-based flow control: forward only when this connection's queue has

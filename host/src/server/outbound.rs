@@ -12,8 +12,8 @@
 //!   small number of events in flight, so the overshoot is bounded by what those events return.
 //!
 //! The writer coalesces whatever is queued into one buffer and one write, which is what keeps
-//! pipelined traffic cheap. When nothing at all is queued or being written, [`Outbound::send`]
-//! writes a small frame itself with a non-blocking `try_write` (the request/response case), which
+//! pipelined traffic cheap. When nothing at all is queued or being written,
+//! [`Outbound::send_or_write`] writes a small frame itself with a non-blocking `try_write` (the request/response case), which
 //! saves waking the writer task for every reply. Frames are never interleaved mid-frame; after a
 //! close frame nothing else is written.
 
@@ -139,17 +139,23 @@ impl Outbound {
         }
     }
 
-    /// Queues a frame, waiting while the queue is full (backpressure on the caller); a small frame
-    /// on an idle connection is written at once.
+    /// Queues a frame, waiting while the queue is full (backpressure on the caller).
     pub async fn send(&self, frame: OutFrame) -> Result<(), QueueError> {
+        self.wait_for(frame.payload_len()).await?;
+        self.push(frame)
+    }
+
+    /// Like [`send`](Self::send), but a small frame on an idle connection is written at once. For
+    /// the last reply of a batch only: replies to pipelined messages are better queued, so that the
+    /// writer coalesces them into one write.
+    pub async fn send_or_write(&self, frame: OutFrame) -> Result<(), QueueError> {
         if let OutFrame::Data(op, payload) = &frame
             && payload.len() <= FAST_PATH_MAX
             && let Some(done) = self.write_now(*op, payload).await
         {
             return done;
         }
-        self.wait_for(frame.payload_len()).await?;
-        self.push(frame)
+        self.send(frame).await
     }
 
     /// The fast path: when nothing is queued or being written, write the frame directly. `None`
