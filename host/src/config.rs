@@ -380,6 +380,14 @@ mod tests {
     }
 
     #[test]
+    fn sample_config_is_valid() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/wsplug.toml");
+        let c = Config::from_file(&path).unwrap();
+        assert!(c.routes.iter().any(|r| r.get_ref().path == "/chat"));
+        assert!(c.resolve(c.static_dir.as_ref().unwrap()).join("index.html").exists());
+    }
+
+    #[test]
     fn sizes_and_durations_accept_units() {
         let c = parse("[limits]\nmax_frame_size = \"64KiB\"\nmax_message_size = 1048576\nhandshake_timeout = \"250ms\"\nidle_timeout = \"2m\"\n").unwrap();
         assert_eq!(c.limits.max_frame_size, 64 << 10);

@@ -81,7 +81,7 @@ impl types::Host for PluginState {}
 
 impl host::Host for PluginState {
     fn log(&mut self, level: host::Level, message: String) {
-        let message = truncate(&message, 4096);
+        let message = crate::protocol::close::truncate_utf8(&message, 4096);
         let plugin = &*self.plugin;
         match level {
             host::Level::Trace => tracing::trace!(plugin, "{message}"),
@@ -91,17 +91,6 @@ impl host::Host for PluginState {
             host::Level::Error => tracing::error!(plugin, "{message}"),
         }
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Caps linear memory and remembers when it said no, so a trap can be reported as what it was.

@@ -86,15 +86,19 @@ pub fn close_payload(frame: Option<&CloseFrame>) -> Bytes {
 
 /// The longest prefix of `reason` that fits a close frame (123 bytes) without splitting a character.
 pub fn truncate_reason(reason: &str) -> &str {
-    const MAX: usize = 123;
-    if reason.len() <= MAX {
-        return reason;
+    truncate_utf8(reason, 123)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
-    let mut end = MAX;
-    while !reason.is_char_boundary(end) {
+    let mut end = max;
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    &reason[..end]
+    &s[..end]
 }
 
 #[cfg(test)]

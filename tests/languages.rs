@@ -1,0 +1,77 @@
+//! The example plugins in other languages (built by `plugins/build-all.sh`, which `.ci/run` runs
+//! first): each echo plugin round-trips text, binary and a 1 MiB message and never sees invalid
+//! UTF-8; each chat plugin broadcasts to its room.
+//!
+//! These tests are `#[ignore]`d in a plain `cargo test` (the toolchains are not part of the two
+//! README commands); `.ci/run` runs them with `--include-ignored` after building, and there a
+//! missing component fails the test.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
+use wsplug_tests::{TestServer, assert_echo, next_message, plugin_path};
+
+async fn server_for(lang: &str) -> TestServer {
+    for kind in ["echo", "chat"] {
+        let path = plugin_path(&format!("{kind}-{lang}"));
+        assert!(path.exists(), "{} is missing: run plugins/build-all.sh", path.display());
+    }
+    TestServer::start(&format!(
+        "[[routes]]\npath = \"/echo\"\nplugin = \"target/plugins/echo-{lang}.wasm\"\n\n\
+         [[routes]]\npath = \"/chat\"\nplugin = \"target/plugins/chat-{lang}.wasm\"\n"
+    ))
+    .await
+}
+
+async fn echo_round_trips(server: &TestServer) {
+    let mut ws = server.connect("/echo").await;
+    assert_echo(&mut ws, Message::text("hello")).await;
+    assert_echo(&mut ws, Message::text("κόσμε 🌍")).await;
+    assert_echo(&mut ws, Message::text("")).await;
+    assert_echo(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await;
+    let big: Vec<u8> = (0..1 << 20).map(|i: usize| (i * 7) as u8).collect();
+    assert_echo(&mut ws, Message::binary(big)).await;
+}
+
+async fn invalid_utf8_never_reaches_the_plugin(server: &TestServer) {
+    let mut raw = server.raw("/echo").await;
+    raw.send_frame(true, 0x1, &[b'o', b'k', 0xC0, 0xAF]).await;
+    assert_eq!(raw.expect_close().await, Some(1007));
+    // The plugin is unharmed: a new connection is served.
+    let mut ws = server.connect("/echo").await;
+    assert_echo(&mut ws, Message::text("still fine")).await;
+}
+
+async fn chat_broadcasts(server: &TestServer, lang: &str) {
+    let mut ada = server.connect("/chat?nick=ada&room=lobby").await;
+    let mut bob = server.connect("/chat?nick=bob&room=lobby").await;
+    let text = |m: Message| m.into_text().map(|t| t.to_string()).unwrap_or_default();
+    assert!(text(next_message(&mut ada).await).contains("\"welcome\""));
+    assert!(text(next_message(&mut bob).await).contains("\"welcome\""));
+    assert!(text(next_message(&mut ada).await).contains("\"join\""));
+    tokio::time::timeout(Duration::from_secs(10), ada.send(Message::text("hi \"bob\""))).await.unwrap().unwrap();
+    for ws in [&mut ada, &mut bob] {
+        let line = text(next_message(ws).await);
+        assert!(line.contains("\"message\"") && line.contains("\"nick\":\"ada\""), "{lang}: {line}");
+        assert!(line.contains(r#"hi \"bob\""#), "{lang}: JSON escaping: {line}");
+    }
+}
+
+macro_rules! language {
+    ($name:ident, $lang:literal) => {
+        /// One server per language (compiling a Python or JavaScript component takes seconds).
+        #[tokio::test]
+        #[ignore = "needs plugins/build-all.sh (run by .ci/run)"]
+        async fn $name() {
+            let server = server_for($lang).await;
+            echo_round_trips(&server).await;
+            invalid_utf8_never_reaches_the_plugin(&server).await;
+            chat_broadcasts(&server, $lang).await;
+        }
+    };
+}
+
+language!(javascript_echo_and_chat, "js");
+language!(python_echo_and_chat, "python");
+language!(c_echo_and_chat, "c");
