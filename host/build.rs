@@ -14,7 +14,17 @@ const TARGET: &str = "wasm32-wasip2";
 fn main() {
     println!("cargo:rerun-if-env-changed=WSPLUG_SKIP_PLUGIN_BUILD");
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
-    for watched in ["wit", "plugins", "tests/plugins"] {
+    // The Rust plugin workspaces only: the other languages' plugins have build scripts of their own.
+    for watched in [
+        "wit",
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+        "plugins/sdk",
+        "plugins/echo",
+        "plugins/chat",
+        "plugins/guard",
+        "tests/plugins",
+    ] {
         watch_tree(&root.join(watched));
     }
     if std::env::var_os("WSPLUG_SKIP_PLUGIN_BUILD").is_some_and(|v| v == "1") {
@@ -38,8 +48,12 @@ fn main() {
     }
 }
 
-/// Reruns this script when anything under `dir` changes (skipping build output).
+/// Reruns this script when `path`, or anything under it, changes (skipping build output).
 fn watch_tree(dir: &Path) {
+    if dir.is_file() {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();

@@ -1,6 +1,6 @@
 //! The example plugins in other languages (built by `plugins/build-all.sh`, which `.ci/run` runs
 //! first): each echo plugin round-trips text, binary and a 1 MiB message and never sees invalid
-//! UTF-8; each chat plugin broadcasts to its room.
+//! UTF-8; each chat plugin (JavaScript, Python, C) broadcasts to its room.
 //!
 //! These tests are `#[ignore]`d in a plain `cargo test` (the toolchains are not part of the two
 //! README commands); `.ci/run` runs them with `--include-ignored` after building, and there a
@@ -12,16 +12,16 @@ use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use wsplug_tests::{TestServer, assert_echo, next_message, plugin_path};
 
-async fn server_for(lang: &str) -> TestServer {
-    for kind in ["echo", "chat"] {
+async fn server_for(lang: &str, kinds: &[&str]) -> TestServer {
+    for kind in kinds {
         let path = plugin_path(&format!("{kind}-{lang}"));
         assert!(path.exists(), "{} is missing: run plugins/build-all.sh", path.display());
     }
-    TestServer::start(&format!(
-        "[[routes]]\npath = \"/echo\"\nplugin = \"target/plugins/echo-{lang}.wasm\"\n\n\
-         [[routes]]\npath = \"/chat\"\nplugin = \"target/plugins/chat-{lang}.wasm\"\n"
-    ))
-    .await
+    let routes: String = kinds
+        .iter()
+        .map(|k| format!("[[routes]]\npath = \"/{k}\"\nplugin = \"target/plugins/{k}-{lang}.wasm\"\n"))
+        .collect();
+    TestServer::start(&routes).await
 }
 
 async fn echo_round_trips(server: &TestServer) {
@@ -64,12 +64,21 @@ macro_rules! language {
         #[tokio::test]
         #[ignore = "needs plugins/build-all.sh (run by .ci/run)"]
         async fn $name() {
-            let server = server_for($lang).await;
+            let server = server_for($lang, &["echo", "chat"]).await;
             echo_round_trips(&server).await;
             invalid_utf8_never_reaches_the_plugin(&server).await;
             chat_broadcasts(&server, $lang).await;
         }
     };
+}
+
+/// Go has an echo plugin only (see plugins/echo-go/README.md).
+#[tokio::test]
+#[ignore = "needs plugins/build-all.sh (run by .ci/run)"]
+async fn go_echo() {
+    let server = server_for("go", &["echo"]).await;
+    echo_round_trips(&server).await;
+    invalid_utf8_never_reaches_the_plugin(&server).await;
 }
 
 language!(javascript_echo_and_chat, "js");

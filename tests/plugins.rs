@@ -412,6 +412,11 @@ async fn a_trap_re_attaches_the_other_connections() {
     // The culprit's on-close still reaches the plugin, once.
     assert_eq!(text(&mut watcher).await, format!("closed {culprit_id} 1011"));
     assert_echo(&mut watcher, Message::text("served by the new instance")).await;
+    // Its subscriptions were cleared for the new instance to decide (probe does not resubscribe).
+    let mut publisher = server.connect("/probe").await;
+    say(&mut publisher, "pub news after-rebuild").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_nothing_pending(&mut watcher).await;
 }
 
 #[tokio::test]

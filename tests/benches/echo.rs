@@ -171,6 +171,38 @@ fn main() {
             println!("{:<32} {:<22} {:>12} {:>9} {:>9} {:>9.2}x  (plugin / native)", "", "", "", "", "", plugin.rate() / native.rate());
         }
 
+        // Plugins in other languages (when plugins/build-all.sh has built them): size, compile time
+        // without the cache, and echo throughput against the Rust echo plugin and the native route.
+        let languages: Vec<(&str, std::path::PathBuf)> = [("Rust", "echo"), ("C", "echo-c"), ("JavaScript", "echo-js"), ("Python", "echo-python")]
+            .into_iter()
+            .map(|(lang, file)| (lang, wsplug_tests::plugin_path(file)))
+            .filter(|(_, path)| path.exists())
+            .collect();
+        let lang_scenario = &SCENARIOS[0];
+        println!("\nplugin languages ({}; compile without the cache):", lang_scenario.name);
+        println!("{:<12} {:>12} {:>12} {:>12} {:>10} {:>12} {:>14}", "language", "size bytes", "compile ms", "msgs/s", "p99 µs", "vs Rust", "vs native");
+        let mut routes = String::from("[[routes]]\npath = \"/native\"\nkind = \"echo\"\n");
+        for (i, (_, path)) in languages.iter().enumerate() {
+            routes.push_str(&format!("[[routes]]\npath = \"/l{i}\"\nplugin = \"{}\"\n", path.display()));
+        }
+        let lang_server = TestServer::start(&routes).await;
+        let native = run(lang_server.addr, "/native", lang_scenario, duration).await.rate();
+        let mut rust_rate = None;
+        for (i, (lang, path)) in languages.iter().enumerate() {
+            let compile = wsplug::plugin::PluginEngine::global().load(path, None).unwrap().compile_time;
+            let size = std::fs::metadata(path).unwrap().len();
+            let mut r = run(lang_server.addr, &format!("/l{i}"), lang_scenario, duration).await;
+            let rate = r.rate();
+            let rust = *rust_rate.get_or_insert(rate);
+            println!(
+                "{lang:<12} {size:>12} {:>12.0} {rate:>12.0} {:>10.0} {:>11.2}x {:>13.2}x",
+                compile.as_secs_f64() * 1e3,
+                r.pct(0.99),
+                rate / rust,
+                rate / native
+            );
+        }
+
         // Idle memory per plugin instance: a route with 1 instance, then one with 1 + n; the
         // difference of the two deltas removes the cost of compiling the component.
         let n = 63;

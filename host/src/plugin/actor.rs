@@ -321,6 +321,8 @@ impl Actor {
                 return;
             }
             let Some(info) = pending.next() else { return };
+            // The new instance decides the connection's topics again (its state may differ).
+            self.hub.clear_topics(info.id);
             let conn = to_wit(&info, true);
             let result = self.instance().and_then(|i| i.on_open(&conn));
             match result {

@@ -166,6 +166,22 @@ impl Hub {
         Ok(())
     }
 
+    /// Forgets every subscription of a connection (when it is re-attached to a fresh instance,
+    /// which re-subscribes it from its own state).
+    pub fn clear_topics(&self, id: u64) {
+        let mut inner = self.lock();
+        let Some(member) = inner.members.get_mut(&id) else { return };
+        let topics = std::mem::take(&mut member.topics);
+        for topic in topics {
+            if let Some(subs) = inner.topics.get_mut(&topic) {
+                subs.remove(&id);
+                if subs.is_empty() {
+                    inner.topics.remove(&topic);
+                }
+            }
+        }
+    }
+
     pub fn unsubscribe(&self, id: u64, topic: &str) {
         let mut inner = self.lock();
         if let Some(member) = inner.members.get_mut(&id)
