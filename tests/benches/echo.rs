@@ -173,7 +173,7 @@ fn main() {
 
         // Plugins in other languages (when plugins/build-all.sh has built them): size, compile time
         // without the cache, and echo throughput against the Rust echo plugin and the native route.
-        let languages: Vec<(&str, std::path::PathBuf)> = [("Rust", "echo"), ("C", "echo-c"), ("JavaScript", "echo-js"), ("Python", "echo-python")]
+        let languages: Vec<(&str, std::path::PathBuf)> = [("Rust", "echo"), ("C", "echo-c"), ("JavaScript", "echo-js"), ("Python", "echo-python"), ("Go", "echo-go")]
             .into_iter()
             .map(|(lang, file)| (lang, wsplug_tests::plugin_path(file)))
             .filter(|(_, path)| path.exists())

@@ -1,0 +1,434 @@
+// The chat plugin in JavaScript: chat rooms over the `chat.v1` subprotocol, speaking the same
+// JSON protocol as the Rust chat plugin (plugins/chat/src/lib.rs, which documents it in full), so
+// the browser demo (examples/static/index.html) works against either.
+//
+// Connect as `/chat?nick=ada&room=lobby` (both optional: `guest-<id>` and `lobby`). Send text
+// lines: `/nick NEW`, `/join ROOM`, `/who`, or anything else to say it to the room. The server
+// answers with JSON events `welcome`, `join`, `leave`, `message`, `nick`, `members`, `error`.
+// Rooms are topics of the host; each keeps its last 50 messages (at most 64 KiB) as history.
+//
+// Unlike the Rust plugin this one does not hand its state over on reload (it targets the world
+// `plugin`, not `stateful-plugin`): after a reload or a trap, each open connection is re-attached
+// (`resumed`) and registered again from its query string, with a `welcome` that says
+// `"resumed": true` and no `join` notice to the room.
+//
+// Built with componentize-qjs (QuickJS). WIT variants are `{ tag, val }` objects, records are
+// objects with camelCase keys, `option<T>` is a value or null, u64 ids are numbers.
+
+import host from "wsplug:plugin/host@0.1.0";
+
+/** The subprotocol this plugin speaks. */
+const PROTOCOL = "chat.v1";
+/** The room of a connection that names none. */
+const DEFAULT_ROOM = "lobby";
+/** The longest nick, in characters (code points). */
+const MAX_NICK = 32;
+/** The longest room name, in characters. */
+const MAX_ROOM = 64;
+/** The longest chat message, in bytes of UTF-8. */
+const MAX_TEXT = 4096;
+/** The most messages a room's history keeps. */
+const HISTORY_LINES = 50;
+/** The most bytes of nicks and text a room's history keeps, and of JSON a `welcome` carries. */
+const HISTORY_BYTES = 64 * 1024;
+/** How many rooms without members keep their history (the most recently emptied ones). */
+const IDLE_HISTORIES = 32;
+
+// ---- State: one instance sees every connection of its route, one call at a time. ----
+
+/** Admitted connections: id -> { nick, room }. */
+const members = new Map();
+/** Nicks in use, lower-cased, with their owners' ids (nicks are unique ignoring case). */
+const nicks = new Map();
+/** Each room's members' nicks. A room without members is removed. */
+const rooms = new Map();
+/** Each room's recent messages: room -> { lines: [{ nick, text }], bytes }. */
+const histories = new Map();
+/** Rooms with a history but without members, the longest empty first. */
+let idle = [];
+
+// ---- Text helpers ----
+
+const WHITESPACE = /\p{White_Space}/u;
+const BAD_NAME_CHAR = /[\p{White_Space}\p{Cc}]/u;
+const TRIM = /^\p{White_Space}+|\p{White_Space}+$/gu;
+
+/** The length of `s` in bytes of UTF-8. */
+function utf8Length(s) {
+  let n = 0;
+  for (const c of s) {
+    const cp = c.codePointAt(0);
+    n += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+  }
+  return n;
+}
+
+/** `value` as JSON; U+2028 and U+2029 are escaped too, for the sake of JavaScript parsers. */
+function json(value) {
+  return JSON.stringify(value).replace(/[\u2028\u2029]/g, (c) => "\\u" + c.charCodeAt(0).toString(16));
+}
+
+/** Compares strings by code point, the order the Rust plugin sorts nicks in. */
+function byCodePoint(a, b) {
+  const x = a[Symbol.iterator]();
+  const y = b[Symbol.iterator]();
+  for (;;) {
+    const p = x.next();
+    const q = y.next();
+    if (p.done || q.done) return p.done === q.done ? 0 : p.done ? -1 : 1;
+    const d = p.value.codePointAt(0) - q.value.codePointAt(0);
+    if (d !== 0) return d;
+  }
+}
+
+/** Decodes UTF-8 bytes; each maximal invalid subpart becomes U+FFFD. */
+function utf8Decode(bytes) {
+  let out = "";
+  let i = 0;
+  while (i < bytes.length) {
+    const b = bytes[i];
+    let need = 0;
+    let cp = 0;
+    let lo = 0x80;
+    let hi = 0xbf;
+    if (b < 0x80) {
+      out += String.fromCharCode(b);
+      i += 1;
+      continue;
+    } else if (b >= 0xc2 && b <= 0xdf) {
+      need = 1;
+      cp = b & 0x1f;
+    } else if (b >= 0xe0 && b <= 0xef) {
+      need = 2;
+      cp = b & 0x0f;
+      if (b === 0xe0) lo = 0xa0;
+      if (b === 0xed) hi = 0x9f;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      need = 3;
+      cp = b & 0x07;
+      if (b === 0xf0) lo = 0x90;
+      if (b === 0xf4) hi = 0x8f;
+    } else {
+      out += "\uFFFD";
+      i += 1;
+      continue;
+    }
+    let j = i + 1;
+    let ok = true;
+    for (let k = 0; k < need; k++, j++) {
+      const c = bytes[j];
+      if (j >= bytes.length || c < lo || c > hi) {
+        ok = false;
+        break;
+      }
+      cp = (cp << 6) | (c & 0x3f);
+      lo = 0x80;
+      hi = 0xbf;
+    }
+    out += ok ? String.fromCodePoint(cp) : "\uFFFD";
+    i = j;
+  }
+  return out;
+}
+
+/** Decodes a query component as HTML forms do: `+` is a space, `%XX` a byte (kept if malformed). */
+function percentDecode(s) {
+  const bytes = [];
+  const hex = (c) => (c !== undefined && /^[0-9a-fA-F]$/.test(c) ? parseInt(c, 16) : -1);
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i];
+    if (c === "+") {
+      bytes.push(0x20);
+    } else if (c === "%" && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+      bytes.push(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+      i += 2;
+    } else {
+      // Re-encode the character itself as UTF-8.
+      const cp = s.codePointAt(i);
+      if (cp > 0xffff) i += 1;
+      if (cp < 0x80) bytes.push(cp);
+      else if (cp < 0x800) bytes.push(0xc0 | (cp >> 6), 0x80 | (cp & 0x3f));
+      else if (cp < 0x10000) bytes.push(0xe0 | (cp >> 12), 0x80 | ((cp >> 6) & 0x3f), 0x80 | (cp & 0x3f));
+      else bytes.push(0xf0 | (cp >> 18), 0x80 | ((cp >> 12) & 0x3f), 0x80 | ((cp >> 6) & 0x3f), 0x80 | (cp & 0x3f));
+    }
+  }
+  return utf8Decode(bytes);
+}
+
+/** The first value of query parameter `name` in the request target `path`, decoded, or null. */
+function queryParam(path, name) {
+  let target = path;
+  const hash = target.indexOf("#");
+  if (hash >= 0) target = target.slice(0, hash);
+  const q = target.indexOf("?");
+  if (q < 0) return null;
+  for (const piece of target.slice(q + 1).split("&")) {
+    if (piece === "") continue;
+    const eq = piece.indexOf("=");
+    const [n, v] = eq >= 0 ? [piece.slice(0, eq), piece.slice(eq + 1)] : [piece, ""];
+    if (percentDecode(n) === name) return percentDecode(v);
+  }
+  return null;
+}
+
+/** Checks a nick or room name: 1 to `max` characters, no whitespace or control characters. */
+function checkName(what, name, max) {
+  const count = [...name].length;
+  if (count === 0 || count > max || BAD_NAME_CHAR.test(name)) {
+    return `a ${what} must be 1 to ${max} characters, without spaces or control characters`;
+  }
+  return null;
+}
+
+// ---- Actions and events ----
+
+const text = (s) => ({ tag: "text", val: s });
+const reply = (s) => ({ tag: "reply", val: text(s) });
+const toRoom = (room, s) => ({ tag: "send", val: { to: { tag: "topic", val: room }, message: text(s) } });
+const subscribe = (room) => ({ tag: "subscribe", val: room });
+const unsubscribe = (room) => ({ tag: "unsubscribe", val: room });
+const joinEvent = (type, nick, room) => json({ type, nick, room });
+const error = (message) => reply(json({ type: "error", text: message }));
+
+function log(level, message) {
+  host.log(level, message);
+}
+
+// ---- Bookkeeping ----
+
+/** Whether `nick` is in use by a connection other than `except`. */
+function nickTaken(nick, except) {
+  const owner = nicks.get(nick.toLowerCase());
+  return owner !== undefined && owner !== except;
+}
+
+/** `wanted`, or `wanted-N` with the smallest N >= 2 that is free (cut to fit MAX_NICK). */
+function uniqueNick(wanted) {
+  if (!nickTaken(wanted)) return wanted;
+  for (let n = 2; ; n++) {
+    const suffix = `-${n}`;
+    const nick = [...wanted].slice(0, MAX_NICK - suffix.length).join("") + suffix;
+    if (!nickTaken(nick)) return nick;
+  }
+}
+
+function enterRoom(room, nick) {
+  let set = rooms.get(room);
+  if (!set) {
+    set = new Set();
+    rooms.set(room, set);
+    idle = idle.filter((r) => r !== room);
+  }
+  set.add(nick);
+}
+
+function leaveRoom(room, nick) {
+  const set = rooms.get(room);
+  if (!set) return;
+  set.delete(nick);
+  if (set.size === 0) {
+    rooms.delete(room);
+    if (histories.has(room)) {
+      idle.push(room);
+      while (idle.length > IDLE_HISTORIES) histories.delete(idle.shift());
+    }
+  }
+}
+
+function add(id, nick, room) {
+  nicks.set(nick.toLowerCase(), id);
+  enterRoom(room, nick);
+  members.set(id, { nick, room });
+}
+
+function remove(id) {
+  const member = members.get(id);
+  if (!member) return null;
+  members.delete(id);
+  nicks.delete(member.nick.toLowerCase());
+  leaveRoom(member.room, member.nick);
+  return member;
+}
+
+function membersOf(room) {
+  return [...(rooms.get(room) ?? [])].sort(byCodePoint);
+}
+
+function pushHistory(room, line) {
+  let history = histories.get(room);
+  if (!history) {
+    history = { lines: [], bytes: 0 };
+    histories.set(room, history);
+  }
+  history.lines.push(line);
+  history.bytes += utf8Length(line.nick) + utf8Length(line.text);
+  while (history.lines.length > HISTORY_LINES || history.bytes > HISTORY_BYTES) {
+    const old = history.lines.shift();
+    if (!old) break;
+    history.bytes -= utf8Length(old.nick) + utf8Length(old.text);
+  }
+}
+
+/** The most recent lines of `room` whose JSON fits in HISTORY_BYTES, oldest first. */
+function recentHistory(room) {
+  const lines = histories.get(room)?.lines ?? [];
+  const out = [];
+  let size = 2;
+  for (let i = lines.length - 1; i >= 0; i--) {
+    size += utf8Length(json(lines[i])) + 1;
+    if (size > HISTORY_BYTES) break;
+    out.push({ nick: lines[i].nick, text: lines[i].text });
+  }
+  return out.reverse();
+}
+
+/** A `welcome`: with the room's history for a joiner, `"resumed": true` for a resumed connection. */
+function welcome(nick, room, resumed) {
+  const event = { type: "welcome", nick, room, members: membersOf(room) };
+  if (resumed) event.resumed = true;
+  else event.history = recentHistory(room);
+  return json(event);
+}
+
+/** Registers `id` as `nick` (made unique) in `room`: a `join` unless resumed, the subscription, a `welcome`. */
+function admit(id, nick, room, resumed) {
+  remove(id);
+  const unique = uniqueNick(nick);
+  add(id, unique, room);
+  const actions = [];
+  if (!resumed) actions.push(toRoom(room, joinEvent("join", unique, room)));
+  actions.push(subscribe(room));
+  actions.push(reply(welcome(unique, room, resumed)));
+  return actions;
+}
+
+// ---- Commands ----
+
+function say(id, line) {
+  if (utf8Length(line) > MAX_TEXT) return [error(`message too long: at most ${MAX_TEXT} bytes`)];
+  if (line.replace(TRIM, "") === "") return [];
+  const { nick, room } = members.get(id);
+  pushHistory(room, { nick, text: line });
+  return [toRoom(room, json({ type: "message", nick, room, text: line }))];
+}
+
+function rename(id, wanted) {
+  if (wanted === "") return [error("usage: /nick NEW")];
+  const bad = checkName("nick", wanted, MAX_NICK);
+  if (bad) return [error(bad)];
+  const member = members.get(id);
+  if (member.nick === wanted) return [error(`you are already ${wanted}`)];
+  if (nickTaken(wanted, id)) return [error(`nick ${wanted} is taken`)];
+  const old = member.nick;
+  const room = member.room;
+  // Renamed in place: leaving and entering the room would empty it for a moment.
+  nicks.delete(old.toLowerCase());
+  nicks.set(wanted.toLowerCase(), id);
+  const set = rooms.get(room);
+  if (set) {
+    set.delete(old);
+    set.add(wanted);
+  }
+  member.nick = wanted;
+  log("info", `${old} is now ${wanted}`);
+  return [toRoom(room, json({ type: "nick", old, new: wanted, room }))];
+}
+
+function join(id, room) {
+  if (room === "") return [error("usage: /join ROOM")];
+  const bad = checkName("room", room, MAX_ROOM);
+  if (bad) return [error(bad)];
+  const member = members.get(id);
+  if (member.room === room) return [error(`you are already in ${room}`)];
+  const { nick } = member;
+  const old = member.room;
+  // Into the new room first: leaving the old one may forget the history of the longest empty
+  // room, and that must not be the new room's.
+  enterRoom(room, nick);
+  leaveRoom(old, nick);
+  member.room = room;
+  return [
+    unsubscribe(old),
+    toRoom(old, joinEvent("leave", nick, old)),
+    toRoom(room, joinEvent("join", nick, room)),
+    subscribe(room),
+    reply(welcome(nick, room, false)),
+  ];
+}
+
+function who(id) {
+  const { room } = members.get(id);
+  return [reply(json({ type: "members", room, members: membersOf(room) }))];
+}
+
+function onText(id, message) {
+  let line = message;
+  if (line.endsWith("\n")) {
+    line = line.slice(0, -1);
+    if (line.endsWith("\r")) line = line.slice(0, -1);
+  }
+  if (line.startsWith("/")) {
+    const command = line.slice(1);
+    const space = command.search(WHITESPACE);
+    const name = space < 0 ? command : command.slice(0, space);
+    const arg = space < 0 ? "" : command.slice(space).replace(TRIM, "");
+    if (name === "nick") return rename(id, arg);
+    if (name === "join") return join(id, arg);
+    if (name === "who") return who(id);
+  }
+  return say(id, line);
+}
+
+// ---- The exported interface `handler` ----
+
+export const handler = {
+  onOpen(conn) {
+    let subprotocol = null;
+    if (conn.protocols.includes(PROTOCOL)) {
+      subprotocol = PROTOCOL;
+    } else if (conn.protocols.length > 0 && !conn.resumed) {
+      return { tag: "reject", val: { status: 400, body: "this endpoint requires the chat.v1 subprotocol" } };
+    }
+    const accept = (actions) => ({ tag: "accept", val: { subprotocol, actions } });
+    if (conn.resumed) {
+      // Only known if this instance saw it open (no state hand-over across instances).
+      const member = members.get(conn.id);
+      if (member) {
+        log("info", `${member.nick} is still in ${member.room}`);
+        return accept([subscribe(member.room), reply(welcome(member.nick, member.room, true))]);
+      }
+    }
+    const defaultNick = `guest-${conn.id}`;
+    let nick = queryParam(conn.path, "nick") || defaultNick;
+    let room = queryParam(conn.path, "room") || DEFAULT_ROOM;
+    const bad = checkName("nick", nick, MAX_NICK) ?? checkName("room", room, MAX_ROOM);
+    if (bad) {
+      // A resumed connection cannot be refused any more: give it the defaults instead.
+      if (!conn.resumed) return { tag: "reject", val: { status: 400, body: bad } };
+      nick = defaultNick;
+      room = DEFAULT_ROOM;
+    }
+    const actions = admit(conn.id, nick, room, conn.resumed);
+    log("info", `${members.get(conn.id).nick} ${conn.resumed ? "is back in" : "joined"} ${room}`);
+    return accept(actions);
+  },
+
+  onMessage(id, msg) {
+    let actions = [];
+    if (!members.has(id)) {
+      // Not seen opening: take it in with the defaults rather than fail.
+      log("warn", `message from unknown connection ${id}`);
+      actions = admit(id, `guest-${id}`, DEFAULT_ROOM, true);
+    }
+    if (msg.tag === "text") actions.push(...onText(id, msg.val));
+    else actions.push(error("binary messages are not supported"));
+    return actions;
+  },
+
+  onClose(id, code, reason) {
+    const member = remove(id);
+    if (!member) return [];
+    log("info", `${member.nick} left ${member.room}`);
+    return [toRoom(member.room, joinEvent("leave", member.nick, member.room))];
+  },
+};

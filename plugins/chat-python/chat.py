@@ -1,0 +1,384 @@
+"""The chat plugin in Python: chat rooms over the `chat.v1` subprotocol, speaking the same JSON
+protocol as the Rust chat plugin (plugins/chat/src/lib.rs, which documents it in full), so the
+browser demo (examples/static/index.html) works against either.
+
+Connect as `/chat?nick=ada&room=lobby` (both optional: `guest-<id>` and `lobby`). Send text lines:
+`/nick NEW`, `/join ROOM`, `/who`, or anything else to say it to the room. The server answers with
+JSON events `welcome`, `join`, `leave`, `message`, `nick`, `members`, `error`. Rooms are topics of
+the host; each keeps its last 50 messages (at most 64 KiB) as history.
+
+Unlike the Rust plugin this one does not hand its state over on reload (it targets the world
+`plugin`, not `stateful-plugin`): after a reload or a trap, each open connection is re-attached
+(`resumed`) and registered again from its query string, with a `welcome` that says
+`"resumed": true` and no `join` notice to the room.
+
+Built with componentize-py: WIT variants are the dataclasses of `wit_world.imports.types`, records
+are dataclasses, `option<T>` is a value or None.
+"""
+
+import json
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+from wit_world import exports
+from wit_world.imports import host, types
+
+PROTOCOL = "chat.v1"  # the subprotocol this plugin speaks
+DEFAULT_ROOM = "lobby"  # the room of a connection that names none
+MAX_NICK = 32  # the longest nick, in characters (code points)
+MAX_ROOM = 64  # the longest room name, in characters
+MAX_TEXT = 4096  # the longest chat message, in bytes of UTF-8
+HISTORY_LINES = 50  # the most messages a room's history keeps
+HISTORY_BYTES = 64 * 1024  # the most bytes of nicks and text kept, and of JSON in a `welcome`
+IDLE_HISTORIES = 32  # how many rooms without members keep their history
+
+# Unicode's White_Space, the set Rust's `char::is_whitespace` uses (Python's `str.isspace` differs).
+WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+SPLIT = re.compile(f"[{re.escape(WHITESPACE)}]")
+
+
+@dataclass
+class Member:
+    nick: str
+    room: str
+
+
+@dataclass
+class History:
+    """A room's recent messages, oldest first, as (nick, text) pairs."""
+
+    lines: deque = field(default_factory=deque)
+    size: int = 0  # bytes of nicks and text
+
+
+# State: one instance sees every connection of its route, one call at a time.
+members: dict[int, Member] = {}  # admitted connections
+nicks: dict[str, int] = {}  # nicks in use, lower-cased, with their owners
+rooms: dict[str, set[str]] = {}  # each room's members' nicks; a room without members is removed
+histories: dict[str, History] = {}  # each room's recent messages
+idle: deque = deque()  # rooms with a history but without members, the longest empty first
+
+
+# ---- Text helpers ----
+
+
+def to_json(value) -> str:
+    """`value` as compact JSON; U+2028 and U+2029 are escaped too, for JavaScript parsers."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def utf8_len(s: str) -> int:
+    return len(s.encode("utf-8"))
+
+
+def is_control(c: str) -> bool:
+    return c < " " or "\x7f" <= c <= "\x9f"
+
+
+def percent_decode(s: str) -> str:
+    """Decodes a query component as HTML forms do: `+` is a space, `%XX` a byte (kept if malformed)."""
+    raw = s.encode("utf-8")
+    out = bytearray()
+    i = 0
+    hexdigits = b"0123456789abcdefABCDEF"
+    while i < len(raw):
+        b = raw[i]
+        if b == 0x2B:  # '+'
+            out.append(0x20)
+        elif b == 0x25 and i + 2 < len(raw) and raw[i + 1] in hexdigits and raw[i + 2] in hexdigits:
+            out.append(int(raw[i + 1 : i + 3], 16))
+            i += 2
+        else:
+            out.append(b)
+        i += 1
+    return out.decode("utf-8", errors="replace")
+
+
+def query_param(path: str, name: str) -> str | None:
+    """The first value of query parameter `name` in the request target `path`, decoded, or None."""
+    path = path.split("#", 1)[0]
+    if "?" not in path:
+        return None
+    for piece in path.split("?", 1)[1].split("&"):
+        if not piece:
+            continue
+        key, _, value = piece.partition("=")
+        if percent_decode(key) == name:
+            return percent_decode(value)
+    return None
+
+
+def check_name(what: str, name: str, limit: int) -> str | None:
+    """An error if `name` is not 1 to `limit` characters without whitespace or control characters."""
+    if not 0 < len(name) <= limit or any(c in WHITESPACE or is_control(c) for c in name):
+        return f"a {what} must be 1 to {limit} characters, without spaces or control characters"
+    return None
+
+
+# ---- Actions and events ----
+
+
+def reply(text: str) -> types.Action:
+    return types.Action_Reply(types.Message_Text(text))
+
+
+def to_room(room: str, text: str) -> types.Action:
+    return types.Action_Send(types.Outgoing(types.Target_Topic(room), types.Message_Text(text)))
+
+
+def join_event(kind: str, nick: str, room: str) -> str:
+    return to_json({"type": kind, "nick": nick, "room": room})
+
+
+def error(text: str) -> types.Action:
+    return reply(to_json({"type": "error", "text": text}))
+
+
+def log(level: host.Level, message: str) -> None:
+    host.log(level, message)
+
+
+# ---- Bookkeeping ----
+
+
+def nick_taken(nick: str, except_id: int | None = None) -> bool:
+    owner = nicks.get(nick.lower())
+    return owner is not None and owner != except_id
+
+
+def unique_nick(wanted: str) -> str:
+    """`wanted`, or `wanted-N` with the smallest N >= 2 that is free (cut to fit MAX_NICK)."""
+    if not nick_taken(wanted):
+        return wanted
+    n = 2
+    while True:
+        suffix = f"-{n}"
+        nick = wanted[: MAX_NICK - len(suffix)] + suffix
+        if not nick_taken(nick):
+            return nick
+        n += 1
+
+
+def enter_room(room: str, nick: str) -> None:
+    if room not in rooms:
+        rooms[room] = set()
+        if room in idle:
+            idle.remove(room)
+    rooms[room].add(nick)
+
+
+def leave_room(room: str, nick: str) -> None:
+    names = rooms.get(room)
+    if names is None:
+        return
+    names.discard(nick)
+    if not names:
+        del rooms[room]
+        if room in histories:
+            idle.append(room)
+            while len(idle) > IDLE_HISTORIES:
+                histories.pop(idle.popleft(), None)
+
+
+def add(conn: int, nick: str, room: str) -> None:
+    nicks[nick.lower()] = conn
+    enter_room(room, nick)
+    members[conn] = Member(nick, room)
+
+
+def remove(conn: int) -> Member | None:
+    member = members.pop(conn, None)
+    if member is not None:
+        nicks.pop(member.nick.lower(), None)
+        leave_room(member.room, member.nick)
+    return member
+
+
+def members_of(room: str) -> list[str]:
+    return sorted(rooms.get(room, ()))
+
+
+def push_history(room: str, nick: str, text: str) -> None:
+    history = histories.setdefault(room, History())
+    history.lines.append((nick, text))
+    history.size += utf8_len(nick) + utf8_len(text)
+    while history.lines and (len(history.lines) > HISTORY_LINES or history.size > HISTORY_BYTES):
+        old_nick, old_text = history.lines.popleft()
+        history.size -= utf8_len(old_nick) + utf8_len(old_text)
+
+
+def recent_history(room: str) -> list[dict]:
+    """The most recent lines of `room` whose JSON fits in HISTORY_BYTES, oldest first."""
+    history = histories.get(room)
+    out = []
+    size = 2
+    for nick, text in reversed(history.lines if history else ()):
+        line = {"nick": nick, "text": text}
+        size += utf8_len(to_json(line)) + 1
+        if size > HISTORY_BYTES:
+            break
+        out.append(line)
+    out.reverse()
+    return out
+
+
+def welcome(nick: str, room: str, resumed: bool) -> str:
+    """A `welcome`: with the room's history for a joiner, `"resumed": true` for a resumed one."""
+    event = {"type": "welcome", "nick": nick, "room": room, "members": members_of(room)}
+    if resumed:
+        event["resumed"] = True
+    else:
+        event["history"] = recent_history(room)
+    return to_json(event)
+
+
+def admit(conn: int, nick: str, room: str, resumed: bool) -> list[types.Action]:
+    """Registers `conn` as `nick` (made unique) in `room`: a `join` unless resumed, the
+    subscription, and a `welcome`."""
+    remove(conn)
+    nick = unique_nick(nick)
+    add(conn, nick, room)
+    actions = [] if resumed else [to_room(room, join_event("join", nick, room))]
+    actions.append(types.Action_Subscribe(room))
+    actions.append(reply(welcome(nick, room, resumed)))
+    return actions
+
+
+# ---- Commands ----
+
+
+def say(conn: int, text: str) -> list[types.Action]:
+    if utf8_len(text) > MAX_TEXT:
+        return [error(f"message too long: at most {MAX_TEXT} bytes")]
+    if not text.strip(WHITESPACE):
+        return []
+    member = members[conn]
+    push_history(member.room, member.nick, text)
+    event = {"type": "message", "nick": member.nick, "room": member.room, "text": text}
+    return [to_room(member.room, to_json(event))]
+
+
+def rename(conn: int, new: str) -> list[types.Action]:
+    if not new:
+        return [error("usage: /nick NEW")]
+    problem = check_name("nick", new, MAX_NICK)
+    if problem:
+        return [error(problem)]
+    member = members[conn]
+    if member.nick == new:
+        return [error(f"you are already {new}")]
+    if nick_taken(new, conn):
+        return [error(f"nick {new} is taken")]
+    old, room = member.nick, member.room
+    # Renamed in place: leaving and entering the room would empty it for a moment.
+    nicks.pop(old.lower(), None)
+    nicks[new.lower()] = conn
+    if room in rooms:
+        rooms[room].discard(old)
+        rooms[room].add(new)
+    member.nick = new
+    log(host.Level.INFO, f"{old} is now {new}")
+    return [to_room(room, to_json({"type": "nick", "old": old, "new": new, "room": room}))]
+
+
+def join(conn: int, room: str) -> list[types.Action]:
+    if not room:
+        return [error("usage: /join ROOM")]
+    problem = check_name("room", room, MAX_ROOM)
+    if problem:
+        return [error(problem)]
+    member = members[conn]
+    if member.room == room:
+        return [error(f"you are already in {room}")]
+    nick, old = member.nick, member.room
+    # Into the new room first: leaving the old one may forget the history of the longest empty
+    # room, and that must not be the new room's.
+    enter_room(room, nick)
+    leave_room(old, nick)
+    member.room = room
+    return [
+        types.Action_Unsubscribe(old),
+        to_room(old, join_event("leave", nick, old)),
+        to_room(room, join_event("join", nick, room)),
+        types.Action_Subscribe(room),
+        reply(welcome(nick, room, False)),
+    ]
+
+
+def who(conn: int) -> list[types.Action]:
+    room = members[conn].room
+    return [reply(to_json({"type": "members", "room": room, "members": members_of(room)}))]
+
+
+def on_text(conn: int, text: str) -> list[types.Action]:
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    if text.startswith("/"):
+        parts = SPLIT.split(text[1:], maxsplit=1)
+        name = parts[0]
+        arg = parts[1].strip(WHITESPACE) if len(parts) > 1 else ""
+        if name == "nick":
+            return rename(conn, arg)
+        if name == "join":
+            return join(conn, arg)
+        if name == "who":
+            return who(conn)
+    return say(conn, text)
+
+
+# ---- The exported interface `handler` ----
+
+
+class Handler(exports.Handler):
+    def on_open(self, conn: types.Connection) -> types.Admission:
+        if PROTOCOL in conn.protocols:
+            subprotocol = PROTOCOL
+        elif not conn.protocols or conn.resumed:
+            subprotocol = None
+        else:
+            return types.Admission_Reject(types.Rejection(400, "this endpoint requires the chat.v1 subprotocol"))
+
+        def accept(actions: list[types.Action]) -> types.Admission:
+            return types.Admission_Accept(types.Acceptance(subprotocol, actions))
+
+        if conn.resumed and conn.id in members:
+            # Only known if this instance saw it open (no state hand-over across instances).
+            member = members[conn.id]
+            log(host.Level.INFO, f"{member.nick} is still in {member.room}")
+            return accept([types.Action_Subscribe(member.room), reply(welcome(member.nick, member.room, True))])
+        default_nick = f"guest-{conn.id}"
+        nick = query_param(conn.path, "nick") or default_nick
+        room = query_param(conn.path, "room") or DEFAULT_ROOM
+        problem = check_name("nick", nick, MAX_NICK) or check_name("room", room, MAX_ROOM)
+        if problem:
+            # A resumed connection cannot be refused any more: give it the defaults instead.
+            if not conn.resumed:
+                return types.Admission_Reject(types.Rejection(400, problem))
+            nick, room = default_nick, DEFAULT_ROOM
+        actions = admit(conn.id, nick, room, conn.resumed)
+        how = "is back in" if conn.resumed else "joined"
+        log(host.Level.INFO, f"{members[conn.id].nick} {how} {room}")
+        return accept(actions)
+
+    def on_message(self, conn: int, msg: types.Message) -> list[types.Action]:
+        actions = []
+        if conn not in members:
+            # Not seen opening: take it in with the defaults rather than fail.
+            log(host.Level.WARN, f"message from unknown connection {conn}")
+            actions = admit(conn, f"guest-{conn}", DEFAULT_ROOM, True)
+        if isinstance(msg, types.Message_Text):
+            actions.extend(on_text(conn, msg.value))
+        else:
+            actions.append(error("binary messages are not supported"))
+        return actions
+
+    def on_close(self, conn: int, code: int, reason: str) -> list[types.Action]:
+        member = remove(conn)
+        if member is None:
+            return []
+        log(host.Level.INFO, f"{member.nick} left {member.room}")
+        return [to_room(member.room, join_event("leave", member.nick, member.room))]

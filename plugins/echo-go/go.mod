@@ -1,0 +1,3 @@
+module wsplug/plugins/echo-go
+
+go 1.24

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds the echo plugin in JavaScript into target/plugins/echo-js.wasm at the repository root,
+# from any directory; the first run installs the toolchain into target/toolchains/
+# (see plugins/tools/build-js.sh).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+exec "$here/../tools/build-js.sh" echo-js echo.js "$here"
