@@ -52,7 +52,7 @@ pub struct Config {
 
 /// Per-connection and server-wide limits. Each has a default suited to a public server; the comment
 /// says what it protects and what it costs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest frame payload accepted (bytes; "16MiB" style strings allowed). Larger → close 1009,

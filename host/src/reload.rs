@@ -142,7 +142,7 @@ impl Reloader {
                 }
             }
             if all || self.config_path.as_ref().is_some_and(|c| paths.contains(c)) {
-                self.reload_config(all).await;
+                self.reload_config().await;
             } else {
                 let files: Vec<PathBuf> =
                     plugin_files(&self.config).into_iter().filter(|f| paths.contains(f)).collect();
@@ -174,7 +174,7 @@ impl Reloader {
     }
 
     /// Re-reads the config file and applies the difference, or refuses it as a whole.
-    async fn reload_config(&mut self, everything: bool) {
+    async fn reload_config(&mut self) {
         let new = match &self.config_path {
             Some(path) => {
                 let path = path.clone();
@@ -191,7 +191,7 @@ impl Reloader {
         if new.listen != self.config.listen {
             tracing::warn!(running = %self.config.listen, wanted = %new.listen, "a new listen address takes a restart; still listening on the old one");
         }
-        if format!("{:?}", new.limits) != format!("{:?}", self.config.limits) {
+        if new.limits != self.config.limits {
             tracing::warn!("[limits] changes take a restart; the running limits stay");
         }
 
@@ -208,12 +208,11 @@ impl Reloader {
             let running =
                 live.routes.iter().filter(|x| x.plugin_file().is_some_and(|f| f == file)).filter_map(|x| x.plugin());
             let running: Vec<&PluginRoute> = running.collect();
+            // A file some route already serves is compiled only if its content changed.
             let result = if running.is_empty() {
                 load(&file, new.effective_cache_dir()).await.map(Some)
-            } else if everything || running.iter().any(|p| p.current().hash != file_hash(&file)) {
-                load_if_changed_checked(&file, running.iter().copied(), new.effective_cache_dir()).await
             } else {
-                Ok(None) // unchanged file
+                load_if_changed_checked(&file, running.iter().copied(), new.effective_cache_dir()).await
             };
             match result {
                 Ok(l) => {
@@ -277,7 +276,10 @@ impl Reloader {
                     if let Some(old) = old {
                         retired.push((
                             old,
-                            CloseFrame { code: CloseCode(1012), reason: "route reconfigured: reconnect".into() },
+                            CloseFrame {
+                                code: CloseCode::SERVICE_RESTART,
+                                reason: "route reconfigured: reconnect".into(),
+                            },
                         ));
                     }
                     routes.push(Arc::new(Route::new(r.path.clone(), handler, r.subprotocols.clone(), file)));
@@ -372,10 +374,6 @@ async fn load_if_changed_checked<'a>(
         tokio::task::spawn_blocking(move || PluginEngine::global().load_bytes(&file, &name, &bytes, cache.as_deref()))
             .await??;
     Ok(Some(loaded))
-}
-
-fn file_hash(file: &Path) -> u64 {
-    std::fs::read(file).map(|b| crate::plugin::engine::content_hash(&b)).unwrap_or(0)
 }
 
 /// Every plugin file a config names, normalized.

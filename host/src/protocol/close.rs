@@ -27,6 +27,8 @@ impl CloseCode {
     pub const TOO_BIG: Self = Self(1009);
     /// 1011: the server hit an unexpected condition (e.g. the plugin trapped).
     pub const INTERNAL_ERROR: Self = Self(1011);
+    /// 1012: the service is restarting (a route was reconfigured): reconnect.
+    pub const SERVICE_RESTART: Self = Self(1012);
     /// 1013: try again later (the server is overloaded, e.g. a slow consumer's queue is full).
     pub const TRY_AGAIN_LATER: Self = Self(1013);
 
