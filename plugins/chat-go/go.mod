@@ -1,0 +1,3 @@
+module wsplug/plugins/chat-go
+
+go 1.24
