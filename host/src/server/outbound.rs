@@ -125,6 +125,13 @@ impl Outbound {
 
     /// Waits until a frame of `len` bytes fits (or the writer has stopped).
     async fn wait_for(&self, len: usize) -> Result<(), QueueError> {
+        // The common case, room at once, takes no lock (registering a waiter does).
+        if self.tx.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        if self.level.has_room(len) {
+            return Ok(());
+        }
         loop {
             let drained = self.level.drained.notified();
             tokio::pin!(drained);
