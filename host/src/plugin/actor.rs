@@ -125,6 +125,7 @@ impl PluginRoute {
                 settings: settings.clone(),
                 hub: hub.clone(),
                 instance: Some(instance),
+                quiet: false,
             };
             std::thread::Builder::new().name(format!("plugin-{}-{index}", plugin.name)).spawn(move || actor.run(rx))?;
             instances.push(tx);
@@ -185,6 +186,8 @@ struct Actor {
     hub: Arc<Hub>,
     /// `None` after a failed rebuild; the next event tries again.
     instance: Option<PluginInstance>,
+    /// The queue was empty when the current event was taken (see `run`).
+    quiet: bool,
 }
 
 /// Which connection an action list belongs to.
@@ -193,6 +196,8 @@ type Sender = Option<u64>;
 impl Actor {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(command) = rx.blocking_recv() {
+            // Nothing else waiting: this event's last reply to its sender may be written at once.
+            self.quiet = rx.is_empty();
             match command {
                 Command::Open(request) => self.open(request),
                 Command::Message { id, message, permit } => {
@@ -451,11 +456,11 @@ impl Actor {
         match to {
             Target::Sender => {
                 if let Some(id) = sender {
-                    self.hub.send(id, OutFrame::Data(opcode, payload), sender);
+                    self.hub.send(id, OutFrame::Data(opcode, payload), sender, self.quiet);
                 }
             }
             Target::Connection(id) => {
-                if !self.hub.send(id, OutFrame::Data(opcode, payload), sender) {
+                if !self.hub.send(id, OutFrame::Data(opcode, payload), sender, false) {
                     // Not a violation of the sender's: the target may just have left.
                     tracing::debug!(
                         plugin = &*self.plugin.name,

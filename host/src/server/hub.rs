@@ -121,10 +121,17 @@ impl Hub {
 
     /// Queues a frame for one connection; false if the id is not on this route. `sender` is the
     /// connection whose event is being handled: its own replies are flow-controlled by its session
-    /// and never count as a slow consumer.
-    pub fn send(&self, id: u64, frame: OutFrame, sender: Option<u64>) -> bool {
+    /// and never count as a slow consumer; with `now` (the last reply of a batch), an idle sender's
+    /// reply is written at once.
+    pub fn send(&self, id: u64, frame: OutFrame, sender: Option<u64>, now: bool) -> bool {
         let mut inner = self.lock();
         match inner.members.get_mut(&id) {
+            Some(member) if sender == Some(id) => {
+                if !member.closing && member.out.reply(frame, now).is_err() {
+                    member.closing = true;
+                }
+                true
+            }
             Some(member) => {
                 deliver(&self.route, member, frame, sender);
                 true
@@ -224,7 +231,8 @@ fn deliver(route: &str, member: &mut Member, frame: OutFrame, sender: Option<u64
     if member.closing {
         return;
     }
-    let pushed = if sender == Some(member.info.id) { member.out.push_reply(frame) } else { member.out.try_send(frame) };
+    let pushed =
+        if sender == Some(member.info.id) { member.out.reply(frame, false) } else { member.out.try_send(frame) };
     match pushed {
         Ok(()) => {}
         Err(QueueError::Full) => {

@@ -6,8 +6,8 @@
 //! - [`Outbound::send`] waits for room: the connection's own session (echo, pongs, close).
 //! - [`Outbound::try_send`] fails when full: fan-out from other connections (the hub then closes
 //!   the slow consumer), which must never block on one slow target.
-//! - [`Outbound::push_reply`] never fails for being full: a plugin's replies to the connection
-//!   whose event it is handling. Those are flow-controlled upstream instead: the session forwards
+//! - [`Outbound::reply`] never fails for being full: a plugin's replies to the connection whose
+//!   event it is handling. Those are flow-controlled upstream instead: the session forwards
 //!   an event to the plugin only once this queue is below its bounds ([`Outbound::room`]), with a
 //!   small number of events in flight, so the overshoot is bounded by what those events return.
 //!
@@ -93,6 +93,8 @@ struct WriteSide {
     unwritten: AtomicUsize,
     /// A close frame has been written: nothing more goes out.
     closed: AtomicBool,
+    /// The unwritten end of a frame the fast path wrote only partly: written before anything else.
+    remainder: Mutex<Option<Bytes>>,
 }
 
 /// Frames up to this payload size may take the fast path.
@@ -105,7 +107,6 @@ pub struct Outbound {
     level: Arc<Level>,
     urgent: Arc<Urgent>,
     side: Arc<WriteSide>,
-    write_timeout: Duration,
 }
 
 /// A close that skips the queue (used when the queue itself is the problem).
@@ -157,18 +158,20 @@ impl Outbound {
     /// writer coalesces them into one write.
     pub async fn send_or_write(&self, frame: OutFrame) -> Result<(), QueueError> {
         if let OutFrame::Data(op, payload) = &frame
-            && payload.len() <= FAST_PATH_MAX
-            && let Some(done) = self.write_now(*op, payload).await
+            && let Some(done) = self.write_now(*op, payload)
         {
             return done;
         }
         self.send(frame).await
     }
 
-    /// The fast path: when nothing is queued or being written, write the frame directly. `None`
-    /// means "not possible now, queue it".
-    async fn write_now(&self, op: OpCode, payload: &[u8]) -> Option<Result<(), QueueError>> {
-        if self.side.unwritten.load(Ordering::Acquire) != 0 || self.side.closed.load(Ordering::Acquire) {
+    /// The fast path: when nothing is queued or being written, write a small frame directly, without
+    /// waiting (usable from any thread). `None` means "not possible now, queue it".
+    fn write_now(&self, op: OpCode, payload: &[u8]) -> Option<Result<(), QueueError>> {
+        if payload.len() > FAST_PATH_MAX
+            || self.side.unwritten.load(Ordering::Acquire) != 0
+            || self.side.closed.load(Ordering::Acquire)
+        {
             return None;
         }
         let socket = self.side.socket.try_lock().ok()?;
@@ -179,18 +182,32 @@ impl Outbound {
         let mut buf = BytesMut::with_capacity(payload.len() + 10);
         encode_header(&mut buf, true, op, payload.len());
         buf.extend_from_slice(payload);
-        let mut socket = socket;
         match socket.try_write(&buf) {
             Ok(n) if n == buf.len() => Some(Ok(())),
             Ok(n) => {
-                // Part of the frame is out: the rest must follow before anything else, so finish
-                // it here, still holding the socket.
-                let rest = tokio::time::timeout(self.write_timeout, socket.write_all(&buf[n..])).await;
-                Some(if matches!(rest, Ok(Ok(()))) { Ok(()) } else { Err(QueueError::Closed) })
+                // Part of the frame is out: the rest goes before anything else the writer writes
+                // (it takes the remainder first, under the same lock); an empty frame wakes it.
+                // Queued before the socket is released, so no other fast path can slip in between.
+                *self.side.remainder.lock().expect("remainder lock") = Some(buf.freeze().slice(n..));
+                let woken = self.push(OutFrame::Encoded(Bytes::new()));
+                drop(socket);
+                Some(woken)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-            Err(_) => None, // the writer will meet the same error and stop the connection
+            Err(_) => None, // would block, or an error the writer will meet and stop on
         }
+    }
+
+    /// A reply to the connection's own event: written at once when `now` (the last reply of a
+    /// batch) and the connection is idle, else queued past the bounds if need be (see the module
+    /// docs for why that stays bounded).
+    pub fn reply(&self, frame: OutFrame, now: bool) -> Result<(), QueueError> {
+        if now
+            && let OutFrame::Data(op, payload) = &frame
+            && let Some(done) = self.write_now(*op, payload)
+        {
+            return done;
+        }
+        self.push(frame)
     }
 
     /// Waits until the queue is below its bounds: the session calls this before handing the next
@@ -207,12 +224,6 @@ impl Outbound {
         if !self.level.has_room(frame.payload_len()) {
             return Err(QueueError::Full);
         }
-        self.push(frame)
-    }
-
-    /// Queues a reply to the connection's own event, past the bounds if need be (see the module
-    /// docs for why that stays bounded).
-    pub fn push_reply(&self, frame: OutFrame) -> Result<(), QueueError> {
         self.push(frame)
     }
 
@@ -266,8 +277,9 @@ pub fn spawn_writer(
         socket: tokio::sync::Mutex::new(socket),
         unwritten: AtomicUsize::new(0),
         closed: AtomicBool::new(false),
+        remainder: Mutex::new(None),
     });
-    let outbound = Outbound { tx, level: level.clone(), urgent: urgent.clone(), side: side.clone(), write_timeout };
+    let outbound = Outbound { tx, level: level.clone(), urgent: urgent.clone(), side: side.clone() };
     let writer = Writer { side, rx, urgent, level, write_timeout, buf: BytesMut::new(), closed: false, taken: 0 };
     let task = tokio::spawn(writer.run(finish_rx));
     (outbound, WriterHandle { finish: Some(finish_tx), task })
@@ -381,7 +393,7 @@ impl Writer {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && self.side.remainder.lock().expect("remainder lock").is_none() {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.buf);
@@ -397,9 +409,15 @@ impl Writer {
 
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let side = self.side.clone();
-        let result =
-            tokio::time::timeout(self.write_timeout, async move { side.socket.lock().await.write_all(bytes).await })
-                .await;
+        let result = tokio::time::timeout(self.write_timeout, async move {
+            let mut socket = side.socket.lock().await;
+            let remainder = side.remainder.lock().expect("remainder lock").take();
+            if let Some(rest) = remainder {
+                socket.write_all(&rest).await?;
+            }
+            socket.write_all(bytes).await
+        })
+        .await;
         match result {
             Ok(r) => r,
             Err(_) => {
