@@ -180,3 +180,31 @@ async fn graceful_shutdown_closes_clients_with_1001() {
     assert_eq!(result.unwrap(), Ok(()));
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "listener is closed");
 }
+
+/// Small replies on an idle connection are written directly (the fast path), others are queued for
+/// the writer task while the client is not reading. Whatever the mix, the client must see every
+/// frame whole and in order.
+#[tokio::test]
+async fn replies_stay_whole_and_ordered_while_the_socket_fills() {
+    let server = TestServer::echo("").await;
+    let mut raw = server.raw("/echo").await;
+    const N: usize = 1500;
+    for i in 0..N {
+        let mut payload = vec![b'.'; 4000];
+        payload[..8].copy_from_slice(format!("{i:08}").as_bytes());
+        raw.send_frame(true, 0x2, &payload).await;
+        if i % 4 == 0 {
+            // Separate reads on the server side, so that most replies take the fast path.
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    for i in 0..N {
+        match raw.next().await {
+            Seen::Event(Event::Message(wsplug::protocol::Message::Binary(p))) => {
+                assert_eq!(p.len(), 4000);
+                assert_eq!(&p[..8], format!("{i:08}").as_bytes(), "reply {i} in order");
+            }
+            other => panic!("reply {i}: {other:?}"),
+        }
+    }
+}
