@@ -169,7 +169,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         route: route.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     };
-    let (ending, reader) = session.run(writer).await;
+    let (ending, mut reader) = session.run(writer).await;
     tracing::debug!(%peer, id, code = ending.code, reason = %ending.reason, "connection closed");
     match &route.handler {
         Handler::Echo => {
@@ -181,17 +181,19 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 plugin.instance_for(id).send(Command::Closed { id, code: ending.code, reason: ending.reason }).await;
         }
     }
-    linger(reader, limits.close_timeout).await;
+    drain(&mut reader, Instant::now() + limits.close_timeout, usize::MAX).await;
 }
 
-/// After our half-close, reads (and drops) until the peer closes too, so that closing the socket
-/// does not reset the connection under our last frames; bounded by `close_timeout`.
-async fn linger(mut reader: OwnedReadHalf, timeout: Duration) {
-    let until = Instant::now() + timeout;
+/// After our half-close, reads and drops what the peer still sends until it closes too, so that
+/// closing the socket does not reset the connection under our last bytes; bounded by `until` and
+/// `max_bytes`.
+async fn drain(reader: &mut (impl AsyncReadExt + Unpin), until: Instant, max_bytes: usize) {
     let mut sink = [0u8; 4096];
-    while let Ok(Ok(n)) = tokio::time::timeout_at(until, reader.read(&mut sink)).await {
-        if n == 0 {
-            break;
+    let mut total = 0usize;
+    while total < max_bytes {
+        match tokio::time::timeout_at(until, reader.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => break,
         }
     }
 }
@@ -221,22 +223,15 @@ async fn read_head(
 
 /// Sends a final HTTP response and closes without resetting the connection under it.
 async fn refuse(mut stream: TcpStream, response: &[u8]) {
-    let linger = Duration::from_secs(1);
-    let _ = tokio::time::timeout(linger, async {
+    let until = Instant::now() + Duration::from_secs(1);
+    let sent = tokio::time::timeout_at(until, async {
         stream.write_all(response).await?;
-        stream.shutdown().await?;
-        // Read what the client still sends (bounded), so closing does not reset and lose the response.
-        let mut sink = [0u8; 4096];
-        let mut total = 0usize;
-        while total < 64 << 10 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => total += n,
-            }
-        }
-        std::io::Result::Ok(())
+        stream.shutdown().await
     })
     .await;
+    if matches!(sent, Ok(Ok(()))) {
+        drain(&mut stream, until, 64 << 10).await;
+    }
 }
 
 /// An open WebSocket connection.

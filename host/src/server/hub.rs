@@ -89,12 +89,7 @@ impl Hub {
         let mut inner = self.lock();
         let Some(member) = inner.members.remove(&id) else { return false };
         for topic in member.topics {
-            if let Some(subs) = inner.topics.get_mut(&topic) {
-                subs.remove(&id);
-                if subs.is_empty() {
-                    inner.topics.remove(&topic);
-                }
-            }
+            drop_subscriber(&mut inner.topics, &topic, id);
         }
         true
     }
@@ -180,12 +175,7 @@ impl Hub {
         let Some(member) = inner.members.get_mut(&id) else { return };
         let topics = std::mem::take(&mut member.topics);
         for topic in topics {
-            if let Some(subs) = inner.topics.get_mut(&topic) {
-                subs.remove(&id);
-                if subs.is_empty() {
-                    inner.topics.remove(&topic);
-                }
-            }
+            drop_subscriber(&mut inner.topics, &topic, id);
         }
     }
 
@@ -193,12 +183,8 @@ impl Hub {
         let mut inner = self.lock();
         if let Some(member) = inner.members.get_mut(&id)
             && member.topics.remove(topic)
-            && let Some(subs) = inner.topics.get_mut(topic)
         {
-            subs.remove(&id);
-            if subs.is_empty() {
-                inner.topics.remove(topic);
-            }
+            drop_subscriber(&mut inner.topics, topic, id);
         }
     }
 
@@ -221,6 +207,16 @@ impl Hub {
         let ids: Vec<u64> = self.lock().members.keys().copied().filter(|id| pick(*id)).collect();
         for id in ids {
             self.close(id, frame.clone());
+        }
+    }
+}
+
+/// Removes `id` from a topic's subscribers, and the topic once nobody is left.
+fn drop_subscriber(topics: &mut HashMap<String, HashSet<u64>>, topic: &str, id: u64) {
+    if let Some(subs) = topics.get_mut(topic) {
+        subs.remove(&id);
+        if subs.is_empty() {
+            topics.remove(topic);
         }
     }
 }

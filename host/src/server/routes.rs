@@ -3,7 +3,7 @@
 //! (`Shared::set_live`), while connections keep the `Arc<Route>` they were admitted on.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::hub::Hub;
@@ -111,11 +111,6 @@ impl Routes {
 
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.by_path.keys().map(String::as_str)
-    }
-
-    /// Whether any route serves this plugin file.
-    pub fn serves_file(&self, file: &Path) -> bool {
-        self.iter().any(|r| r.plugin_file().as_deref() == Some(file))
     }
 }
 
