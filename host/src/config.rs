@@ -85,6 +85,13 @@ pub struct Limits {
     /// stopped reading). Default 30 s.
     #[serde(deserialize_with = "de_duration")]
     pub write_timeout: Duration,
+    /// A message must arrive whole (all its frames) within this long of its first byte, else close
+    /// 1008: a client cannot pin a half-sent message's memory. Default 60 s.
+    #[serde(deserialize_with = "de_duration")]
+    pub message_timeout: Duration,
+    /// Connections the kernel may queue before they are accepted (SYNs beyond it are dropped
+    /// during a storm). Default 4096 (capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Most concurrent connections (handshaking or open). More → 503. Default 10 000.
     pub max_connections: usize,
     /// Most frames queued for one connection's writer. Default 256.
@@ -94,6 +101,12 @@ pub struct Limits {
     /// (fan-out). Default 4 MiB (one larger message still passes, alone).
     #[serde(deserialize_with = "de_size")]
     pub outbound_queue_bytes: usize,
+    /// Bytes all connections together may hold in read buffers, messages being assembled,
+    /// outbound queues and events waiting at plugins. Past three quarters of it, connections
+    /// holding 256 KiB or more stop reading; past all of it they are closed with 1013. Default
+    /// 1 GiB.
+    #[serde(deserialize_with = "de_size")]
+    pub memory_budget: usize,
     /// On SIGINT/SIGTERM, how long open connections get to finish their close handshake. Default 5 s.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
@@ -111,6 +124,9 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(75),
             close_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            message_timeout: Duration::from_secs(60),
+            listen_backlog: 4096,
+            memory_budget: 1 << 30,
             max_connections: 10_000,
             outbound_queue_frames: 256,
             outbound_queue_bytes: 4 << 20,
@@ -256,9 +272,26 @@ impl Config {
             ("max_connections", l.max_connections),
             ("outbound_queue_frames", l.outbound_queue_frames),
             ("outbound_queue_bytes", l.outbound_queue_bytes),
+            ("memory_budget", l.memory_budget),
         ] {
             if value == 0 {
                 return Err((None, format!("limits.{name} must be greater than 0")));
+            }
+        }
+        if l.listen_backlog == 0 {
+            return Err((None, "limits.listen_backlog must be greater than 0".into()));
+        }
+        for (name, value) in [
+            ("handshake_timeout", l.handshake_timeout),
+            ("ping_interval", l.ping_interval),
+            ("idle_timeout", l.idle_timeout),
+            ("close_timeout", l.close_timeout),
+            ("write_timeout", l.write_timeout),
+            ("message_timeout", l.message_timeout),
+            ("shutdown_timeout", l.shutdown_timeout),
+        ] {
+            if value.is_zero() {
+                return Err((None, format!("limits.{name} must be longer than 0")));
             }
         }
         if l.max_frame_size > l.max_message_size {

@@ -27,7 +27,7 @@ use crate::protocol::frame::{OpCode, encode_frame};
 use crate::protocol::handshake::{accept_response, is_token};
 use crate::protocol::{CloseCode, CloseFrame, Message};
 use crate::server::hub::{ConnInfo, Hub};
-use crate::server::{Control, OutFrame, Outbound};
+use crate::server::{Batch, Outbound};
 
 /// Events queued per instance before connections must wait.
 const QUEUE: usize = 1024;
@@ -39,13 +39,13 @@ pub enum Command {
     /// A client asks to open; the actor answers on `reply` after queuing the 101 response and
     /// registering the connection (so the first actions follow the handshake on the wire).
     Open(OpenRequest),
-    /// A message; `permit` bounds the connection's events in flight and is released once handled.
-    Message { id: u64, message: Message, permit: tokio::sync::OwnedSemaphorePermit },
+    /// A message; its bytes count against the connection's outbound side (`out`) until handled.
+    Message { id: u64, message: Message, out: Outbound },
     /// An admitted connection ended (sent exactly once).
     Closed { id: u64, code: u16, reason: String },
-    /// Answered once every event queued before it has been handled (a connection about to send
-    /// its close frame lets the plugin's replies go first).
-    Barrier(oneshot::Sender<()>),
+    /// The connection's session closes it: the close frame is queued after every reply to the
+    /// events queued before it (`None`: a close frame without a code).
+    Close { out: Outbound, frame: Option<CloseFrame> },
     /// Replace the running version with a checked new one (hot reload): events queued before
     /// this command were handled by the old version, events after it go to the new one.
     Swap { plugin: Box<LoadedPlugin>, settings: RouteSettings, done: oneshot::Sender<Result<(), String>> },
@@ -55,7 +55,6 @@ pub struct OpenRequest {
     pub info: Arc<ConnInfo>,
     pub key: String,
     pub out: Outbound,
-    pub control: mpsc::Sender<Control>,
     pub reply: oneshot::Sender<Admit>,
 }
 
@@ -125,7 +124,7 @@ impl PluginRoute {
                 settings: settings.clone(),
                 hub: hub.clone(),
                 instance: Some(instance),
-                quiet: false,
+                batch: Batch::default(),
             };
             std::thread::Builder::new().name(format!("plugin-{}-{index}", plugin.name)).spawn(move || actor.run(rx))?;
             instances.push(tx);
@@ -186,9 +185,13 @@ struct Actor {
     hub: Arc<Hub>,
     /// `None` after a failed rebuild; the next event tries again.
     instance: Option<PluginInstance>,
-    /// The queue was empty when the current event was taken (see `run`).
-    quiet: bool,
+    /// Queues written to during the current batch of events, flushed when the instance's queue
+    /// is empty (or the batch is large), so that replies to pipelined events leave together.
+    batch: Batch,
 }
+
+/// Queues touched before a batch is flushed even though more events are waiting.
+const BATCH_FLUSH: usize = 64;
 
 /// Which connection an action list belongs to.
 type Sender = Option<u64>;
@@ -196,21 +199,21 @@ type Sender = Option<u64>;
 impl Actor {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(command) = rx.blocking_recv() {
-            // Nothing else waiting: this event's last reply to its sender may be written at once.
-            self.quiet = rx.is_empty();
             match command {
                 Command::Open(request) => self.open(request),
-                Command::Message { id, message, permit } => {
-                    self.message(id, message);
-                    drop(permit);
-                }
+                Command::Message { id, message, out } => self.message(id, message, &out),
                 Command::Closed { id, code, reason } => self.closed(id, code, &reason),
-                Command::Barrier(done) => {
-                    let _ = done.send(());
+                Command::Close { out, frame } => {
+                    self.batch.flush();
+                    out.close(frame, false);
+                    let _ = out.flush();
                 }
                 Command::Swap { plugin, settings, done } => {
                     let _ = done.send(self.swap(*plugin, settings));
                 }
+            }
+            if rx.is_empty() || self.batch.len() >= BATCH_FLUSH {
+                self.batch.flush();
             }
         }
         tracing::debug!(plugin = &*self.plugin.name, index = self.index, "plugin instance stopped");
@@ -228,7 +231,7 @@ impl Actor {
     }
 
     fn open(&mut self, request: OpenRequest) {
-        let OpenRequest { info, key, out, control, reply } = request;
+        let OpenRequest { info, key, out, reply } = request;
         let conn = to_wit(&info, false);
         let result = self.instance().and_then(|i| i.on_open(&conn));
         match result {
@@ -242,11 +245,11 @@ impl Actor {
                     }
                 };
                 let response = Bytes::from(accept_response(&key, subprotocol.as_deref()));
-                if out.try_send(OutFrame::Encoded(response)).is_err() {
-                    return; // the writer is already gone: the client left
+                if self.batch.note(&out, out.push_encoded(response)).is_err() {
+                    return; // the client already left
                 }
                 let id = info.id;
-                self.hub.join(info, out, control);
+                self.hub.join(info, out);
                 let _ = reply.send(Admit::Accepted);
                 self.apply(Some(id), acceptance.actions);
             }
@@ -267,8 +270,10 @@ impl Actor {
         }
     }
 
-    fn message(&mut self, id: u64, message: Message) {
+    fn message(&mut self, id: u64, message: Message, out: &Outbound) {
+        let len = message.payload().len();
         if !self.hub.contains(id) {
+            out.end_event(len);
             return; // detached (closing after a plugin failure): its messages no longer count
         }
         let message = match message {
@@ -276,6 +281,9 @@ impl Actor {
             Message::Binary(b) => wit::Message::Binary(b.to_vec()),
         };
         let result = self.instance().and_then(|i| i.on_message(id, &message));
+        drop(message);
+        // Its bytes are no longer held: the replies take their place in the connection's bound.
+        out.end_event(len);
         match result {
             Ok(actions) => self.apply(Some(id), actions),
             Err(e) => {
@@ -399,8 +407,8 @@ impl Actor {
     }
 
     /// Validates and carries out what one call returned.
-    fn apply(&self, sender: Sender, actions: Vec<Action>) {
-        let limits = &self.settings.sandbox;
+    fn apply(&mut self, sender: Sender, actions: Vec<Action>) {
+        let limits = self.settings.sandbox.clone();
         if actions.len() > limits.max_actions {
             return self
                 .violation(sender, &format!("returned {} actions (limit {})", actions.len(), limits.max_actions));
@@ -444,7 +452,7 @@ impl Actor {
         }
     }
 
-    fn send(&self, sender: Sender, to: Target, message: wit::Message) {
+    fn send(&mut self, sender: Sender, to: Target, message: wit::Message) {
         let (opcode, payload) = match message {
             wit::Message::Text(s) => (OpCode::Text, Bytes::from(s.into_bytes())),
             wit::Message::Binary(b) => (OpCode::Binary, Bytes::from(b)),
@@ -456,11 +464,11 @@ impl Actor {
         match to {
             Target::Sender => {
                 if let Some(id) = sender {
-                    self.hub.send(id, OutFrame::Data(opcode, payload), sender, self.quiet);
+                    self.hub.send(id, opcode, payload, sender, &mut self.batch);
                 }
             }
             Target::Connection(id) => {
-                if !self.hub.send(id, OutFrame::Data(opcode, payload), sender, false) {
+                if !self.hub.send(id, opcode, payload, sender, &mut self.batch) {
                     // Not a violation of the sender's: the target may just have left.
                     tracing::debug!(
                         plugin = &*self.plugin.name,
@@ -469,9 +477,9 @@ impl Actor {
                     );
                 }
             }
-            Target::Everyone => self.hub.broadcast(&encode_frame(opcode, &payload), None, sender),
-            Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), sender, sender),
-            Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload), sender),
+            Target::Everyone => self.hub.broadcast(&encode_frame(opcode, &payload), None, sender, &mut self.batch),
+            Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), sender, sender, &mut self.batch),
+            Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload), sender, &mut self.batch),
         }
     }
 }

@@ -135,6 +135,17 @@ impl Decoder {
         Self { require_mask: false, ..Self::server(limits) }
     }
 
+    /// Whether a frame or a fragmented message has started and not yet completed (its bytes are
+    /// held: in the read buffer or in the message being assembled).
+    pub fn mid_message(&self) -> bool {
+        self.frame.is_some() || self.message.is_some()
+    }
+
+    /// Bytes held by a fragmented message being assembled (not counting the read buffer).
+    pub fn assembled_bytes(&self) -> usize {
+        self.message.as_ref().map_or(0, |m| m.data.capacity())
+    }
+
     /// How many more bytes the frame in progress needs, to size the next read (0 when unknown).
     pub fn bytes_wanted(&self, buffered: usize) -> usize {
         self.frame.as_ref().map_or(0, |f| f.payload_len.saturating_sub(buffered))

@@ -1,6 +1,6 @@
 //! RFC 6455 as pure functions and state machines over byte slices.
 //!
-//! Nothing here touches a socket, a clock or tokio: bytes go in, events and bytes come out. That
+//! Nothing here touches a socket, reads a clock or uses tokio (time is an input): bytes go in, events and bytes come out. That
 //! keeps every rule of the RFC testable with plain arrays, property tests and fuzzers, and lets the
 //! same code serve the server and the test clients.
 //!
@@ -12,12 +12,15 @@
 //! - [`close`]: close codes and close frame payloads (§5.5.1, §7.4).
 //! - [`decoder`]: the receive side of a connection: frames → messages and control events, with
 //!   every sequencing rule, limit and validation.
+//! - [`session`]: the session above the decoder: pings, timeouts, the closing handshake, as a
+//!   state machine whose clock is an input.
 
 pub mod close;
 pub mod decoder;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod session;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};

@@ -1,60 +1,48 @@
 //! One TCP connection, from its first byte to its last: the opening handshake (bounded in time and
-//! size), then the WebSocket session: reading and decoding frames, answering pings, handing
-//! messages to the route's handler, and the closing handshake in every variant (peer-initiated,
-//! server-initiated, protocol failure, shutdown, idle, abrupt disconnect).
+//! size), then the WebSocket session, decided in [`crate::protocol::session`] and driven here. This
+//! file owns only the I/O (reading when there is room, waiting for a full socket, timers, shutdown)
+//! and the hand-off of messages to the route's handler.
 //!
-//! Every way out of a session ends the same way: the writer flushes what is queued up to its close
-//! frame and half-closes the socket (the server closes TCP first, RFC 6455 §7.1.1), then the reader
-//! drains until the peer closes too or `close_timeout` passes, so the peer never loses our close
-//! frame to a reset.
+//! One task per connection, and no read buffer held while idle: the task waits for readability,
+//! then reads into a buffer sized for what is arriving, and gives the buffer back once it is empty.
+//! It reads only while the connection's outbound side has room (its queue and its events at the
+//! handler under `outbound_queue_bytes`, see [`Outbound::has_room`]), so a client that does not
+//! read, or a busy plugin, slows only this client (TCP back-pressure); time spent waiting so does
+//! not count as the client's silence.
+//!
+//! Every way out of a session ends the same way: our close frame after everything queued before it,
+//! a half-close (the server closes TCP first, RFC 6455 §7.1.1), then draining until the peer closes
+//! too or `close_timeout` passes, so that the peer never loses our close frame to a reset.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::Shared;
+use super::budget::Pressure;
 use super::hub::ConnInfo;
-use super::outbound::{OutFrame, Outbound, WriterHandle, close_frame, spawn_writer};
+use super::outbound::{Outbound, QueueLimits};
 use super::routes::{Handler, Route};
 use crate::plugin::{Admit, Command, OpenRequest};
 use crate::protocol::handshake::{self, HandshakeError, HeadLimits, Request};
-use crate::protocol::{CloseCode, CloseFrame, Decoder, Event, Limits as FrameLimits};
+use crate::protocol::session::{Output, Session, Timing};
+use crate::protocol::{CloseCode, CloseFrame, Decoder, Limits as FrameLimits, Message};
 
-/// The smallest read buffer; it grows only while a large frame is arriving.
+/// The smallest read; a read buffer grows past it only while a large frame is arriving.
 const MIN_READ: usize = 4 << 10;
 /// Largest single read reservation, so a huge announced frame does not allocate up front.
-const MAX_READ: usize = 1 << 20;
-
-/// A request to a session from outside it (the hub, a plugin's action).
-#[derive(Debug)]
-pub enum Control {
-    /// Close after what is already queued.
-    Close(CloseFrame),
-    /// Close ahead of what is queued (the queue is the problem: a slow consumer).
-    CloseNow(CloseFrame),
-}
-
-/// How a session ended, as reported to the route's handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ending {
-    /// The code of the close frame received (or sent, when the server closed first); 1005 when the
-    /// frame had no code; 1006 when there was no close handshake.
-    pub code: u16,
-    pub reason: String,
-}
-
-impl Ending {
-    fn abnormal() -> Self {
-        Self { code: CloseCode::ABNORMAL.0, reason: String::new() }
-    }
-}
+const MAX_READ: usize = 256 << 10;
+/// Events one connection may have at its plugin at once (pipelining), besides the byte bound.
+pub(crate) const MAX_IN_FLIGHT: usize = 16;
+/// How often a connection paused by memory pressure looks again.
+const PRESSURE_RETRY: Duration = Duration::from_millis(20);
 
 /// Serves one accepted TCP connection to its end.
 pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -72,12 +60,12 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                     "text/plain; charset=utf-8",
                     b"request head not received in time\n",
                 );
-                return refuse(stream, &resp).await;
+                return refuse(&stream, &resp).await;
             }
             Ok(Err(HeadError::Io)) => return,
             Ok(Err(HeadError::Handshake(e))) => {
                 tracing::debug!(%peer, status = e.status(), error = %e, "bad request head");
-                return refuse(stream, &e.response()).await;
+                return refuse(&stream, &e.response()).await;
             }
             Ok(Ok(head)) => head,
         };
@@ -90,22 +78,29 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             && let Some(dir) = &live.static_dir
         {
             let resp = super::static_files::respond(dir, &request).await;
-            return refuse(stream, &resp).await;
+            return refuse(&stream, &resp).await;
         }
-        return refuse(stream, &HandshakeError::NotFound.response()).await;
+        return refuse(&stream, &HandshakeError::NotFound.response()).await;
     };
+    drop(live);
     let upgrade = match handshake::validate_upgrade(&request) {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(%peer, path = %request.target, status = e.status(), error = %e, "handshake refused");
-            return refuse(stream, &e.response()).await;
+            return refuse(&stream, &e.response()).await;
         }
     };
     let id = shared.next_connection_id();
-    let (reader, writer) = stream.into_split();
-    let (out, writer) =
-        spawn_writer(writer, limits.outbound_queue_frames, limits.outbound_queue_bytes, limits.write_timeout);
-    let (control_tx, control) = mpsc::channel(8);
+    let socket = Arc::new(stream);
+    let out = Outbound::new(
+        socket.clone(),
+        QueueLimits {
+            max_frames: limits.outbound_queue_frames,
+            max_bytes: limits.outbound_queue_bytes,
+            max_message_size: limits.max_message_size,
+            max_in_flight: MAX_IN_FLIGHT,
+        },
+    );
 
     // Admission: the native route accepts at once; a plugin decides (and queues the 101 itself, so
     // that its first actions follow the handshake on the wire).
@@ -120,21 +115,15 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         Handler::Echo => {
             let subprotocol = route.choose_subprotocol(&upgrade.protocols);
             let response = handshake::accept_response(&upgrade.key, subprotocol.as_deref());
-            if out.send(OutFrame::Encoded(response.into())).await.is_err() {
+            if out.push_encoded(response.into()).is_err() {
                 return;
             }
             // Registered only so that the route can be closed as a whole (reload, removal).
-            route.hub.join(info, out.clone(), control_tx.clone());
+            route.hub.join(info, out.clone());
         }
         Handler::Plugin(plugin) => {
             let (reply_tx, reply_rx) = oneshot::channel();
-            let open = OpenRequest {
-                info,
-                key: upgrade.key.clone(),
-                out: out.clone(),
-                control: control_tx.clone(),
-                reply: reply_tx,
-            };
+            let open = OpenRequest { info, key: upgrade.key.clone(), out: out.clone(), reply: reply_tx };
             let admit = match plugin.instance_for(id).send(Command::Open(open)).await {
                 Ok(()) => reply_rx.await.ok(),
                 Err(_) => None,
@@ -147,29 +136,40 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             if status != 0 {
                 tracing::debug!(%peer, path = %request.target, status, "plugin refused the connection");
                 let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
-                let _ = out.send(OutFrame::Encoded(response.into())).await;
-                writer.finish(limits.write_timeout).await;
-                return;
+                return refuse(&socket, &response).await;
             }
         }
     }
-    tracing::debug!(%peer, id, path = %request.target, "connection open");
+    drop(request);
+    tracing::debug!(%peer, id, path = %route.path, "connection open");
 
-    let session = Session {
-        id,
-        reader,
-        buf,
-        decoder: Decoder::server(FrameLimits {
+    let session = Session::new(
+        Decoder::server(FrameLimits {
             max_frame_size: limits.max_frame_size,
             max_message_size: limits.max_message_size,
         }),
+        Timing {
+            ping_interval: limits.ping_interval,
+            idle_timeout: limits.idle_timeout,
+            close_timeout: limits.close_timeout,
+            message_timeout: limits.message_timeout,
+        },
+        Instant::now().into_std(),
+    );
+    let mut conn = Connection {
+        id,
+        socket,
+        buf,
+        session,
         out,
-        control,
         shared: shared.clone(),
         route: route.clone(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        stash: None,
+        close_sent: None,
+        accounted: 0,
     };
-    let (ending, mut reader) = session.run(writer).await;
+    conn.run().await;
+    let ending = conn.session.ending().clone();
     tracing::debug!(%peer, id, code = ending.code, reason = %ending.reason, "connection closed");
     match &route.handler {
         Handler::Echo => {
@@ -181,19 +181,24 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 plugin.instance_for(id).send(Command::Closed { id, code: ending.code, reason: ending.reason }).await;
         }
     }
-    drain(&mut reader, Instant::now() + limits.close_timeout, usize::MAX).await;
+    drain(&conn.socket, Instant::now() + limits.close_timeout, usize::MAX).await;
 }
 
 /// After our half-close, reads and drops what the peer still sends until it closes too, so that
 /// closing the socket does not reset the connection under our last bytes; bounded by `until` and
 /// `max_bytes`.
-async fn drain(reader: &mut (impl AsyncReadExt + Unpin), until: Instant, max_bytes: usize) {
+async fn drain(socket: &TcpStream, until: Instant, max_bytes: usize) {
     let mut sink = [0u8; 4096];
     let mut total = 0usize;
     while total < max_bytes {
-        match tokio::time::timeout_at(until, reader.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => total += n,
-            _ => break,
+        if tokio::time::timeout_at(until, socket.readable()).await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }
@@ -221,196 +226,303 @@ async fn read_head(
     }
 }
 
-/// Sends a final HTTP response and closes without resetting the connection under it.
-async fn refuse(mut stream: TcpStream, response: &[u8]) {
+/// Writes all of `bytes` (waiting for room), for the final HTTP response of a refused request.
+async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Half-closes the socket: our last byte is sent, the peer sees end of stream.
+fn half_close(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+}
+
+/// Sends a final HTTP response and closes without resetting the connection under it (the request's
+/// remaining bytes are drained, bounded in time and size).
+async fn refuse(socket: &TcpStream, response: &[u8]) {
     let until = Instant::now() + Duration::from_secs(1);
-    let sent = tokio::time::timeout_at(until, async {
-        stream.write_all(response).await?;
-        stream.shutdown().await
-    })
-    .await;
-    if matches!(sent, Ok(Ok(()))) {
-        drain(&mut stream, until, 64 << 10).await;
+    if let Ok(Ok(())) = tokio::time::timeout_at(until, write_all(socket, response)).await {
+        half_close(socket);
+        drain(socket, until, 64 << 10).await;
     }
 }
 
 /// An open WebSocket connection.
-struct Session {
+struct Connection {
     id: u64,
-    reader: OwnedReadHalf,
+    socket: Arc<TcpStream>,
+    /// Bytes read and not yet decoded; no capacity while idle.
     buf: BytesMut,
-    decoder: Decoder,
+    session: Session,
     out: Outbound,
-    control: mpsc::Receiver<Control>,
     shared: Arc<Shared>,
     route: Arc<Route>,
-    /// Bounds this connection's events queued at or being handled by its plugin.
-    in_flight: Arc<tokio::sync::Semaphore>,
+    /// A message decoded when its plugin's queue was full (at most one): the connection stops
+    /// reading until it is handed over.
+    stash: Option<Message>,
+    /// Our close frame, once decided (it may still be waiting behind the plugin's replies).
+    close_sent: Option<Option<CloseFrame>>,
+    /// Bytes this connection has accounted in the server's memory budget.
+    accounted: usize,
 }
 
-/// Events one connection may have in flight at its plugin.
-const MAX_IN_FLIGHT: usize = 8;
-
-/// What the read loop does next.
-enum Next {
+/// What the loop does after an output.
+enum Flow {
     Continue,
-    /// The close handshake is complete, or the connection is failed: flush, half-close, drain.
     Finish,
 }
 
-impl Session {
-    /// Runs the session to its end; returns how it ended and the read half, still to be drained.
-    async fn run(mut self, writer: WriterHandle) -> (Ending, OwnedReadHalf) {
+impl Connection {
+    /// Runs the session to its end: our close frame is on the wire (or cannot be), TCP is
+    /// half-closed.
+    async fn run(&mut self) {
         let limits = self.shared.limits.clone();
         let mut shutdown = self.shared.shutdown.clone();
-        let mut last_heard = Instant::now();
-        let mut pinged = false;
-        // Set once our close frame is queued: the peer has until then to answer with its own.
-        let mut close_deadline: Option<Instant> = None;
-        let mut ending = Ending::abnormal();
-
+        let mut shutdown_seen = false;
         'session: loop {
-            // Handle every event already buffered before reading more.
-            loop {
-                match self.decoder.decode(&mut self.buf) {
-                    Ok(None) => break,
-                    Ok(Some(event)) => {
-                        last_heard = Instant::now();
-                        pinged = false;
-                        match self.on_event(event, close_deadline.is_some(), &mut ending).await {
-                            Next::Continue => {}
-                            Next::Finish => break 'session,
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(id = self.id, error = %e, "protocol violation");
-                        if close_deadline.is_none() {
-                            self.settle().await;
-                            let frame = close_frame(e.close_code(), e.to_string());
-                            ending = Ending { code: frame.code.0, reason: frame.reason.clone() };
-                            let _ = self.out.send(OutFrame::Close(Some(frame))).await;
-                        }
-                        // The stream can no longer be parsed: fail the connection (§7.1.7).
-                        break 'session;
-                    }
+            let now = Instant::now();
+            // A close queued by someone else (the plugin's close action, a slow-consumer 1013).
+            if let Some(frame) = self.out.take_close_notice() {
+                self.session.close(frame, now.into_std());
+            }
+            if self.out.is_failed() {
+                self.session.end_of_stream();
+                break;
+            }
+            // Hand over what is buffered, as far as the outbound side has room for.
+            if let Some(message) = self.stash.take()
+                && let Flow::Finish = self.deliver(message)
+            {
+                break;
+            }
+            while self.stash.is_none() && !self.session.is_closed() && self.out.has_room() {
+                let Some(output) = self.session.next_event(&mut self.buf, now.into_std()) else { break };
+                if let Flow::Finish = self.apply(output) {
+                    break 'session;
                 }
             }
-            if self.buf.is_empty() && self.buf.capacity() > 4 * MAX_READ {
-                self.buf = BytesMut::new(); // give back what a large message grew
+            if self.out.flush().is_err() {
+                self.session.end_of_stream();
+                break;
             }
-            let want = self.decoder.bytes_wanted(self.buf.len()).clamp(MIN_READ, MAX_READ);
-            self.buf.reserve(want);
-            let idle_check = last_heard + if pinged { limits.idle_timeout } else { limits.ping_interval };
-
+            if self.session.is_closed() {
+                break;
+            }
+            // Give the buffer back when nothing is pending in it (idle connections hold none).
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                self.buf = BytesMut::new();
+            }
+            let mut reading = self.stash.is_none() && self.out.has_room();
+            let mut retry = None;
+            match self.account() {
+                Pressure::Normal => {}
+                Pressure::Pause => {
+                    reading = false;
+                    retry = Some(now + PRESSURE_RETRY);
+                }
+                Pressure::Shed => {
+                    if self.session.is_open() {
+                        tracing::warn!(
+                            id = self.id,
+                            held = self.accounted,
+                            "memory budget exceeded: closing a large holder with 1013"
+                        );
+                    }
+                    let frame =
+                        CloseFrame { code: CloseCode::TRY_AGAIN_LATER, reason: "server memory budget exceeded".into() };
+                    if let Some(output) = self.session.close(frame, now.into_std()) {
+                        self.apply(output);
+                    }
+                    reading = false;
+                    retry = Some(now + PRESSURE_RETRY);
+                }
+            }
+            self.session.set_paused(!reading, now.into_std());
+            let session_deadline = self.session.next_deadline().map(Instant::from_std);
+            let write_deadline = self.out.stalled_since().map(|t| Instant::from_std(t) + limits.write_timeout);
+            let deadline = [session_deadline, write_deadline, retry].into_iter().flatten().min();
+            let plugin_tx = match (&self.stash, &self.route.handler) {
+                (Some(_), Handler::Plugin(p)) => Some(p.instance_for(self.id).clone()),
+                _ => None,
+            };
             tokio::select! {
-                read = self.reader.read_buf(&mut self.buf) => match read {
-                    Ok(0) | Err(_) => break 'session, // TCP closed without a close handshake (or after ours timed out)
-                    Ok(_) => {}
-                },
-                Some(control) = self.control.recv(), if close_deadline.is_none() => {
-                    let frame = match control {
-                        Control::Close(frame) => { let _ = self.out.send(OutFrame::Close(Some(frame.clone()))).await; frame }
-                        Control::CloseNow(frame) => { self.out.close_now(frame.clone()); frame }
-                    };
-                    ending = Ending { code: frame.code.0, reason: frame.reason };
-                    close_deadline = Some(Instant::now() + limits.close_timeout);
+                biased;
+                _ = self.out.notified() => {}
+                ready = self.socket.readable(), if reading => {
+                    if ready.is_err() || !self.read() {
+                        self.session.end_of_stream();
+                        break;
+                    }
                 }
-                changed = shutdown.changed(), if close_deadline.is_none() => {
+                _ = self.socket.writable(), if write_deadline.is_some() => {}
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    let now = Instant::now();
+                    if write_deadline.is_some_and(|d| now >= d) {
+                        tracing::debug!(id = self.id, "write made no progress (peer not reading): dropping");
+                        self.session.end_of_stream();
+                        break;
+                    }
+                    if let Some(output) = self.session.tick(now.into_std())
+                        && let Flow::Finish = self.apply(output)
+                    {
+                        break;
+                    }
+                }
+                permit = reserve(plugin_tx.as_ref()), if plugin_tx.is_some() => {
+                    let message = self.stash.take().expect("stashed");
+                    match permit {
+                        Some(permit) => {
+                            self.out.begin_event(message.payload().len());
+                            permit.send(Command::Message { id: self.id, message, out: self.out.clone() });
+                        }
+                        None => { self.session.end_of_stream(); break; }
+                    }
+                }
+                changed = shutdown.changed(), if !shutdown_seen => {
                     if changed.is_err() || *shutdown.borrow() {
-                        self.settle().await;
-                        let frame = close_frame(CloseCode::GOING_AWAY, "server shutting down");
-                        ending = Ending { code: frame.code.0, reason: frame.reason.clone() };
-                        let _ = self.out.send(OutFrame::Close(Some(frame))).await;
-                        close_deadline = Some(Instant::now() + limits.close_timeout);
+                        shutdown_seen = true;
+                        let frame = CloseFrame { code: CloseCode::GOING_AWAY, reason: "server shutting down".into() };
+                        if let Some(output) = self.session.close(frame, Instant::now().into_std()) {
+                            self.apply(output);
+                        }
                     }
                 }
-                _ = sleep_until(idle_check), if close_deadline.is_none() => {
-                    if !pinged {
-                        pinged = true;
-                        let _ = self.out.try_send(OutFrame::Data(crate::protocol::OpCode::Ping, bytes::Bytes::from_static(b"keepalive")));
-                    } else {
-                        self.settle().await;
-                        let frame = close_frame(CloseCode::GOING_AWAY, "idle timeout");
-                        ending = Ending { code: frame.code.0, reason: frame.reason.clone() };
-                        let _ = self.out.send(OutFrame::Close(Some(frame))).await;
-                        close_deadline = Some(Instant::now() + limits.close_timeout);
-                    }
-                }
-                _ = sleep_until(close_deadline.unwrap_or_else(Instant::now)), if close_deadline.is_some() => {
-                    break 'session; // the peer never answered our close
-                }
-            }
-            if self.out.is_closed() {
-                break 'session; // the writer failed (peer gone or not reading): nothing more can be sent
             }
         }
-
-        // Flush up to the close frame and half-close.
-        writer.finish(limits.write_timeout).await;
-        (ending, self.reader)
+        self.finish(limits.write_timeout.min(limits.close_timeout.max(Duration::from_millis(100)))).await;
+        self.buf = BytesMut::new();
+        self.stash = None;
+        self.shared.budget.reaccount(self.accounted, 0);
+        self.accounted = 0;
     }
 
-    /// Waits (bounded) until the plugin has handled every event this connection sent before, so
-    /// that its replies go out ahead of the close frame the session is about to queue.
-    async fn settle(&self) {
+    /// Accounts what this connection holds in the server's memory budget, and says what the
+    /// budget allows it.
+    fn account(&mut self) -> Pressure {
+        let held = self.buf.capacity()
+            + self.session.decoder().assembled_bytes()
+            + self.stash.as_ref().map_or(0, |m| m.payload().len())
+            + self.out.held_bytes();
+        self.shared.budget.reaccount(self.accounted, held);
+        self.accounted = held;
+        self.shared.budget.pressure(held)
+    }
+
+    /// Reads what the socket has; false at the end of the stream or on an error.
+    fn read(&mut self) -> bool {
+        let want = self.session.decoder().bytes_wanted(self.buf.len()).clamp(MIN_READ, MAX_READ);
+        self.buf.reserve(want);
+        match self.socket.try_read_buf(&mut self.buf) {
+            Ok(0) => false,
+            Ok(_) => {
+                self.session.heard(Instant::now().into_std());
+                true
+            }
+            Err(e) => e.kind() == ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Carries out one output of the session.
+    fn apply(&mut self, output: Output) -> Flow {
+        match output {
+            Output::Control(opcode, payload) => match self.out.reply(opcode, payload) {
+                Ok(_) => Flow::Continue,
+                Err(_) => Flow::Continue, // closing: the session learns it from the queue
+            },
+            Output::Message(message) => self.deliver(message),
+            Output::Close { frame, finish } => {
+                self.send_close(frame);
+                if finish { Flow::Finish } else { Flow::Continue }
+            }
+            Output::Finish => Flow::Finish,
+        }
+    }
+
+    /// Hands a message to the route's handler.
+    fn deliver(&mut self, message: Message) -> Flow {
+        match &self.route.handler {
+            Handler::Echo => {
+                let _ = self.out.reply(message.opcode(), message.payload().clone());
+                Flow::Continue
+            }
+            Handler::Plugin(plugin) => {
+                let len = message.payload().len();
+                self.out.begin_event(len);
+                let command = Command::Message { id: self.id, message, out: self.out.clone() };
+                match plugin.instance_for(self.id).try_send(command) {
+                    Ok(()) => Flow::Continue,
+                    Err(mpsc::error::TrySendError::Full(Command::Message { message, .. })) => {
+                        // The instance's queue is full: keep the message and stop reading until
+                        // the queue takes it.
+                        self.out.end_event(len);
+                        self.stash = Some(message);
+                        Flow::Continue
+                    }
+                    Err(_) => {
+                        self.session.end_of_stream();
+                        Flow::Finish
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues our close frame after everything the handler has queued for this connection: a
+    /// plugin's replies to earlier messages go first, so the close goes through its queue.
+    fn send_close(&mut self, frame: Option<CloseFrame>) {
+        self.close_sent = Some(frame.clone());
         if let Handler::Plugin(plugin) = &self.route.handler {
-            let (tx, rx) = oneshot::channel();
-            let _ = tokio::time::timeout(self.shared.limits.close_timeout, async {
-                if plugin.instance_for(self.id).send(Command::Barrier(tx)).await.is_ok() {
-                    let _ = rx.await;
-                }
-            })
-            .await;
-        }
-    }
-
-    /// Queues the session's own reply; the last one of a read batch may be written at once.
-    async fn reply(&self, frame: OutFrame) -> Result<(), super::QueueError> {
-        if self.buf.is_empty() { self.out.send_or_write(frame).await } else { self.out.send(frame).await }
-    }
-
-    async fn on_event(&mut self, event: Event, closing: bool, ending: &mut Ending) -> Next {
-        match event {
-            Event::Close(frame) => {
-                if !closing {
-                    self.settle().await;
-                    // Echo the peer's code (§5.5.1); a close without a code is answered without one.
-                    let echo = frame.as_ref().map(|f| CloseFrame { code: f.code, reason: String::new() });
-                    let _ = self.out.send(OutFrame::Close(echo)).await;
-                    *ending = match frame {
-                        Some(f) => Ending { code: f.code.0, reason: f.reason },
-                        None => Ending { code: CloseCode::NO_STATUS.0, reason: String::new() },
-                    };
-                }
-                Next::Finish
-            }
-            // After our close frame, nothing else is sent and data is no longer delivered.
-            _ if closing => Next::Continue,
-            Event::Ping(payload) => {
-                if self.reply(OutFrame::Data(crate::protocol::OpCode::Pong, payload)).await.is_err() {
-                    return Next::Finish;
-                }
-                Next::Continue
-            }
-            Event::Pong(_) => Next::Continue,
-            Event::Message(message) => {
-                let delivered = match &self.route.handler {
-                    Handler::Echo => {
-                        self.reply(OutFrame::Data(message.opcode(), message.payload().clone())).await.is_ok()
-                    }
-                    Handler::Plugin(plugin) => {
-                        // Credit-based flow control: forward only when this connection's queue has
-                        // room for the replies and few of its events are in flight; and wait while
-                        // the plugin's own queue is full. A busy plugin or a client that does not
-                        // read its replies slows this reader, nothing else.
-                        let Ok(()) = self.out.room().await else { return Next::Finish };
-                        let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return Next::Finish };
-                        let command = Command::Message { id: self.id, message, permit };
-                        plugin.instance_for(self.id).send(command).await.is_ok()
-                    }
-                };
-                if delivered { Next::Continue } else { Next::Finish }
+            let command = Command::Close { out: self.out.clone(), frame: frame.clone() };
+            if plugin.instance_for(self.id).try_send(command).is_ok() {
+                return;
             }
         }
+        self.out.close(frame, true);
     }
+
+    /// Writes what is queued, up to our close frame (bounded by `write_timeout` without progress),
+    /// then half-closes. A close frame still held behind a busy plugin's queue is queued directly
+    /// after `grace`.
+    async fn finish(&mut self, grace: Duration) {
+        let write_timeout = self.shared.limits.write_timeout;
+        let force_at = Instant::now() + grace;
+        // Without a close of ours (the peer vanished, a write failed) there is nothing to wait for.
+        let mut forced = self.close_sent.is_none();
+        loop {
+            if self.out.flush().is_err() || self.out.close_done() {
+                break;
+            }
+            let stalled = self.out.stalled_since().map(|t| Instant::from_std(t) + write_timeout);
+            if forced && !self.out.is_closing() && stalled.is_none() {
+                break; // everything queued is written and no close frame is coming
+            }
+            if stalled.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            let wake = if forced { stalled.unwrap_or(force_at) } else { force_at };
+            tokio::select! {
+                _ = self.out.notified() => {}
+                _ = self.socket.writable(), if stalled.is_some() => {}
+                _ = sleep_until(wake) => {
+                    if !forced {
+                        forced = true;
+                        self.out.close(self.close_sent.clone().flatten(), true);
+                    }
+                }
+            }
+        }
+        half_close(&self.socket);
+    }
+}
+
+/// Waits for room in a plugin instance's queue (`None` when it has stopped).
+async fn reserve(tx: Option<&mpsc::Sender<Command>>) -> Option<mpsc::Permit<'_, Command>> {
+    tx?.reserve().await.ok()
 }

@@ -1,20 +1,20 @@
 //! The hub of one route: its live connections, their topics, and fan-out.
 //!
 //! Plugins address connections by id, "everyone", "everyone but the sender" or a topic; the hub
-//! turns that into pushes onto each target's bounded outbound queue. A broadcast or publish is
-//! encoded once and the same bytes are shared by every target. A target whose queue is full is a
-//! slow consumer: it is closed with 1013 (ahead of its queue) and logged, and the other targets are
-//! never blocked or slowed by it. Every push is non-blocking, so the hub is safe to use from a
-//! plugin's actor thread.
+//! turns that into pushes onto each target's bounded outbound queue, noted in the caller's
+//! [`Batch`] so that each queue is written once at the end of the batch. A broadcast or publish is
+//! encoded once and the same bytes are shared by every target (never copied per receiver). A
+//! target whose queue is full is a slow consumer: it is closed with 1013 (ahead of its queue) and
+//! logged, and the other targets are never blocked or slowed by it. Every push is non-blocking, so
+//! the hub is safe to use from a plugin's actor thread.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
-use super::connection::Control;
-use super::outbound::{OutFrame, Outbound, QueueError, close_frame};
+use super::outbound::{Batch, Outbound, QueueError, close_frame};
+use crate::protocol::frame::OpCode;
 use crate::protocol::{CloseCode, CloseFrame};
 
 /// What the server knows of a connection when it opened (what a plugin's `on-open` sees).
@@ -34,7 +34,6 @@ pub struct ConnInfo {
 struct Member {
     info: Arc<ConnInfo>,
     out: Outbound,
-    control: mpsc::Sender<Control>,
     topics: HashSet<String>,
     /// Being closed: nothing more is delivered.
     closing: bool,
@@ -79,9 +78,9 @@ impl Hub {
     }
 
     /// Registers an admitted connection.
-    pub fn join(&self, info: Arc<ConnInfo>, out: Outbound, control: mpsc::Sender<Control>) {
+    pub fn join(&self, info: Arc<ConnInfo>, out: Outbound) {
         let id = info.id;
-        self.lock().members.insert(id, Member { info, out, control, topics: HashSet::new(), closing: false });
+        self.lock().members.insert(id, Member { info, out, topics: HashSet::new(), closing: false });
     }
 
     /// Removes a connection and its subscriptions; false if it was not registered.
@@ -114,21 +113,14 @@ impl Hub {
         out
     }
 
-    /// Queues a frame for one connection; false if the id is not on this route. `sender` is the
+    /// Queues a message for one connection; false if the id is not on this route. `sender` is the
     /// connection whose event is being handled: its own replies are flow-controlled by its session
-    /// and never count as a slow consumer; with `now` (the last reply of a batch), an idle sender's
-    /// reply is written at once.
-    pub fn send(&self, id: u64, frame: OutFrame, sender: Option<u64>, now: bool) -> bool {
+    /// and never count as a slow consumer.
+    pub fn send(&self, id: u64, opcode: OpCode, payload: Bytes, sender: Option<u64>, batch: &mut Batch) -> bool {
         let mut inner = self.lock();
         match inner.members.get_mut(&id) {
-            Some(member) if sender == Some(id) => {
-                if !member.closing && member.out.reply(frame, now).is_err() {
-                    member.closing = true;
-                }
-                true
-            }
             Some(member) => {
-                deliver(&self.route, member, frame, sender);
+                deliver(&self.route, member, Some(opcode), payload, sender, batch);
                 true
             }
             None => false,
@@ -136,21 +128,21 @@ impl Hub {
     }
 
     /// Queues an encoded frame for every connection but `except`.
-    pub fn broadcast(&self, encoded: &Bytes, except: Option<u64>, sender: Option<u64>) {
+    pub fn broadcast(&self, encoded: &Bytes, except: Option<u64>, sender: Option<u64>, batch: &mut Batch) {
         let mut inner = self.lock();
         for member in inner.members.values_mut().filter(|m| Some(m.info.id) != except) {
-            deliver(&self.route, member, OutFrame::Encoded(encoded.clone()), sender);
+            deliver(&self.route, member, None, encoded.clone(), sender, batch);
         }
     }
 
     /// Queues an encoded frame for every subscriber of `topic`.
-    pub fn publish(&self, topic: &str, encoded: &Bytes, sender: Option<u64>) {
+    pub fn publish(&self, topic: &str, encoded: &Bytes, sender: Option<u64>, batch: &mut Batch) {
         let mut inner = self.lock();
         let Inner { members, topics } = &mut *inner;
         let Some(subscribers) = topics.get(topic) else { return };
         for id in subscribers {
             if let Some(member) = members.get_mut(id) {
-                deliver(&self.route, member, OutFrame::Encoded(encoded.clone()), sender);
+                deliver(&self.route, member, None, encoded.clone(), sender, batch);
             }
         }
     }
@@ -195,10 +187,7 @@ impl Hub {
             && !member.closing
         {
             member.closing = true;
-            if member.control.try_send(Control::Close(frame.clone())).is_err() {
-                // Its control queue is full of earlier requests: skip the line.
-                member.out.close_now(frame);
-            }
+            member.out.close(Some(frame), false);
         }
     }
 
@@ -222,22 +211,33 @@ fn drop_subscriber(topics: &mut HashMap<String, HashSet<u64>>, topic: &str, id: 
 }
 
 /// Pushes a frame without blocking; a full queue marks a slow consumer, closed with 1013 — except
-/// for the sender's own replies, which its session flow-controls.
-fn deliver(route: &str, member: &mut Member, frame: OutFrame, sender: Option<u64>) {
+/// for the sender's own replies, which its session flow-controls. `opcode` is `None` for a frame
+/// already encoded (shared by many receivers).
+fn deliver(
+    route: &str,
+    member: &mut Member,
+    opcode: Option<OpCode>,
+    payload: Bytes,
+    sender: Option<u64>,
+    batch: &mut Batch,
+) {
     if member.closing {
         return;
     }
-    let pushed =
-        if sender == Some(member.info.id) { member.out.reply(frame, false) } else { member.out.try_send(frame) };
-    match pushed {
+    let pushed = match (sender == Some(member.info.id), opcode) {
+        (true, Some(op)) => member.out.reply(op, payload),
+        _ => member.out.deliver(opcode, payload),
+    };
+    match batch.note(&member.out, pushed) {
         Ok(()) => {}
         Err(QueueError::Full) => {
-            tracing::warn!(route, id = member.info.id, "slow consumer: outbound queue full, closing with 1013");
             member.closing = true;
-            let frame = close_frame(CloseCode::TRY_AGAIN_LATER, "slow consumer: outbound queue full");
-            if member.control.try_send(Control::CloseNow(frame.clone())).is_err() {
-                member.out.close_now(frame);
+            if sender == Some(member.info.id) {
+                return; // the queue closed itself with 1013 (its hard bound)
             }
+            tracing::warn!(route, id = member.info.id, "slow consumer: outbound queue full, closing with 1013");
+            member.out.close_now(close_frame(CloseCode::TRY_AGAIN_LATER, "slow consumer: outbound queue full"));
+            batch.note(&member.out, Ok(true)).ok();
         }
         Err(QueueError::Closed) => member.closing = true,
     }

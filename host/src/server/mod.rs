@@ -2,20 +2,21 @@
 //!
 //! - [`Server`] binds, accepts, bounds the number of connections (503 when full) and, on shutdown,
 //!   stops accepting, asks every connection to close with 1001 and waits a bounded time for them.
-//! - `connection`: one connection from handshake to close.
-//! - `outbound`: a connection's bounded outbound queue and its coalescing writer task.
+//! - [`budget`]: the server-wide memory budget every connection accounts against.
+//! - `connection`: one connection from handshake to close (drives `protocol::session`).
+//! - `outbound`: a connection's bounded outbound queue, and the one way bytes are written.
 //! - [`hub`]: a route's live connections and topics, and fan-out to their queues.
 //! - `routes`: which handler serves which path.
 //! - `static_files`: the demo's static files on non-route paths.
 
+pub mod budget;
 mod connection;
 pub mod hub;
 mod outbound;
 mod routes;
 mod static_files;
 
-pub use connection::{Control, Ending};
-pub use outbound::{OutFrame, Outbound, QueueError};
+pub use outbound::{Batch, Outbound, QueueError, QueueLimits};
 pub use routes::{Handler, Route, Routes};
 
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub(crate) struct Live {
 /// State every connection task shares.
 pub(crate) struct Shared {
     pub limits: Arc<Limits>,
+    /// Bytes held by all connections, against `limits.memory_budget`.
+    pub budget: budget::Budget,
     live: RwLock<Arc<Live>>,
     /// Flips to true when the server shuts down; sessions then close with 1001.
     pub shutdown: watch::Receiver<bool>,
@@ -93,12 +96,13 @@ impl Server {
             let config = config.clone();
             tokio::task::spawn_blocking(move || Routes::from_config(&config)).await??
         };
-        let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener = listen(config.listen, config.limits.listen_backlog)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let static_dir = config.static_dir.as_ref().map(|d| config.resolve(d));
         let shared = Arc::new(Shared {
             limits: Arc::new(config.limits.clone()),
+            budget: budget::Budget::new(config.limits.memory_budget),
             live: RwLock::new(Arc::new(Live { routes, static_dir })),
             shutdown: shutdown_rx,
             next_id: AtomicU64::new(1),
@@ -189,6 +193,15 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Binds a listening socket with the configured accept backlog (the kernel caps it at
+/// `net.core.somaxconn`).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Answers a connection beyond `max_connections` with 503 and closes it.

@@ -1,428 +1,481 @@
-//! A connection's outbound queue and the writer task that drains it onto the socket.
+//! A connection's outbound side: one queue state under one lock, and one way of writing.
 //!
-//! The queue is bounded in frames (`outbound_queue_frames`) and in payload bytes
-//! (`outbound_queue_bytes`), so a client that stops reading pins a bounded amount of memory. Three
-//! ways in, for three kinds of producer:
-//! - [`Outbound::send`] waits for room: the connection's own session (echo, pongs, close).
-//! - [`Outbound::try_send`] fails when full: fan-out from other connections (the hub then closes
-//!   the slow consumer), which must never block on one slow target.
-//! - [`Outbound::reply`] never fails for being full: a plugin's replies to the connection whose
-//!   event it is handling. Those are flow-controlled upstream instead: the session forwards
-//!   an event to the plugin only once this queue is below its bounds ([`Outbound::room`]), with a
-//!   small number of events in flight, so the overshoot is bounded by what those events return.
+//! Every frame for a connection (its own replies, fan-out from others, control frames, the close
+//! frame) goes into [`Outbound`]'s queue. Whoever holds the lock may write: bytes leave only through
+//! a non-blocking vectored `try_write` of the queue's front, made under the lock, so frames are never
+//! interleaved, never reordered, and nothing is ever written after the close frame (it is the last
+//! frame the queue accepts). There is no writer task: a producer that finishes a batch calls
+//! [`Outbound::flush`] (the session after a read batch, a plugin instance after its batch of
+//! events), and when the socket cannot take more, the connection's session waits for it to become
+//! writable and flushes the rest. A frame's payload is never copied: the queue holds the encoded
+//! header and the payload's `Bytes` (shared by every receiver of a broadcast), written with
+//! `writev`.
 //!
-//! The writer coalesces whatever is queued into one buffer and one write, which is what keeps
-//! pipelined traffic cheap. When nothing at all is queued or being written,
-//! [`Outbound::send_or_write`] writes a small frame itself with a non-blocking `try_write` (the request/response case), which
-//! saves waking the writer task for every reply. Frames are never interleaved mid-frame; after a
-//! close frame nothing else is written.
+//! Bounds (the README's per-connection formula rests on them):
+//! - Fan-out from other connections ([`Outbound::deliver`]) is refused once the queue holds
+//!   `max_frames` frames or `max_bytes` bytes (one larger frame still fits an empty queue): the
+//!   caller closes that slow consumer with 1013, and is never blocked by it.
+//! - The connection's own traffic (its replies, pongs) is admitted by the session only while the
+//!   queue and its events at the handler stay under `max_bytes` ([`Outbound::try_begin_event`]),
+//!   so it is flow-controlled at the source: the session stops reading. One reply may pass the
+//!   bound by at most `max_message_size`; past `max_bytes + max_message_size` the connection is
+//!   closed with 1013 (only a plugin that sends a connection far more than it is sent can get
+//!   there).
+//! - `write_timeout` is "no progress": a queue whose writes have all hit `WouldBlock` for that long
+//!   is given up ([`Outbound::stalled_since`]).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Notify, mpsc, oneshot};
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::protocol::close::close_payload;
-use crate::protocol::frame::{OpCode, encode_header};
+use crate::protocol::frame::OpCode;
 use crate::protocol::{CloseCode, CloseFrame};
 
-/// Payloads up to this size are copied into the coalescing buffer; larger ones are written from
-/// their own buffer after flushing, to avoid one more copy of a big message.
-const COPY_THRESHOLD: usize = 16 << 10;
-/// The coalescing buffer is flushed once it holds this much.
-const BATCH_BYTES: usize = 64 << 10;
+/// The longest server frame header: 2 bytes and a 64-bit length (server frames are not masked).
+const MAX_HEADER: usize = 10;
+/// Slices handed to one `writev` (well under IOV_MAX).
+const MAX_SLICES: usize = 64;
 
-/// Something to write.
-#[derive(Debug, Clone)]
-pub enum OutFrame {
-    /// A frame to encode: opcode and payload.
-    Data(OpCode, Bytes),
-    /// Bytes already encoded (a frame shared by many receivers of one broadcast, or the 101
-    /// response that precedes all frames).
-    Encoded(Bytes),
-    /// A close frame; the writer sends nothing after it.
-    Close(Option<CloseFrame>),
+/// The bounds of one connection's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+    /// How far one message may take the queue past `max_bytes` (the route's max_message_size).
+    pub max_message_size: usize,
+    /// Events of this connection at its handler at once, at most.
+    pub max_in_flight: usize,
 }
 
-impl OutFrame {
-    fn payload_len(&self) -> usize {
-        match self {
-            Self::Data(_, p) | Self::Encoded(p) => p.len(),
-            Self::Close(_) => 0,
-        }
-    }
-}
-
-/// Why a frame could not be queued without waiting.
+/// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueError {
-    /// The queue is at its frame or byte bound: the receiver is slow.
+    /// The queue is at its bound: the receiver is slow.
     Full,
-    /// The writer has stopped: the connection is closing or gone.
+    /// The connection is closing or gone: nothing more is written.
     Closed,
 }
 
-/// What is queued, against the bounds.
-struct Level {
-    frames: AtomicUsize,
-    bytes: AtomicUsize,
-    max_frames: usize,
-    max_bytes: usize,
-    /// Signalled whenever the writer takes frames off the queue, or stops.
-    drained: Notify,
+/// One frame waiting to be written: its encoded header and its payload (or a whole pre-encoded
+/// frame, with no header of its own).
+struct Frame {
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    payload: Bytes,
 }
 
-impl Level {
-    /// Room for one more frame of `len` bytes? A frame larger than the whole byte bound fits into
-    /// an empty queue, alone.
-    fn has_room(&self, len: usize) -> bool {
-        let bytes = self.bytes.load(Ordering::Acquire);
-        self.frames.load(Ordering::Acquire) < self.max_frames && (bytes == 0 || bytes + len <= self.max_bytes)
+impl Frame {
+    fn data(opcode: OpCode, payload: Bytes) -> Self {
+        let mut header = [0u8; MAX_HEADER];
+        header[0] = 0x80 | opcode.as_u8();
+        let header_len = match payload.len() {
+            n @ 0..=125 => {
+                header[1] = n as u8;
+                2
+            }
+            n @ 126..=0xFFFF => {
+                header[1] = 126;
+                header[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+                4
+            }
+            n => {
+                header[1] = 127;
+                header[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+                10
+            }
+        };
+        Self { header, header_len, payload }
+    }
+
+    fn encoded(bytes: Bytes) -> Self {
+        Self { header: [0; MAX_HEADER], header_len: 0, payload: bytes }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.header_len) + self.payload.len()
+    }
+
+    fn is_close(&self) -> bool {
+        self.header_len > 0 && self.header[0] & 0x0F == OpCode::Close.as_u8()
     }
 }
 
-/// The socket's write half, shared by the writer task and the senders' fast path.
-struct WriteSide {
-    socket: tokio::sync::Mutex<OwnedWriteHalf>,
-    /// Frames queued or taken by the writer but not yet written. The fast path may only write
-    /// when this is 0, which keeps every producer's frames in order.
-    unwritten: AtomicUsize,
-    /// A close frame has been written: nothing more goes out.
-    closed: AtomicBool,
-    /// The unwritten end of a frame the fast path wrote only partly: written before anything else.
-    remainder: Mutex<Option<Bytes>>,
+/// Where the close frame stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// Queued as the last frame; nothing is accepted after it.
+    Queued,
+    /// On the wire.
+    Written,
 }
 
-/// Frames up to this payload size may take the fast path.
-const FAST_PATH_MAX: usize = 4 << 10;
+struct State {
+    frames: VecDeque<Frame>,
+    /// Bytes of the front frame already written.
+    front_written: usize,
+    /// Bytes queued (headers and payloads, the front frame's written part included).
+    bytes: usize,
+    closing: Closing,
+    /// The close frame queued by someone other than the session, not yet seen by it.
+    close_notice: Option<CloseFrame>,
+    /// A write failed: the peer is gone. Nothing more is queued or written.
+    failed: bool,
+    /// Since when every write attempt has met a full socket (None: not blocked).
+    blocked_since: Option<Instant>,
+    /// Queued since the last flush.
+    dirty: bool,
+    /// Events of this connection handed to its handler and not yet handled, and their bytes.
+    in_flight: usize,
+    in_flight_bytes: usize,
+    /// The session has stopped reading and wants to hear when room or credit comes back.
+    session_waiting: bool,
+}
 
-/// The sending side of a connection's outbound queue. Cheap to clone.
+struct Inner {
+    socket: Arc<TcpStream>,
+    state: Mutex<State>,
+    /// Wakes the connection's session: a close was queued by someone else, a write met a full
+    /// socket, or room or credit came back while it waits for them.
+    wake: Notify,
+    limits: QueueLimits,
+}
+
+/// A connection's outbound queue. Cheap to clone; usable from any thread.
 #[derive(Clone)]
-pub struct Outbound {
-    tx: mpsc::UnboundedSender<OutFrame>,
-    level: Arc<Level>,
-    urgent: Arc<Urgent>,
-    side: Arc<WriteSide>,
-}
+pub struct Outbound(Arc<Inner>);
 
-/// A close that skips the queue (used when the queue itself is the problem).
-#[derive(Default)]
-struct Urgent {
-    frame: Mutex<Option<CloseFrame>>,
-    notify: Notify,
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
+        f.debug_struct("Outbound").field("frames", &st.frames.len()).field("bytes", &st.bytes).finish()
+    }
 }
 
 impl Outbound {
-    fn push(&self, frame: OutFrame) -> Result<(), QueueError> {
-        self.side.unwritten.fetch_add(1, Ordering::AcqRel);
-        self.level.frames.fetch_add(1, Ordering::AcqRel);
-        self.level.bytes.fetch_add(frame.payload_len(), Ordering::AcqRel);
-        self.tx.send(frame).map_err(|_| QueueError::Closed)
+    pub fn new(socket: Arc<TcpStream>, limits: QueueLimits) -> Self {
+        Self(Arc::new(Inner {
+            socket,
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                front_written: 0,
+                bytes: 0,
+                closing: Closing::Open,
+                close_notice: None,
+                failed: false,
+                blocked_since: None,
+                dirty: false,
+                in_flight: 0,
+                in_flight_bytes: 0,
+                session_waiting: false,
+            }),
+            wake: Notify::new(),
+            limits,
+        }))
     }
 
-    /// Waits until a frame of `len` bytes fits (or the writer has stopped).
-    async fn wait_for(&self, len: usize) -> Result<(), QueueError> {
-        // The common case, room at once, takes no lock (registering a waiter does).
-        if self.tx.is_closed() {
-            return Err(QueueError::Closed);
-        }
-        if self.level.has_room(len) {
-            return Ok(());
-        }
-        loop {
-            let drained = self.level.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if self.tx.is_closed() {
-                return Err(QueueError::Closed);
-            }
-            if self.level.has_room(len) {
-                return Ok(());
-            }
-            drained.await;
-        }
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update below leaves the state consistent before it can panic; recover the guard.
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame, waiting while the queue is full (backpressure on the caller).
-    pub async fn send(&self, frame: OutFrame) -> Result<(), QueueError> {
-        self.wait_for(frame.payload_len()).await?;
-        self.push(frame)
+    /// Whether two handles are the same queue.
+    pub fn same(&self, other: &Outbound) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
-    /// Like [`send`](Self::send), but a small frame on an idle connection is written at once. For
-    /// the last reply of a batch only: replies to pipelined messages are better queued, so that the
-    /// writer coalesces them into one write.
-    pub async fn send_or_write(&self, frame: OutFrame) -> Result<(), QueueError> {
-        if let OutFrame::Data(op, payload) = &frame
-            && let Some(done) = self.write_now(*op, payload)
-        {
-            return done;
-        }
-        self.send(frame).await
+    /// Queues bytes already encoded (the 101 response, which precedes every frame).
+    pub fn push_encoded(&self, bytes: Bytes) -> Result<bool, QueueError> {
+        let mut st = self.lock();
+        Self::accept(&mut st, Frame::encoded(bytes))
     }
 
-    /// The fast path: when nothing is queued or being written, write a small frame directly, without
-    /// waiting (usable from any thread). `None` means "not possible now, queue it".
-    fn write_now(&self, op: OpCode, payload: &[u8]) -> Option<Result<(), QueueError>> {
-        if payload.len() > FAST_PATH_MAX
-            || self.side.unwritten.load(Ordering::Acquire) != 0
-            || self.side.closed.load(Ordering::Acquire)
-        {
-            return None;
-        }
-        let socket = self.side.socket.try_lock().ok()?;
-        // Checked again under the lock: the writer takes it for every write it makes.
-        if self.side.unwritten.load(Ordering::Acquire) != 0 || self.tx.is_closed() {
-            return None;
-        }
-        let mut buf = BytesMut::with_capacity(payload.len() + 10);
-        encode_header(&mut buf, true, op, payload.len());
-        buf.extend_from_slice(payload);
-        match socket.try_write(&buf) {
-            Ok(n) if n == buf.len() => Some(Ok(())),
-            Ok(n) => {
-                // Part of the frame is out: the rest goes before anything else the writer writes
-                // (it takes the remainder first, under the same lock); an empty frame wakes it.
-                // Queued before the socket is released, so no other fast path can slip in between.
-                *self.side.remainder.lock().expect("remainder lock") = Some(buf.freeze().slice(n..));
-                let woken = self.push(OutFrame::Encoded(Bytes::new()));
-                drop(socket);
-                Some(woken)
-            }
-            Err(_) => None, // would block, or an error the writer will meet and stop on
-        }
-    }
-
-    /// A reply to the connection's own event: written at once when `now` (the last reply of a
-    /// batch) and the connection is idle, else queued past the bounds if need be (see the module
-    /// docs for why that stays bounded).
-    pub fn reply(&self, frame: OutFrame, now: bool) -> Result<(), QueueError> {
-        if now
-            && let OutFrame::Data(op, payload) = &frame
-            && let Some(done) = self.write_now(*op, payload)
-        {
-            return done;
-        }
-        self.push(frame)
-    }
-
-    /// Waits until the queue is below its bounds: the session calls this before handing the next
-    /// event to a plugin, so that the plugin's replies find room.
-    pub async fn room(&self) -> Result<(), QueueError> {
-        self.wait_for(0).await
-    }
-
-    /// Queues a frame if there is room now.
-    pub fn try_send(&self, frame: OutFrame) -> Result<(), QueueError> {
-        if self.tx.is_closed() {
-            return Err(QueueError::Closed);
-        }
-        if !self.level.has_room(frame.payload_len()) {
+    /// Queues a frame of the connection's own (a reply to its event, a pong, a ping). Refused only
+    /// when closing, or past the hard bound (`max_bytes + max_message_size`), in which case the
+    /// connection is closed with 1013. Returns whether the queue became dirty (needs a flush).
+    pub fn reply(&self, opcode: OpCode, payload: Bytes) -> Result<bool, QueueError> {
+        let mut st = self.lock();
+        let limits = self.0.limits;
+        if st.bytes > 0 && st.bytes + payload.len() > limits.max_bytes + limits.max_message_size {
+            let frame = CloseFrame { code: CloseCode::TRY_AGAIN_LATER, reason: "outbound queue full".into() };
+            self.close_now_locked(&mut st, frame);
             return Err(QueueError::Full);
         }
-        self.push(frame)
+        Self::accept(&mut st, Frame::data(opcode, payload))
     }
 
-    /// Sends a close frame ahead of everything queued, which is dropped.
-    pub fn close_now(&self, frame: CloseFrame) {
-        *self.urgent.frame.lock().expect("urgent close lock") = Some(frame);
-        self.urgent.notify.notify_one();
+    /// Queues fan-out from another connection (a pre-encoded, shared frame, or a frame to encode):
+    /// refused with [`QueueError::Full`] when the queue is at its bounds.
+    pub fn deliver(&self, opcode: Option<OpCode>, payload: Bytes) -> Result<bool, QueueError> {
+        let mut st = self.lock();
+        let limits = self.0.limits;
+        if st.frames.len() >= limits.max_frames || (st.bytes > 0 && st.bytes + payload.len() > limits.max_bytes) {
+            return if st.closing == Closing::Open && !st.failed {
+                Err(QueueError::Full)
+            } else {
+                Err(QueueError::Closed)
+            };
+        }
+        let frame = match opcode {
+            Some(op) => Frame::data(op, payload),
+            None => Frame::encoded(payload),
+        };
+        Self::accept(&mut st, frame)
     }
 
-    /// Whether the writer has stopped.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+    fn accept(st: &mut State, frame: Frame) -> Result<bool, QueueError> {
+        if st.closing != Closing::Open || st.failed {
+            return Err(QueueError::Closed);
+        }
+        st.bytes += frame.len();
+        st.frames.push_back(frame);
+        Ok(!std::mem::replace(&mut st.dirty, true))
     }
-}
 
-/// Handle the connection keeps to end its writer.
-pub struct WriterHandle {
-    finish: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
+    /// Queues the close frame after everything queued; nothing is accepted after it. A second
+    /// close is ignored. `by_session`: the session itself decided (it needs no notice).
+    pub fn close(&self, frame: Option<CloseFrame>, by_session: bool) {
+        let mut st = self.lock();
+        self.queue_close(&mut st, frame, by_session);
+    }
 
-impl WriterHandle {
-    /// Lets the writer flush what is queued (up to its close frame), half-close the socket and stop;
-    /// waits at most `timeout`.
-    pub async fn finish(mut self, timeout: Duration) {
-        drop(self.finish.take());
-        if tokio::time::timeout(timeout, &mut self.task).await.is_err() {
-            self.task.abort();
+    fn queue_close(&self, st: &mut State, frame: Option<CloseFrame>, by_session: bool) {
+        if st.closing != Closing::Open || st.failed {
+            return;
+        }
+        let payload = Bytes::from(close_payload(frame.as_ref()));
+        let encoded = Frame::data(OpCode::Close, payload);
+        st.bytes += encoded.len();
+        st.frames.push_back(encoded);
+        st.closing = Closing::Queued;
+        st.dirty = true;
+        if !by_session {
+            st.close_notice = frame;
+            self.0.wake.notify_one();
         }
     }
-}
 
-/// Starts the writer task for a connection's write half.
-pub fn spawn_writer(
-    socket: OwnedWriteHalf,
-    frames: usize,
-    bytes: usize,
-    write_timeout: Duration,
-) -> (Outbound, WriterHandle) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (finish_tx, finish_rx) = oneshot::channel();
-    let urgent = Arc::new(Urgent::default());
-    let level = Arc::new(Level {
-        frames: AtomicUsize::new(0),
-        bytes: AtomicUsize::new(0),
-        max_frames: frames,
-        max_bytes: bytes,
-        drained: Notify::new(),
-    });
-    let side = Arc::new(WriteSide {
-        socket: tokio::sync::Mutex::new(socket),
-        unwritten: AtomicUsize::new(0),
-        closed: AtomicBool::new(false),
-        remainder: Mutex::new(None),
-    });
-    let outbound = Outbound { tx, level: level.clone(), urgent: urgent.clone(), side: side.clone() };
-    let writer = Writer { side, rx, urgent, level, write_timeout, buf: BytesMut::new(), closed: false, taken: 0 };
-    let task = tokio::spawn(writer.run(finish_rx));
-    (outbound, WriterHandle { finish: Some(finish_tx), task })
-}
+    /// Closes ahead of the queue (the queue itself is the problem: a slow consumer): frames not yet
+    /// started are dropped, a frame half written is finished first, then the close frame.
+    pub fn close_now(&self, frame: CloseFrame) {
+        let mut st = self.lock();
+        self.close_now_locked(&mut st, frame);
+    }
 
-struct Writer {
-    side: Arc<WriteSide>,
-    rx: mpsc::UnboundedReceiver<OutFrame>,
-    /// Frames taken off the queue since the last completed write.
-    taken: usize,
-    urgent: Arc<Urgent>,
-    level: Arc<Level>,
-    write_timeout: Duration,
-    buf: BytesMut,
-    /// A close frame has been written: nothing more goes out.
-    closed: bool,
-}
+    fn close_now_locked(&self, st: &mut State, frame: CloseFrame) {
+        if st.closing != Closing::Open || st.failed {
+            return;
+        }
+        let keep = usize::from(st.front_written > 0);
+        while st.frames.len() > keep {
+            let dropped = st.frames.pop_back().expect("len checked");
+            st.bytes -= dropped.len();
+        }
+        self.queue_close(st, Some(frame), false);
+    }
 
-impl Writer {
-    async fn run(mut self, mut finish: oneshot::Receiver<()>) {
-        let result: std::io::Result<()> = async {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = self.urgent.notify.notified() => {
-                        let frame = self.urgent.frame.lock().expect("urgent close lock").take();
-                        if !self.closed {
-                            self.buf.clear();
-                            self.push(OutFrame::Close(frame));
-                            self.flush().await?;
-                        }
+    /// The close frame someone other than the session queued (a plugin's close action, a slow
+    /// consumer's 1013), once.
+    pub fn take_close_notice(&self) -> Option<CloseFrame> {
+        self.lock().close_notice.take()
+    }
+
+    /// Writes as much of the queue as the socket takes now, without waiting. When the socket is full
+    /// the session is woken to wait for it. Err when the connection is gone.
+    pub fn flush(&self) -> Result<(), QueueError> {
+        let mut st = self.lock();
+        st.dirty = false;
+        if st.failed {
+            return Err(QueueError::Closed);
+        }
+        let was_blocked = st.blocked_since.is_some();
+        let before = st.bytes;
+        let result = self.write_locked(&mut st);
+        if st.blocked_since.is_some() && !was_blocked {
+            self.0.wake.notify_one(); // the session waits for writability from here on
+        }
+        if st.session_waiting && st.bytes < before && st.bytes < self.0.limits.max_bytes {
+            st.session_waiting = false;
+            self.0.wake.notify_one(); // room came back
+        }
+        result
+    }
+
+    fn write_locked(&self, st: &mut State) -> Result<(), QueueError> {
+        while !st.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            let mut skip = st.front_written;
+            for frame in &st.frames {
+                for part in [&frame.header[..usize::from(frame.header_len)], &frame.payload[..]] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
                     }
-                    _ = &mut finish => {
-                        // Drain what is already queued, then stop.
-                        while let Ok(frame) = self.rx.try_recv() {
-                            self.taken(&frame);
-                            self.push(frame);
-                            if self.buf.len() >= BATCH_BYTES { self.flush().await?; }
-                        }
-                        self.flush().await?;
-                        return Ok(());
-                    }
-                    item = self.rx.recv() => {
-                        let Some(frame) = item else { return Ok(()) };
-                        self.taken(&frame);
-                        self.write_item(frame).await?;
-                        // Coalesce whatever else is already queued into the same write.
-                        while self.buf.len() < BATCH_BYTES {
-                            let Ok(frame) = self.rx.try_recv() else { break };
-                            self.taken(&frame);
-                            self.write_item(frame).await?;
-                        }
-                        self.flush().await?;
-                        // Every frame taken is now on the wire: the fast path may resume.
-                        self.side.unwritten.fetch_sub(std::mem::take(&mut self.taken), Ordering::AcqRel);
-                        self.level.drained.notify_waiters();
-                    }
+                    slices[n] = IoSlice::new(&part[skip..]);
+                    skip = 0;
+                    n += 1;
+                }
+                if n + 2 > MAX_SLICES {
+                    break;
+                }
+            }
+            match self.0.socket.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(self.fail(st)),
+                Ok(written) => {
+                    st.blocked_since = None;
+                    Self::advance(st, written);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    st.blocked_since.get_or_insert_with(Instant::now);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "write failed");
+                    return Err(self.fail(st));
                 }
             }
         }
-        .await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "writer stopped");
-        }
-        // Refuse further frames and wake any sender waiting for room.
-        self.rx.close();
-        self.level.drained.notify_waiters();
-        let _ =
-            tokio::time::timeout(self.write_timeout, async { self.side.socket.lock().await.shutdown().await }).await;
-    }
-
-    /// Accounts for a frame taken off the queue.
-    fn taken(&mut self, frame: &OutFrame) {
-        self.taken += 1;
-        self.level.frames.fetch_sub(1, Ordering::AcqRel);
-        self.level.bytes.fetch_sub(frame.payload_len(), Ordering::AcqRel);
-    }
-
-    async fn write_item(&mut self, frame: OutFrame) -> std::io::Result<()> {
-        if let OutFrame::Data(op, payload) = &frame
-            && payload.len() > COPY_THRESHOLD
-            && !self.closed
-        {
-            encode_header(&mut self.buf, true, *op, payload.len());
-            self.flush().await?;
-            return self.write(payload).await;
-        }
-        self.push(frame);
+        st.blocked_since = None;
         Ok(())
     }
 
-    /// Appends a frame to the coalescing buffer (nothing after a close frame).
-    fn push(&mut self, frame: OutFrame) {
-        if self.closed {
-            return;
-        }
-        match frame {
-            OutFrame::Data(op, payload) => {
-                encode_header(&mut self.buf, true, op, payload.len());
-                self.buf.extend_from_slice(&payload);
+    /// Takes `written` bytes off the front of the queue.
+    fn advance(st: &mut State, mut written: usize) {
+        st.bytes -= written;
+        while written > 0 {
+            let front = st.frames.front().expect("wrote more than was queued");
+            let rest = front.len() - st.front_written;
+            if written < rest {
+                st.front_written += written;
+                return;
             }
-            OutFrame::Encoded(bytes) => self.buf.extend_from_slice(&bytes),
-            OutFrame::Close(frame) => {
-                let payload = close_payload(frame.as_ref());
-                encode_header(&mut self.buf, true, OpCode::Close, payload.len());
-                self.buf.extend_from_slice(&payload);
-                self.closed = true;
-                self.side.closed.store(true, Ordering::Release);
+            written -= rest;
+            st.front_written = 0;
+            if front.is_close() {
+                st.closing = Closing::Written;
             }
+            st.frames.pop_front();
         }
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() && self.side.remainder.lock().expect("remainder lock").is_none() {
-            return Ok(());
+    fn fail(&self, st: &mut State) -> QueueError {
+        st.failed = true;
+        st.frames.clear();
+        st.bytes = 0;
+        st.front_written = 0;
+        self.0.wake.notify_one();
+        QueueError::Closed
+    }
+
+    /// Whether the peer is gone (a write failed).
+    pub fn is_failed(&self) -> bool {
+        self.lock().failed
+    }
+
+    /// Whether the close frame is on the wire (or can never be: the peer is gone).
+    pub fn close_done(&self) -> bool {
+        let st = self.lock();
+        st.failed || st.closing == Closing::Written
+    }
+
+    /// Whether a close frame is queued or written.
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing != Closing::Open
+    }
+
+    /// When the unwritten bytes last made progress, if the socket is full; the session gives up
+    /// after `write_timeout` of that.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        let st = self.lock();
+        if st.frames.is_empty() { None } else { st.blocked_since }
+    }
+
+    /// Bytes queued and at the handler (what this connection's outbound side holds).
+    pub fn held_bytes(&self) -> usize {
+        let st = self.lock();
+        st.bytes + st.in_flight_bytes
+    }
+
+    /// Whether the connection's own traffic may go on: its queue and its events at the handler
+    /// are under the bounds. Otherwise the session is marked as waiting, to be woken when that
+    /// changes.
+    pub fn has_room(&self) -> bool {
+        let mut st = self.lock();
+        let room = self.room_locked(&st);
+        st.session_waiting = !room;
+        room
+    }
+
+    fn room_locked(&self, st: &State) -> bool {
+        let limits = self.0.limits;
+        st.frames.len() < limits.max_frames
+            && st.bytes + st.in_flight_bytes < limits.max_bytes
+            && st.in_flight < limits.max_in_flight
+    }
+
+    /// Counts an event of `len` bytes handed to the handler (checked with [`has_room`] first).
+    ///
+    /// [`has_room`]: Self::has_room
+    pub fn begin_event(&self, len: usize) {
+        let mut st = self.lock();
+        st.in_flight += 1;
+        st.in_flight_bytes += len;
+    }
+
+    /// The handler has taken an event of `len` bytes off the books (after its call, before its
+    /// actions are queued): credit comes back to the session.
+    pub fn end_event(&self, len: usize) {
+        let mut st = self.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        st.in_flight_bytes = st.in_flight_bytes.saturating_sub(len);
+        if st.session_waiting && self.room_locked(&st) {
+            st.session_waiting = false;
+            self.0.wake.notify_one();
         }
-        let buf = std::mem::take(&mut self.buf);
-        self.write(&buf).await?;
-        // Keep a modest buffer for the next batch; give back what a burst of big frames grew.
-        self.buf = buf;
-        self.buf.clear();
-        if self.buf.capacity() > 4 * BATCH_BYTES {
-            self.buf = BytesMut::new();
+    }
+
+    /// Waits until something needs the session's attention (see [`Inner::wake`]).
+    pub async fn notified(&self) {
+        self.0.wake.notified().await
+    }
+}
+
+/// Queues touched by one producer's batch, flushed together at its end, so that replies to
+/// pipelined events leave in one write per connection.
+#[derive(Default)]
+pub struct Batch {
+    dirty: Vec<Outbound>,
+}
+
+impl Batch {
+    /// Notes the result of a push: a queue that became dirty is flushed at the end of the batch.
+    pub fn note(&mut self, out: &Outbound, pushed: Result<bool, QueueError>) -> Result<(), QueueError> {
+        if pushed? {
+            self.dirty.push(out.clone());
         }
         Ok(())
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let side = self.side.clone();
-        let result = tokio::time::timeout(self.write_timeout, async move {
-            let mut socket = side.socket.lock().await;
-            let remainder = side.remainder.lock().expect("remainder lock").take();
-            if let Some(rest) = remainder {
-                socket.write_all(&rest).await?;
-            }
-            socket.write_all(bytes).await
-        })
-        .await;
-        match result {
-            Ok(r) => r,
-            Err(_) => {
-                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write made no progress (peer not reading)"))
-            }
+    pub fn len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    /// Writes every dirty queue.
+    pub fn flush(&mut self) {
+        for out in self.dirty.drain(..) {
+            let _ = out.flush();
         }
     }
 }
@@ -430,4 +483,133 @@ impl Writer {
 /// The close frame sent for a code and reason.
 pub fn close_frame(code: CloseCode, reason: impl Into<String>) -> CloseFrame {
     CloseFrame { code, reason: reason.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Decoder, Event, Limits};
+    use bytes::BytesMut;
+    use tokio::io::AsyncReadExt;
+
+    fn limits() -> QueueLimits {
+        QueueLimits { max_frames: 8, max_bytes: 1000, max_message_size: 4000, max_in_flight: 4 }
+    }
+
+    async fn pair() -> (Outbound, TcpStream) {
+        pair_with(limits()).await
+    }
+
+    async fn pair_with(limits: QueueLimits) -> (Outbound, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Outbound::new(Arc::new(server), limits), client)
+    }
+
+    /// Reads frames until the close frame (or EOF); returns (opcode, payload) pairs.
+    async fn read_all(client: &mut TcpStream) -> Vec<(OpCode, Vec<u8>)> {
+        let mut decoder = Decoder::client(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        loop {
+            while let Some(event) = decoder.decode(&mut buf).unwrap() {
+                match event {
+                    Event::Message(m) => out.push((m.opcode(), m.payload().to_vec())),
+                    Event::Close(_) => {
+                        out.push((OpCode::Close, vec![]));
+                        return out;
+                    }
+                    Event::Ping(p) => out.push((OpCode::Ping, p.to_vec())),
+                    Event::Pong(p) => out.push((OpCode::Pong, p.to_vec())),
+                }
+            }
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_buf(&mut buf));
+            if read.await.unwrap().unwrap() == 0 {
+                return out;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_leave_in_order_and_nothing_after_close() {
+        let (out, mut client) = pair().await;
+        out.reply(OpCode::Text, Bytes::from_static(b"one")).unwrap();
+        out.deliver(None, crate::protocol::frame::encode_frame(OpCode::Binary, b"two")).unwrap();
+        out.close(Some(close_frame(CloseCode::NORMAL, "bye")), false);
+        assert_eq!(out.reply(OpCode::Text, Bytes::from_static(b"late")), Err(QueueError::Closed));
+        assert_eq!(out.take_close_notice().map(|f| f.code), Some(CloseCode::NORMAL));
+        out.flush().unwrap();
+        assert!(out.close_done());
+        let got = read_all(&mut client).await;
+        assert_eq!(
+            got,
+            vec![(OpCode::Text, b"one".to_vec()), (OpCode::Binary, b"two".to_vec()), (OpCode::Close, vec![])]
+        );
+    }
+
+    #[tokio::test]
+    async fn fan_out_is_refused_at_the_bounds_but_one_big_frame_fits_an_empty_queue() {
+        let (out, _client) = pair().await;
+        assert_eq!(out.deliver(Some(OpCode::Binary), Bytes::from(vec![0u8; 5000])), Ok(true));
+        assert_eq!(out.deliver(Some(OpCode::Binary), Bytes::from(vec![0u8; 1])), Err(QueueError::Full));
+        let (out, _client) = pair().await;
+        for _ in 0..8 {
+            out.deliver(Some(OpCode::Text), Bytes::from_static(b"x")).unwrap();
+        }
+        assert_eq!(out.deliver(Some(OpCode::Text), Bytes::from_static(b"x")), Err(QueueError::Full));
+    }
+
+    #[tokio::test]
+    async fn replies_past_the_hard_bound_close_with_1013() {
+        let (out, mut client) = pair().await;
+        out.reply(OpCode::Binary, Bytes::from(vec![1u8; 3000])).unwrap();
+        out.reply(OpCode::Binary, Bytes::from(vec![2u8; 1500])).unwrap();
+        // 4500 queued; the hard bound is 1000 + 4000.
+        assert_eq!(out.reply(OpCode::Binary, Bytes::from(vec![3u8; 600])), Err(QueueError::Full));
+        assert_eq!(out.take_close_notice().map(|f| f.code), Some(CloseCode::TRY_AGAIN_LATER));
+        out.flush().unwrap();
+        let got = read_all(&mut client).await;
+        assert_eq!(got, vec![(OpCode::Close, vec![])], "queued frames are dropped ahead of the 1013");
+    }
+
+    #[tokio::test]
+    async fn credit_counts_events_and_their_bytes() {
+        let (out, _client) = pair().await;
+        assert!(out.has_room());
+        out.begin_event(600);
+        assert!(out.has_room());
+        out.begin_event(600);
+        assert!(!out.has_room(), "1200 bytes at the handler");
+        out.end_event(600);
+        assert!(out.has_room());
+        for _ in 0..3 {
+            out.begin_event(1);
+        }
+        assert!(!out.has_room(), "four events in flight");
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_stalls_the_queue_and_a_reader_resumes_it() {
+        let roomy = QueueLimits { max_bytes: 1 << 30, ..limits() };
+        let (out, mut client) = pair_with(roomy).await;
+        let big = Bytes::from(vec![9u8; 1 << 20]);
+        let mut queued = 0;
+        // Fill the socket buffers until writes block.
+        while out.stalled_since().is_none() {
+            out.reply(OpCode::Binary, big.clone()).unwrap();
+            out.flush().unwrap();
+            queued += 1;
+            assert!(queued < 200, "the socket never filled");
+        }
+        let reader = tokio::spawn(async move { read_all(&mut client).await.len() });
+        out.close(None, true);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !out.close_done() {
+            assert!(Instant::now() < deadline, "did not drain");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            out.flush().unwrap();
+        }
+        assert_eq!(reader.await.unwrap(), queued + 1, "every frame whole, then the close");
+    }
 }
