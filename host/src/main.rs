@@ -7,6 +7,12 @@ use clap::Parser;
 use wsplug::config::Config;
 use wsplug::server::Server;
 
+/// mimalloc returns freed memory to the OS within milliseconds (glibc's malloc keeps most of a
+/// spike's peak: RSS stayed at 25–50% of it), and is faster at the many small allocations of a
+/// message path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A scriptable WebSocket server whose behaviour lives in sandboxed WebAssembly plugins.
 ///
 /// With neither --config nor --route, wsplug serves its embedded default configuration:

@@ -197,12 +197,13 @@ impl Outbound {
     }
 
     /// Queues a frame of the connection's own (a reply to its event, a pong, a ping). Refused only
-    /// when closing, or past the hard bound (`max_bytes + max_message_size`), in which case the
-    /// connection is closed with 1013. Returns whether the queue became dirty (needs a flush).
+    /// when closing, or when the queue and the events at the handler would pass the hard bound
+    /// (`max_bytes + max_message_size`), in which case the connection is closed with 1013. Returns whether the queue became dirty (needs a flush).
     pub fn reply(&self, opcode: OpCode, payload: Bytes) -> Result<bool, QueueError> {
         let mut st = self.lock();
         let limits = self.0.limits;
-        if st.bytes > 0 && st.bytes + payload.len() > limits.max_bytes + limits.max_message_size {
+        let held = st.bytes + st.in_flight_bytes;
+        if held > 0 && held + payload.len() > limits.max_bytes + limits.max_message_size {
             let frame = CloseFrame { code: CloseCode::TRY_AGAIN_LATER, reason: "outbound queue full".into() };
             self.close_now_locked(&mut st, frame);
             return Err(QueueError::Full);
@@ -249,7 +250,7 @@ impl Outbound {
         if st.closing != Closing::Open || st.failed {
             return;
         }
-        let payload = Bytes::from(close_payload(frame.as_ref()));
+        let payload = close_payload(frame.as_ref());
         let encoded = Frame::data(OpCode::Close, payload);
         st.bytes += encoded.len();
         st.frames.push_back(encoded);

@@ -1,0 +1,270 @@
+//! Memory bounds under hostile clients (README, "Memory bounds"), measured on a real server
+//! process: its RSS is read from /proc while clients that send large messages and never read, and
+//! clients that leave messages unfinished, do their worst on the native and the plugin route. A
+//! bystander on each route must be served meanwhile.
+//!
+//! The server runs in a child process (this test binary, re-executed with `child_server`), so that
+//! its RSS is its own; like the `wsplug` binary it uses mimalloc.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::Message;
+use wsplug::config::Config;
+use wsplug::protocol::Event;
+use wsplug::protocol::frame::encode_client_frame;
+use wsplug::server::Server;
+use wsplug_tests::{RawClient, Seen, TempDir, assert_echo, plugin_path};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CHILD_ENV: &str = "WSPLUG_MEMORY_TEST_CONFIG";
+const MIB: usize = 1 << 20;
+/// The limits every server here runs with: M (max_message_size) and Q (outbound_queue_bytes).
+const M: usize = MIB;
+const Q: usize = 256 << 10;
+/// The per-connection worst case of the README: (M + 256 KiB read slack) + (Q + M) + 16 KiB.
+const PER_CONNECTION: usize = (M + (256 << 10)) + (Q + M) + (16 << 10);
+
+/// Not a test: the server process the tests below measure, run when they re-execute this binary
+/// with `CHILD_ENV` naming a config file. Prints `listening ADDR`, then serves until killed.
+#[tokio::test]
+#[ignore = "the child server process of the memory tests"]
+async fn child_server() {
+    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let config = Config::from_file(std::path::Path::new(&path)).expect("child config");
+    let server = Server::bind(&config).await.expect("bind");
+    println!("listening {}", server.local_addr().unwrap());
+    server.run().await.expect("server run");
+}
+
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl ServerProcess {
+    fn start(limits: &str) -> Self {
+        let dir = TempDir::new("memory");
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\n[limits]\nmax_message_size = \"1MiB\"\nmax_frame_size = \"1MiB\"\n\
+             outbound_queue_bytes = \"256KiB\"\nwrite_timeout = \"60s\"\n{limits}\n\
+             [[routes]]\npath = \"/native\"\nkind = \"echo\"\n\
+             [[routes]]\npath = \"/plugin\"\nplugin = {:?}\n",
+            plugin_path("echo").display().to_string()
+        );
+        let path = dir.join("wsplug.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["child_server", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the child server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("child server exited").unwrap();
+            // libtest's "test child_server ... " precedes it on the same line.
+            if let Some((_, addr)) = line.split_once("listening ") {
+                break addr.trim().parse().unwrap();
+            }
+        };
+        Self { child, addr, _dir: dir }
+    }
+
+    fn rss(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
+    }
+
+    /// The highest RSS seen over `span`.
+    async fn peak_rss(&self, span: Duration) -> usize {
+        let end = Instant::now() + span;
+        let mut peak = 0;
+        while Instant::now() < end {
+            peak = peak.max(self.rss());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that sends `count` messages of M bytes and never reads; returns the close code it was
+/// sent, if any arrives before the end.
+fn hoarder(addr: SocketAddr, path: &'static str, count: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut client = RawClient::connect(addr, path).await;
+        let frame = encode_client_frame(true, 0x2, &vec![0x5A; M], [1, 2, 3, 4]);
+        for _ in 0..count {
+            // The server stops reading once this client's queue is full: writes then block.
+            let sent = tokio::time::timeout(Duration::from_secs(3), client.stream.write_all(&frame)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                break;
+            }
+        }
+        // Hold the connection (and whatever the server holds for it) until aborted.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+}
+
+/// A client that starts a message of 12 × 64 KiB fragments and never finishes it, pinging every
+/// half second; returns the close code the server sends.
+fn unfinished(addr: SocketAddr, path: &'static str) -> tokio::task::JoinHandle<Option<u16>> {
+    tokio::spawn(async move {
+        let mut client = RawClient::connect(addr, path).await;
+        let chunk = vec![0x33u8; 64 << 10];
+        client.send_frame(false, 0x2, &chunk).await;
+        for _ in 1..12 {
+            client.send_frame(false, 0x0, &chunk).await;
+        }
+        let end = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < end {
+            client.send_frame(true, 0x9, b"still here").await;
+            let seen = tokio::time::timeout(Duration::from_millis(500), client.next()).await;
+            match seen {
+                Ok(Seen::Event(Event::Close(frame))) => return frame.map(|f| f.code.0),
+                Ok(Seen::Eof) => return None,
+                _ => {}
+            }
+        }
+        None
+    })
+}
+
+/// Round trips on both routes, each bounded: the bystanders are served.
+async fn bystanders_are_served(addr: SocketAddr, rounds: usize) -> Duration {
+    let url = |path: &str| format!("ws://{addr}{path}");
+    let (mut native, _) = tokio_tungstenite::connect_async(url("/native")).await.unwrap();
+    let (mut plugin, _) = tokio_tungstenite::connect_async(url("/plugin")).await.unwrap();
+    let mut worst = Duration::ZERO;
+    for i in 0..rounds {
+        for ws in [&mut native, &mut plugin] {
+            let start = Instant::now();
+            tokio::time::timeout(Duration::from_secs(5), assert_echo(ws, Message::text(format!("bystander {i}"))))
+                .await
+                .expect("a bystander waited over 5 s");
+            worst = worst.max(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worst
+}
+
+#[tokio::test]
+async fn hostile_clients_stay_within_the_per_connection_formula_and_memory_returns() {
+    let server = ServerProcess::start("message_timeout = \"2s\"");
+    bystanders_are_served(server.addr, 2).await;
+    let baseline = server.rss();
+
+    let mut hoarders = Vec::new();
+    for path in ["/native", "/plugin"] {
+        for _ in 0..16 {
+            hoarders.push(hoarder(server.addr, path, 6));
+        }
+    }
+    let unfinished: Vec<_> = ["/native", "/plugin"]
+        .into_iter()
+        .flat_map(|p| (0..8).map(move |_| p))
+        .map(|p| unfinished(server.addr, p))
+        .collect();
+    let hostile = hoarders.len() + unfinished.len();
+
+    let (worst, peak) = tokio::join!(bystanders_are_served(server.addr, 20), server.peak_rss(Duration::from_secs(2)));
+    // The plugin instance copies one message in and one reply out at a time: 2 M more.
+    let bound = hostile * PER_CONNECTION + 2 * M + 8 * MIB;
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "{hostile} hostile connections: RSS +{} KiB at peak (bound {} KiB: {} KiB each); worst bystander round trip {worst:?}",
+        grown >> 10,
+        bound >> 10,
+        PER_CONNECTION >> 10
+    );
+    assert!(grown <= bound, "RSS grew by {grown} bytes, over the bound of {bound}");
+
+    for task in unfinished {
+        let code = tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+        assert_eq!(code, Some(1008), "an unfinished message is closed with 1008 at message_timeout");
+    }
+    for task in &hoarders {
+        task.abort();
+    }
+    // Memory goes back to the OS once the hoarders are gone.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rss = server.rss();
+        if rss <= baseline + 16 * MIB {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "RSS stayed at {} KiB after the spike (baseline {} KiB)",
+            rss >> 10,
+            baseline >> 10
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_server_wide_budget_sheds_large_holders_and_serves_the_rest() {
+    let server = ServerProcess::start("memory_budget = \"8MiB\"");
+    bystanders_are_served(server.addr, 2).await;
+    let baseline = server.rss();
+    // 24 clients that would hold about 2 MiB each: 48 MiB against a budget of 8 MiB.
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let closed = closed.clone();
+        let addr = server.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut client = RawClient::connect(addr, "/native").await;
+            let frame = encode_client_frame(true, 0x2, &vec![0x5A; M], [1, 2, 3, 4]);
+            for _ in 0..6 {
+                let sent = tokio::time::timeout(Duration::from_secs(2), client.stream.write_all(&frame)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            // Read what comes back until the close frame: the 1013 of a shed connection.
+            let end = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < end {
+                match tokio::time::timeout(Duration::from_millis(500), client.next()).await {
+                    Ok(Seen::Event(Event::Close(Some(f)))) if f.code.0 == 1013 => {
+                        closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(Seen::Eof) | Ok(Seen::Event(Event::Close(_))) => return,
+                    _ => {}
+                }
+            }
+        }));
+    }
+    let (worst, peak) = tokio::join!(bystanders_are_served(server.addr, 20), server.peak_rss(Duration::from_secs(2)));
+    let grown = peak.saturating_sub(baseline);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    let shed = closed.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "budget 8 MiB: RSS +{} KiB at peak; {shed} of 24 large holders shed with 1013; worst bystander {worst:?}",
+        grown >> 10
+    );
+    assert!(shed >= 8, "only {shed} large holders were shed");
+    // The budget plus what connections may add between two checks (one message and one read each).
+    assert!(grown <= 8 * MIB + 24 * (M / 2) + 8 * MIB, "RSS grew by {} KiB", grown >> 10);
+}
