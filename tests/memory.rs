@@ -264,7 +264,10 @@ async fn the_server_wide_budget_sheds_large_holders_and_serves_the_rest() {
         "budget 8 MiB: RSS +{} KiB at peak; {shed} of 24 large holders shed with 1013; worst bystander {worst:?}",
         grown >> 10
     );
-    assert!(shed >= 8, "only {shed} large holders were shed");
-    // The budget plus what connections may add between two checks (one message and one read each).
-    assert!(grown <= 8 * MIB + 24 * (M / 2) + 8 * MIB, "RSS grew by {} KiB", grown >> 10);
+    // How many are shed depends on timing (once some are gone the rest fit); that some are, and
+    // what the total stays under, does not.
+    assert!(shed >= 1, "no large holder was shed");
+    // Without the budget these 24 would be allowed 24 × PER_CONNECTION (about 60 MiB); with it, the
+    // budget plus what is read between two checks.
+    assert!(grown <= 8 * MIB + 16 * MIB, "RSS grew by {} KiB", grown >> 10);
 }
