@@ -27,8 +27,9 @@ const MIB: usize = 1 << 20;
 /// The limits every server here runs with: M (max_message_size) and Q (outbound_queue_bytes).
 const M: usize = MIB;
 const Q: usize = 256 << 10;
-/// The per-connection worst case of the README: (M + 256 KiB read slack) + (Q + M) + 16 KiB.
-const PER_CONNECTION: usize = (M + (256 << 10)) + (Q + M) + (16 << 10);
+/// The per-connection worst case of the README: (M + 512 KiB) + (Q + M) + 8 KiB, and 8 KiB more
+/// for what the allocator keeps around each connection's buffers.
+const PER_CONNECTION: usize = (M + (512 << 10)) + (Q + M) + (16 << 10);
 
 /// Not a test: the server process the tests below measure, run when they re-execute this binary
 /// with `CHILD_ENV` naming a config file. Prints `listening ADDR`, then serves until killed.

@@ -20,8 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use std::future::Future;
+use std::task::Poll;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
@@ -41,6 +44,8 @@ const MIN_READ: usize = 4 << 10;
 const MAX_READ: usize = 256 << 10;
 /// Events one connection may have at its plugin at once (pipelining), besides the byte bound.
 pub(crate) const MAX_IN_FLIGHT: usize = 16;
+/// Echo payloads up to this size are copied rather than shared with the read buffer.
+const SHARE_ABOVE: usize = 4 << 10;
 /// How often a connection paused by memory pressure looks again.
 const PRESSURE_RETRY: Duration = Duration::from_millis(20);
 
@@ -91,9 +96,10 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         }
     };
     let id = shared.next_connection_id();
-    let socket = Arc::new(stream);
+    let (reader, writer) = stream.into_split();
+    let writer = Arc::new(writer);
     let out = Outbound::new(
-        socket.clone(),
+        writer.clone(),
         QueueLimits {
             max_frames: limits.outbound_queue_frames,
             max_bytes: limits.outbound_queue_bytes,
@@ -104,13 +110,17 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
 
     // Admission: the native route accepts at once; a plugin decides (and queues the 101 itself, so
     // that its first actions follow the handshake on the wire).
-    let info = Arc::new(ConnInfo {
-        id,
-        target: request.target.clone(),
-        headers: request.headers.clone(),
-        remote_addr: peer.to_string(),
-        protocols: upgrade.protocols.clone(),
-    });
+    // What a plugin's `on-open` sees; the native route needs only the id (its headers are not
+    // kept: an idle connection's memory is mostly what it keeps).
+    let info = |full: bool| {
+        Arc::new(ConnInfo {
+            id,
+            target: request.target.clone(),
+            headers: if full { request.headers.clone() } else { Vec::new() },
+            remote_addr: peer.to_string(),
+            protocols: if full { upgrade.protocols.clone() } else { Vec::new() },
+        })
+    };
     match &route.handler {
         Handler::Echo => {
             let subprotocol = route.choose_subprotocol(&upgrade.protocols);
@@ -119,11 +129,11 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 return;
             }
             // Registered only so that the route can be closed as a whole (reload, removal).
-            route.hub.join(info, out.clone());
+            route.hub.join(info(false), out.clone());
         }
         Handler::Plugin(plugin) => {
             let (reply_tx, reply_rx) = oneshot::channel();
-            let open = OpenRequest { info, key: upgrade.key.clone(), out: out.clone(), reply: reply_tx };
+            let open = OpenRequest { info: info(true), key: upgrade.key.clone(), out: out.clone(), reply: reply_tx };
             let admit = match plugin.instance_for(id).send(Command::Open(open)).await {
                 Ok(()) => reply_rx.await.ok(),
                 Err(_) => None,
@@ -136,7 +146,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             if status != 0 {
                 tracing::debug!(%peer, path = %request.target, status, "plugin refused the connection");
                 let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
-                return refuse(&socket, &response).await;
+                return refuse((*writer).as_ref(), &response).await;
             }
         }
     }
@@ -158,7 +168,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     );
     let mut conn = Connection {
         id,
-        socket,
+        reader,
+        writer,
         buf,
         session,
         out,
@@ -181,7 +192,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 plugin.instance_for(id).send(Command::Closed { id, code: ending.code, reason: ending.reason }).await;
         }
     }
-    drain(&conn.socket, Instant::now() + limits.close_timeout, usize::MAX).await;
+    drain(conn.reader.as_ref(), Instant::now() + limits.close_timeout, usize::MAX).await;
 }
 
 /// After our half-close, reads and drops what the peer still sends until it closes too, so that
@@ -257,7 +268,9 @@ async fn refuse(socket: &TcpStream, response: &[u8]) {
 /// An open WebSocket connection.
 struct Connection {
     id: u64,
-    socket: Arc<TcpStream>,
+    reader: OwnedReadHalf,
+    /// The write half, shared with the outbound queue (writes go through [`Outbound`] only).
+    writer: Arc<OwnedWriteHalf>,
     /// Bytes read and not yet decoded; no capacity while idle.
     buf: BytesMut,
     session: Session,
@@ -286,6 +299,12 @@ impl Connection {
         let limits = self.shared.limits.clone();
         let mut shutdown = self.shared.shutdown.clone();
         let mut shutdown_seen = false;
+        // One timer for the whole session. Deadlines mostly move later (each byte from the peer
+        // pushes the idle deadline back), so the timer is moved only when a deadline comes
+        // earlier; when it fires early, the session finds nothing due and it is set again.
+        let timer = tokio::time::sleep_until(Instant::now() + limits.idle_timeout);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         'session: loop {
             let now = Instant::now();
             // A close queued by someone else (the plugin's close action, a slow-consumer 1013).
@@ -348,6 +367,12 @@ impl Connection {
             let session_deadline = self.session.next_deadline().map(Instant::from_std);
             let write_deadline = self.out.stalled_since().map(|t| Instant::from_std(t) + limits.write_timeout);
             let deadline = [session_deadline, write_deadline, retry].into_iter().flatten().min();
+            if let Some(d) = deadline
+                && armed.is_none_or(|a| d < a)
+            {
+                timer.as_mut().reset(d);
+                armed = Some(d);
+            }
             let plugin_tx = match (&self.stash, &self.route.handler) {
                 (Some(_), Handler::Plugin(p)) => Some(p.instance_for(self.id).clone()),
                 _ => None,
@@ -355,14 +380,15 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = self.out.notified() => {}
-                ready = self.socket.readable(), if reading => {
+                ready = self.reader.readable(), if reading => {
                     if ready.is_err() || !self.read() {
                         self.session.end_of_stream();
                         break;
                     }
                 }
-                _ = self.socket.writable(), if write_deadline.is_some() => {}
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                _ = self.writer.writable(), if write_deadline.is_some() => {}
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
                     let now = Instant::now();
                     if write_deadline.is_some_and(|d| now >= d) {
                         tracing::debug!(id = self.id, "write made no progress (peer not reading): dropping");
@@ -419,20 +445,25 @@ impl Connection {
     fn read(&mut self) -> bool {
         let want = self.session.decoder().bytes_wanted(self.buf.len()).clamp(MIN_READ, MAX_READ);
         self.buf.reserve(want);
-        match self.socket.try_read_buf(&mut self.buf) {
-            Ok(0) => false,
-            Ok(_) => {
+        // Through `AsyncRead` rather than `try_read`: a short read clears the socket's readiness,
+        // which saves a `recv` that would only say "would block" before the next wait.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let read = std::pin::pin!(self.reader.read_buf(&mut self.buf)).poll(&mut cx);
+        match read {
+            Poll::Pending => true, // the readiness was stale: wait again
+            Poll::Ready(Ok(0)) => false,
+            Poll::Ready(Ok(_)) => {
                 self.session.heard(Instant::now().into_std());
                 true
             }
-            Err(e) => e.kind() == ErrorKind::WouldBlock,
+            Poll::Ready(Err(e)) => e.kind() == ErrorKind::WouldBlock,
         }
     }
 
     /// Carries out one output of the session.
     fn apply(&mut self, output: Output) -> Flow {
         match output {
-            Output::Control(opcode, payload) => match self.out.reply(opcode, payload) {
+            Output::Control(opcode, payload) => match self.out.reply(opcode, bytes::Bytes::copy_from_slice(&payload)) {
                 Ok(_) => Flow::Continue,
                 Err(_) => Flow::Continue, // closing: the session learns it from the queue
             },
@@ -449,7 +480,13 @@ impl Connection {
     fn deliver(&mut self, message: Message) -> Flow {
         match &self.route.handler {
             Handler::Echo => {
-                let _ = self.out.reply(message.opcode(), message.payload().clone());
+                // A small payload is copied, so that a queued reply does not keep the whole read
+                // buffer it arrived in (see the README's memory formula); a large one is shared.
+                let payload = match message.payload() {
+                    p if p.len() <= SHARE_ABOVE => bytes::Bytes::copy_from_slice(p),
+                    p => p.clone(),
+                };
+                let _ = self.out.reply(message.opcode(), payload);
                 Flow::Continue
             }
             Handler::Plugin(plugin) => {
@@ -509,7 +546,7 @@ impl Connection {
             let wake = if forced { stalled.unwrap_or(force_at) } else { force_at };
             tokio::select! {
                 _ = self.out.notified() => {}
-                _ = self.socket.writable(), if stalled.is_some() => {}
+                _ = self.writer.writable(), if stalled.is_some() => {}
                 _ = sleep_until(wake) => {
                     if !forced {
                         forced = true;
@@ -518,7 +555,7 @@ impl Connection {
                 }
             }
         }
-        half_close(&self.socket);
+        half_close((*self.writer).as_ref());
     }
 }
 

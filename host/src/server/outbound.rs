@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use crate::protocol::close::close_payload;
@@ -139,7 +139,7 @@ struct State {
 }
 
 struct Inner {
-    socket: Arc<TcpStream>,
+    socket: Arc<OwnedWriteHalf>,
     state: Mutex<State>,
     /// Wakes the connection's session: a close was queued by someone else, a write met a full
     /// socket, or room or credit came back while it waits for them.
@@ -159,7 +159,7 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    pub fn new(socket: Arc<TcpStream>, limits: QueueLimits) -> Self {
+    pub fn new(socket: Arc<OwnedWriteHalf>, limits: QueueLimits) -> Self {
         Self(Arc::new(Inner {
             socket,
             state: Mutex::new(State {
@@ -497,19 +497,20 @@ mod tests {
         QueueLimits { max_frames: 8, max_bytes: 1000, max_message_size: 4000, max_in_flight: 4 }
     }
 
-    async fn pair() -> (Outbound, TcpStream) {
+    async fn pair() -> (Outbound, tokio::net::TcpStream) {
         pair_with(limits()).await
     }
 
-    async fn pair_with(limits: QueueLimits) -> (Outbound, TcpStream) {
+    async fn pair_with(limits: QueueLimits) -> (Outbound, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Outbound::new(Arc::new(server), limits), client)
+        let (_, writer) = server.into_split();
+        (Outbound::new(Arc::new(writer), limits), client)
     }
 
     /// Reads frames until the close frame (or EOF); returns (opcode, payload) pairs.
-    async fn read_all(client: &mut TcpStream) -> Vec<(OpCode, Vec<u8>)> {
+    async fn read_all(client: &mut tokio::net::TcpStream) -> Vec<(OpCode, Vec<u8>)> {
         let mut decoder = Decoder::client(Limits::default());
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
