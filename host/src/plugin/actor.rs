@@ -39,8 +39,9 @@ pub enum Command {
     /// A client asks to open; the actor answers on `reply` after queuing the 101 response and
     /// registering the connection (so the first actions follow the handshake on the wire).
     Open(OpenRequest),
-    /// A message; its bytes count against the connection's outbound side (`out`) until handled.
-    Message { id: u64, message: Message, out: Outbound },
+    /// A connection's messages from one read, in order; their bytes count against its outbound
+    /// side (`out`) until each is handled.
+    Messages { id: u64, messages: Vec<Message>, out: Outbound },
     /// An admitted connection ended (sent exactly once).
     Closed { id: u64, code: u16, reason: String },
     /// The connection's session closes it: the close frame is queued after every reply to the
@@ -201,7 +202,11 @@ impl Actor {
         while let Some(command) = rx.blocking_recv() {
             match command {
                 Command::Open(request) => self.open(request),
-                Command::Message { id, message, out } => self.message(id, message, &out),
+                Command::Messages { id, messages, out } => {
+                    for message in messages {
+                        self.message(id, message, &out);
+                    }
+                }
                 Command::Closed { id, code, reason } => self.closed(id, code, &reason),
                 Command::Close { out, frame } => {
                     self.batch.flush();

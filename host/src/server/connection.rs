@@ -175,7 +175,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         out,
         shared: shared.clone(),
         route: route.clone(),
-        stash: None,
+        to_plugin: Vec::new(),
+        stalled: false,
         close_sent: None,
         accounted: 0,
     };
@@ -277,9 +278,12 @@ struct Connection {
     out: Outbound,
     shared: Arc<Shared>,
     route: Arc<Route>,
-    /// A message decoded when its plugin's queue was full (at most one): the connection stops
-    /// reading until it is handed over.
-    stash: Option<Message>,
+    /// Messages of this read batch for the plugin, handed over together (one wake-up of the
+    /// instance per batch, not per message). Bounded by the connection's credit.
+    to_plugin: Vec<Message>,
+    /// The instance's queue was full when the batch was handed over: the connection stops reading
+    /// until the queue takes it.
+    stalled: bool,
     /// Our close frame, once decided (it may still be waiting behind the plugin's replies).
     close_sent: Option<Option<CloseFrame>>,
     /// Bytes this connection has accounted in the server's memory budget.
@@ -315,17 +319,15 @@ impl Connection {
                 self.session.end_of_stream();
                 break;
             }
-            // Hand over what is buffered, as far as the outbound side has room for.
-            if let Some(message) = self.stash.take()
-                && let Flow::Finish = self.deliver(message)
-            {
-                break;
-            }
-            while self.stash.is_none() && !self.session.is_closed() && self.out.has_room() {
+            // Decode what is buffered, as far as the outbound side has room for.
+            while !self.stalled && !self.session.is_closed() && self.out.has_room() {
                 let Some(output) = self.session.next_event(&mut self.buf, now.into_std()) else { break };
                 if let Flow::Finish = self.apply(output) {
                     break 'session;
                 }
+            }
+            if let Flow::Finish = self.hand_over() {
+                break;
             }
             if self.out.flush().is_err() {
                 self.session.end_of_stream();
@@ -338,7 +340,7 @@ impl Connection {
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 self.buf = BytesMut::new();
             }
-            let mut reading = self.stash.is_none() && self.out.has_room();
+            let mut reading = !self.stalled && self.out.has_room();
             let mut retry = None;
             match self.account() {
                 Pressure::Normal => {}
@@ -373,8 +375,8 @@ impl Connection {
                 timer.as_mut().reset(d);
                 armed = Some(d);
             }
-            let plugin_tx = match (&self.stash, &self.route.handler) {
-                (Some(_), Handler::Plugin(p)) => Some(p.instance_for(self.id).clone()),
+            let plugin_tx = match &self.route.handler {
+                Handler::Plugin(p) if self.stalled => Some(p.instance_for(self.id).clone()),
                 _ => None,
             };
             tokio::select! {
@@ -402,12 +404,10 @@ impl Connection {
                     }
                 }
                 permit = reserve(plugin_tx.as_ref()), if plugin_tx.is_some() => {
-                    let message = self.stash.take().expect("stashed");
+                    self.stalled = false;
+                    let messages = std::mem::take(&mut self.to_plugin);
                     match permit {
-                        Some(permit) => {
-                            self.out.begin_event(message.payload().len());
-                            permit.send(Command::Message { id: self.id, message, out: self.out.clone() });
-                        }
+                        Some(permit) => permit.send(Command::Messages { id: self.id, messages, out: self.out.clone() }),
                         None => { self.session.end_of_stream(); break; }
                     }
                 }
@@ -424,7 +424,7 @@ impl Connection {
         }
         self.finish(limits.write_timeout.min(limits.close_timeout.max(Duration::from_millis(100)))).await;
         self.buf = BytesMut::new();
-        self.stash = None;
+        self.to_plugin.clear();
         self.shared.budget.reaccount(self.accounted, 0);
         self.accounted = 0;
     }
@@ -432,10 +432,7 @@ impl Connection {
     /// Accounts what this connection holds in the server's memory budget, and says what the
     /// budget allows it.
     fn account(&mut self) -> Pressure {
-        let held = self.buf.capacity()
-            + self.session.decoder().assembled_bytes()
-            + self.stash.as_ref().map_or(0, |m| m.payload().len())
-            + self.out.held_bytes();
+        let held = self.buf.capacity() + self.session.decoder().assembled_bytes() + self.out.held_bytes();
         self.shared.budget.reaccount(self.accounted, held);
         self.accounted = held;
         self.shared.budget.pressure(held)
@@ -489,24 +486,33 @@ impl Connection {
                 let _ = self.out.reply(message.opcode(), payload);
                 Flow::Continue
             }
-            Handler::Plugin(plugin) => {
-                let len = message.payload().len();
-                self.out.begin_event(len);
-                let command = Command::Message { id: self.id, message, out: self.out.clone() };
-                match plugin.instance_for(self.id).try_send(command) {
-                    Ok(()) => Flow::Continue,
-                    Err(mpsc::error::TrySendError::Full(Command::Message { message, .. })) => {
-                        // The instance's queue is full: keep the message and stop reading until
-                        // the queue takes it.
-                        self.out.end_event(len);
-                        self.stash = Some(message);
-                        Flow::Continue
-                    }
-                    Err(_) => {
-                        self.session.end_of_stream();
-                        Flow::Finish
-                    }
-                }
+            Handler::Plugin(_) => {
+                // Counted at once (its bytes are held from now on); handed over with the batch.
+                self.out.begin_event(message.payload().len());
+                self.to_plugin.push(message);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Hands this read batch's messages to the plugin instance, in one command.
+    fn hand_over(&mut self) -> Flow {
+        let Handler::Plugin(plugin) = &self.route.handler else { return Flow::Continue };
+        if self.to_plugin.is_empty() || self.stalled {
+            return Flow::Continue;
+        }
+        let messages = std::mem::take(&mut self.to_plugin);
+        match plugin.instance_for(self.id).try_send(Command::Messages { id: self.id, messages, out: self.out.clone() })
+        {
+            Ok(()) => Flow::Continue,
+            Err(mpsc::error::TrySendError::Full(Command::Messages { messages, .. })) => {
+                self.to_plugin = messages;
+                self.stalled = true;
+                Flow::Continue
+            }
+            Err(_) => {
+                self.session.end_of_stream();
+                Flow::Finish
             }
         }
     }
@@ -515,6 +521,7 @@ impl Connection {
     /// plugin's replies to earlier messages go first, so the close goes through its queue.
     fn send_close(&mut self, frame: Option<CloseFrame>) {
         self.close_sent = Some(frame.clone());
+        let _ = self.hand_over(); // the messages before the close go first
         if let Handler::Plugin(plugin) = &self.route.handler {
             let command = Command::Close { out: self.out.clone(), frame: frame.clone() };
             if plugin.instance_for(self.id).try_send(command).is_ok() {
