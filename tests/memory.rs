@@ -272,3 +272,24 @@ async fn the_server_wide_budget_sheds_large_holders_and_serves_the_rest() {
     // budget plus what is read between two checks.
     assert!(grown <= 8 * MIB + 16 * MIB, "RSS grew by {} KiB", grown >> 10);
 }
+
+#[tokio::test]
+async fn idle_connections_cost_a_few_kib_each() {
+    const IDLE: usize = 4_000;
+    let server = ServerProcess::start("");
+    // Warm up the allocator and the runtime, then measure what idle connections add.
+    let warm: Vec<_> =
+        futures_util::future::join_all((0..50).map(|_| RawClient::connect(server.addr, "/native"))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss();
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE / 100 {
+        idle.extend(futures_util::future::join_all((0..100).map(|_| RawClient::connect(server.addr, "/native"))).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let each = server.rss().saturating_sub(before) / IDLE;
+    eprintln!("{IDLE} idle connections: {each} bytes of server RSS each");
+    // The release binary measures under 4 KiB (README); a debug build's tasks are larger.
+    assert!(each <= 7 << 10, "an idle connection costs {each} bytes");
+    drop((warm, idle));
+}

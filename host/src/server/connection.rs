@@ -200,12 +200,13 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
 /// closing the socket does not reset the connection under our last bytes; bounded by `until` and
 /// `max_bytes`.
 async fn drain(socket: &TcpStream, until: Instant, max_bytes: usize) {
-    let mut sink = [0u8; 4096];
     let mut total = 0usize;
     while total < max_bytes {
         if tokio::time::timeout_at(until, socket.readable()).await.is_err() {
             return;
         }
+        // Declared after the wait, so that it lives on the stack, not in every connection's task.
+        let mut sink = [0u8; 4096];
         match socket.try_read(&mut sink) {
             Ok(0) => return,
             Ok(n) => total += n,
