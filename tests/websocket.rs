@@ -181,9 +181,9 @@ async fn graceful_shutdown_closes_clients_with_1001() {
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "listener is closed");
 }
 
-/// Small replies on an idle connection are written directly (the fast path), others are queued for
-/// the writer task while the client is not reading. Whatever the mix, the client must see every
-/// frame whole and in order.
+/// Replies are written as soon as the socket takes them and queued (then written partly, with
+/// `writev`, as the socket drains) while the client is not reading. Whatever the mix, the client
+/// must see every frame whole and in order.
 #[tokio::test]
 async fn replies_stay_whole_and_ordered_while_the_socket_fills() {
     let server = TestServer::echo("").await;
