@@ -444,12 +444,12 @@ fn compile_cache_serves_a_version_seen_before_and_survives_a_bad_entry() {
     assert!(!first.from_cache, "first load compiles");
     let second = engine.load(&echo, Some(&dir.0)).unwrap();
     assert!(second.from_cache, "second load comes from the cache");
-    wsplug::plugin::instance::PluginInstance::new(&second, &Default::default()).expect("cached code runs");
+    wsplug::plugin::instance::PluginInstance::new_blocking(&second, &Default::default()).expect("cached code runs");
     // A damaged entry is not trusted: it is replaced by a fresh compile.
     for entry in std::fs::read_dir(&dir.0).unwrap() {
         std::fs::write(entry.unwrap().path(), b"not compiled code").unwrap();
     }
     let third = engine.load(&echo, Some(&dir.0)).unwrap();
     assert!(!third.from_cache, "a bad entry is recompiled");
-    wsplug::plugin::instance::PluginInstance::new(&third, &Default::default()).expect("recompiled code runs");
+    wsplug::plugin::instance::PluginInstance::new_blocking(&third, &Default::default()).expect("recompiled code runs");
 }

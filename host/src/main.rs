@@ -67,7 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Cmd::Check { file }) = &cli.command {
         let plugin = wsplug::plugin::PluginEngine::global().load(file, None)?;
         // Instantiating runs the component's start-up code under the default sandbox too.
-        wsplug::plugin::instance::PluginInstance::new(&plugin, &Default::default())
+        wsplug::plugin::instance::PluginInstance::new_blocking(&plugin, &Default::default())
             .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", file.display()))?;
         print!("{}", wsplug::plugin::check_report(&plugin));
         return Ok(());

@@ -263,7 +263,7 @@ impl Reloader {
                                     }
                                 },
                             };
-                            match PluginRoute::start(plugin, settings) {
+                            match PluginRoute::start(plugin, settings).await {
                                 Ok(p) => Handler::Plugin(Box::new(p)),
                                 Err(e) => {
                                     return tracing::error!(

@@ -2,8 +2,8 @@
 //! files.
 //!
 //! One `Engine` per process (compiled code is shared; an epoch ticker thread drives every
-//! instance's CPU deadline) and one `Linker` built once: WASI preview 2 (sync) plus the `host`
-//! interface of the contract. Loading a file compiles it, type-checks its imports against the
+//! instance's CPU deadline) and one `Linker` built once: WASI preview 2 (async) plus the `host`
+//! interface of the contract. Calls are async (see `instance`). Loading a file compiles it, type-checks its imports against the
 //! linker and its exports against the world, and yields a [`LoadedPlugin`] from which instances
 //! are made cheaply (no recompilation, no relinking).
 
@@ -43,6 +43,8 @@ impl PluginEngine {
         let mut config = Config::new();
         // Epochs, not fuel, bound a call's CPU time: they cost 0-5% on compiled guests against
         // 13-30% for fuel on interpreted ones (../shared/NOTES.md).
+        // Calls are made with `call_async` (on a fiber, on the connection's own task: no thread hop
+        // per message), so a long call can yield at every epoch tick instead of holding its worker.
         config.epoch_interruption(true);
         let engine = Engine::new(&config)?;
         let ticker = engine.clone();
@@ -56,7 +58,7 @@ impl PluginEngine {
             })
             .context("spawn the epoch ticker")?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)?;
         let engine_key = {
             use std::hash::{DefaultHasher, Hash, Hasher};

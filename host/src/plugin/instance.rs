@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-use wasmtime::Store;
 use wasmtime::component::TypedFunc;
+use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::Plugin;
 use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, Message};
@@ -53,13 +53,25 @@ pub struct PluginInstance {
 
 impl PluginInstance {
     /// Instantiates `plugin` in a fresh store with `limits`.
-    pub fn new(plugin: &LoadedPlugin, limits: &SandboxLimits) -> Result<Self, CallError> {
+    pub async fn new(plugin: &LoadedPlugin, limits: &SandboxLimits) -> Result<Self, CallError> {
         let engine = &PluginEngine::global().engine;
         let mut store = Store::new(engine, PluginState::new(plugin.name.clone(), limits));
         store.limiter(|s| &mut s.limiter);
         let deadline_ticks = (limits.cpu_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
-        store.set_epoch_deadline(deadline_ticks);
-        let instance = plugin.pre.instance_pre().instantiate(&mut store).map_err(|e| classify(&store, e))?;
+        // Every tick, the call yields to its executor (other connections on that worker go on);
+        // once the call has used its deadline's ticks, it traps.
+        store.epoch_deadline_callback(|mut store| {
+            let ticks = &mut store.data_mut().ticks_left;
+            if *ticks == 0 {
+                return Err(wasmtime::Trap::Interrupt.into());
+            }
+            *ticks -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.data_mut().ticks_left = deadline_ticks - 1;
+        store.set_epoch_deadline(1);
+        let instance =
+            plugin.pre.instance_pre().instantiate_async(&mut store).await.map_err(|e| classify(&store, e))?;
         let bindings = Plugin::new(&mut store, &instance).map_err(|e| classify(&store, e))?;
         let (snapshot, restore) = match &plugin.state {
             Some(exports) => (
@@ -71,6 +83,11 @@ impl PluginInstance {
         Ok(Self { store, bindings, deadline_ticks, snapshot, restore })
     }
 
+    /// [`PluginInstance::new`] for callers outside the async workers (`wsplug check`, start-up).
+    pub fn new_blocking(plugin: &LoadedPlugin, limits: &SandboxLimits) -> Result<Self, CallError> {
+        wasmtime_wasi::runtime::in_tokio(Self::new(plugin, limits))
+    }
+
     pub fn has_snapshot(&self) -> bool {
         self.snapshot.is_some()
     }
@@ -80,42 +97,43 @@ impl PluginInstance {
     }
 
     /// The plugin's state, for its next version (`state.snapshot`).
-    pub fn snapshot(&mut self) -> Result<Vec<u8>, CallError> {
+    pub async fn snapshot(&mut self) -> Result<Vec<u8>, CallError> {
         let Some(f) = self.snapshot else { return Ok(Vec::new()) };
         self.arm();
-        let r = f.call(&mut self.store, ());
+        let r = f.call_async(&mut self.store, ()).await;
         r.map(|(bytes,)| bytes).map_err(|e| classify(&self.store, e))
     }
 
     /// Hands a snapshot to this (new) version (`state.restore`); `Ok(Err(_))` is the plugin's refusal.
-    pub fn restore(&mut self, snapshot: Vec<u8>) -> Result<Result<(), String>, CallError> {
+    pub async fn restore(&mut self, snapshot: Vec<u8>) -> Result<Result<(), String>, CallError> {
         let Some(f) = self.restore else { return Ok(Ok(())) };
         self.arm();
-        let r = f.call(&mut self.store, (snapshot,));
+        let r = f.call_async(&mut self.store, (snapshot,)).await;
         r.map(|(result,)| result).map_err(|e| classify(&self.store, e))
     }
 
     fn arm(&mut self) {
         // Reset before every call: a deadline set once would bound only the first one.
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().ticks_left = self.deadline_ticks - 1;
+        self.store.set_epoch_deadline(1);
         self.store.data_mut().limiter.hit = false;
     }
 
-    pub fn on_open(&mut self, conn: &Connection) -> Result<Admission, CallError> {
+    pub async fn on_open(&mut self, conn: &Connection) -> Result<Admission, CallError> {
         self.arm();
-        let r = self.bindings.wsplug_plugin_handler().call_on_open(&mut self.store, conn);
+        let r = self.bindings.wsplug_plugin_handler().call_on_open(&mut self.store, conn).await;
         r.map_err(|e| classify(&self.store, e))
     }
 
-    pub fn on_message(&mut self, id: u64, message: &Message) -> Result<Vec<Action>, CallError> {
+    pub async fn on_message(&mut self, id: u64, message: &Message) -> Result<Vec<Action>, CallError> {
         self.arm();
-        let r = self.bindings.wsplug_plugin_handler().call_on_message(&mut self.store, id, message);
+        let r = self.bindings.wsplug_plugin_handler().call_on_message(&mut self.store, id, message).await;
         r.map_err(|e| classify(&self.store, e))
     }
 
-    pub fn on_close(&mut self, id: u64, code: u16, reason: &str) -> Result<Vec<Action>, CallError> {
+    pub async fn on_close(&mut self, id: u64, code: u16, reason: &str) -> Result<Vec<Action>, CallError> {
         self.arm();
-        let r = self.bindings.wsplug_plugin_handler().call_on_close(&mut self.store, id, code, reason);
+        let r = self.bindings.wsplug_plugin_handler().call_on_close(&mut self.store, id, code, reason).await;
         r.map_err(|e| classify(&self.store, e))
     }
 }

@@ -54,6 +54,8 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
+    /// Epoch ticks the current call may still run before it is interrupted (its CPU deadline).
+    pub ticks_left: u64,
 }
 
 impl PluginState {
@@ -67,7 +69,7 @@ impl PluginState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Self { plugin, wasi, table: ResourceTable::new(), limiter: MemoryLimiter::new(limits.memory) }
+        Self { plugin, wasi, table: ResourceTable::new(), limiter: MemoryLimiter::new(limits.memory), ticks_left: 0 }
     }
 }
 

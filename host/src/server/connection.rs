@@ -21,11 +21,12 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use std::future::Future;
+use std::pin::Pin;
 use std::task::Poll;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::OwnedMutexGuard;
 use tokio::time::{Instant, sleep_until};
 
 use super::Shared;
@@ -33,7 +34,7 @@ use super::budget::Pressure;
 use super::hub::ConnInfo;
 use super::outbound::{Outbound, QueueLimits};
 use super::routes::{Handler, Route};
-use crate::plugin::{Admit, Command, OpenRequest};
+use crate::plugin::{Admit, InstanceSlot};
 use crate::protocol::handshake::{self, HandshakeError, HeadLimits, Request};
 use crate::protocol::session::{Output, Session, Timing};
 use crate::protocol::{CloseCode, CloseFrame, Decoder, Limits as FrameLimits, Message};
@@ -132,18 +133,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             route.hub.join(info(false), out.clone());
         }
         Handler::Plugin(plugin) => {
-            let (reply_tx, reply_rx) = oneshot::channel();
-            let open = OpenRequest { info: info(true), key: upgrade.key.clone(), out: out.clone(), reply: reply_tx };
-            let admit = match plugin.instance_for(id).send(Command::Open(open)).await {
-                Ok(()) => reply_rx.await.ok(),
-                Err(_) => None,
-            };
-            let (status, body) = match admit {
-                Some(Admit::Accepted) => (0, String::new()),
-                Some(Admit::Rejected { status, body }) => (status, body),
-                None => (503, "plugin unavailable\n".to_owned()),
-            };
-            if status != 0 {
+            let admit = plugin.instance_for(id).lock().await.open(info(true), &upgrade.key, &out).await;
+            if let Admit::Rejected { status, body } = admit {
                 tracing::debug!(%peer, path = %request.target, status, "plugin refused the connection");
                 let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
                 return refuse((*writer).as_ref(), &response).await;
@@ -176,8 +167,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         shared: shared.clone(),
         route: route.clone(),
         to_plugin: Vec::new(),
-        stalled: false,
-        close_sent: None,
+        waiting: None,
+        deferred_close: None,
         accounted: 0,
     };
     conn.run().await;
@@ -189,8 +180,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         }
         Handler::Plugin(plugin) => {
             // Exactly once per admitted connection, whatever the way it ended.
-            let _ =
-                plugin.instance_for(id).send(Command::Closed { id, code: ending.code, reason: ending.reason }).await;
+            plugin.instance_for(id).lock().await.closed(id, ending.code, &ending.reason).await;
         }
     }
     drain(conn.reader.as_ref(), Instant::now() + limits.close_timeout, usize::MAX).await;
@@ -279,14 +269,15 @@ struct Connection {
     out: Outbound,
     shared: Arc<Shared>,
     route: Arc<Route>,
-    /// Messages of this read batch for the plugin, handed over together (one wake-up of the
-    /// instance per batch, not per message). Bounded by the connection's credit.
+    /// Messages of this read batch for the plugin, handed over together (one call of the
+    /// instance per message, one flush per batch). Bounded by the connection's credit.
     to_plugin: Vec<Message>,
-    /// The instance's queue was full when the batch was handed over: the connection stops reading
-    /// until the queue takes it.
-    stalled: bool,
-    /// Our close frame, once decided (it may still be waiting behind the plugin's replies).
-    close_sent: Option<Option<CloseFrame>>,
+    /// The plugin instance was busy with another connection's events: its slot, being waited for
+    /// (in FIFO order). The connection stops reading meanwhile, and serves everything else.
+    waiting: Option<SlotWait>,
+    /// Our close frame, decided while messages before it still wait for the plugin: it is queued
+    /// after their replies.
+    deferred_close: Option<Option<CloseFrame>>,
     /// Bytes this connection has accounted in the server's memory budget.
     accounted: usize,
 }
@@ -321,15 +312,13 @@ impl Connection {
                 break;
             }
             // Decode what is buffered, as far as the outbound side has room for.
-            while !self.stalled && !self.session.is_closed() && self.out.has_room() {
+            while self.waiting.is_none() && !self.session.is_closed() && self.out.has_room() {
                 let Some(output) = self.session.next_event(&mut self.buf, now.into_std()) else { break };
                 if let Flow::Finish = self.apply(output) {
                     break 'session;
                 }
             }
-            if let Flow::Finish = self.hand_over() {
-                break;
-            }
+            self.hand_over().await;
             if self.out.flush().is_err() {
                 self.session.end_of_stream();
                 break;
@@ -341,7 +330,7 @@ impl Connection {
             if self.buf.is_empty() && self.buf.capacity() > 0 {
                 self.buf = BytesMut::new();
             }
-            let mut reading = !self.stalled && self.out.has_room();
+            let mut reading = self.waiting.is_none() && self.out.has_room();
             let mut retry = None;
             match self.account() {
                 Pressure::Normal => {}
@@ -376,10 +365,6 @@ impl Connection {
                 timer.as_mut().reset(d);
                 armed = Some(d);
             }
-            let plugin_tx = match &self.route.handler {
-                Handler::Plugin(p) if self.stalled => Some(p.instance_for(self.id).clone()),
-                _ => None,
-            };
             tokio::select! {
                 biased;
                 _ = self.out.notified() => {}
@@ -404,13 +389,9 @@ impl Connection {
                         break;
                     }
                 }
-                permit = reserve(plugin_tx.as_ref()), if plugin_tx.is_some() => {
-                    self.stalled = false;
-                    let messages = std::mem::take(&mut self.to_plugin);
-                    match permit {
-                        Some(permit) => permit.send(Command::Messages { id: self.id, messages, out: self.out.clone() }),
-                        None => { self.session.end_of_stream(); break; }
-                    }
+                slot = wait_for(&mut self.waiting), if self.waiting.is_some() => {
+                    self.waiting = None;
+                    self.call_plugin(slot).await;
                 }
                 changed = shutdown.changed(), if !shutdown_seen => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -423,9 +404,19 @@ impl Connection {
                 }
             }
         }
-        self.finish(limits.write_timeout.min(limits.close_timeout.max(Duration::from_millis(100)))).await;
+        // Messages read before the end still reach the plugin, ahead of its `on-close`.
+        if !self.to_plugin.is_empty() {
+            let slot = match (self.waiting.take(), &self.route.handler) {
+                (Some(wait), _) => Some(wait.await),
+                (None, Handler::Plugin(plugin)) => Some(plugin.instance_for(self.id).clone().lock_owned().await),
+                (None, Handler::Echo) => None,
+            };
+            if let Some(slot) = slot {
+                self.call_plugin(slot).await;
+            }
+        }
+        self.finish().await;
         self.buf = BytesMut::new();
-        self.to_plugin.clear();
         self.shared.budget.reaccount(self.accounted, 0);
         self.accounted = 0;
     }
@@ -496,78 +487,71 @@ impl Connection {
         }
     }
 
-    /// Hands this read batch's messages to the plugin instance, in one command.
-    fn hand_over(&mut self) -> Flow {
-        let Handler::Plugin(plugin) = &self.route.handler else { return Flow::Continue };
-        if self.to_plugin.is_empty() || self.stalled {
-            return Flow::Continue;
+    /// Hands this read batch's messages to the plugin instance: at once, on this task, when the
+    /// instance is free; else the connection waits for it (see `waiting`).
+    async fn hand_over(&mut self) {
+        let Handler::Plugin(plugin) = &self.route.handler else { return };
+        if self.to_plugin.is_empty() || self.waiting.is_some() {
+            return;
         }
-        let messages = std::mem::take(&mut self.to_plugin);
-        match plugin.instance_for(self.id).try_send(Command::Messages { id: self.id, messages, out: self.out.clone() })
-        {
-            Ok(()) => Flow::Continue,
-            Err(mpsc::error::TrySendError::Full(Command::Messages { messages, .. })) => {
-                self.to_plugin = messages;
-                self.stalled = true;
-                Flow::Continue
-            }
-            Err(_) => {
-                self.session.end_of_stream();
-                Flow::Finish
-            }
+        let slot = plugin.instance_for(self.id).clone();
+        match slot.clone().try_lock_owned() {
+            Ok(slot) => self.call_plugin(slot).await,
+            Err(_) => self.waiting = Some(Box::pin(slot.lock_owned())),
+        }
+    }
+
+    /// Calls the plugin with the batch's messages, then queues a close frame decided meanwhile
+    /// (after their replies).
+    async fn call_plugin(&mut self, mut slot: OwnedMutexGuard<InstanceSlot>) {
+        slot.messages(self.id, self.to_plugin.drain(..), &self.out).await;
+        drop(slot);
+        if let Some(frame) = self.deferred_close.take() {
+            self.out.close(frame, true);
         }
     }
 
     /// Queues our close frame after everything the handler has queued for this connection: a
-    /// plugin's replies to earlier messages go first, so the close goes through its queue.
+    /// plugin's replies to the messages before the close go first.
     fn send_close(&mut self, frame: Option<CloseFrame>) {
-        self.close_sent = Some(frame.clone());
-        let _ = self.hand_over(); // the messages before the close go first
-        if let Handler::Plugin(plugin) = &self.route.handler {
-            let command = Command::Close { out: self.out.clone(), frame: frame.clone() };
-            if plugin.instance_for(self.id).try_send(command).is_ok() {
-                return;
-            }
+        if self.to_plugin.is_empty() {
+            self.out.close(frame, true);
+        } else {
+            self.deferred_close = Some(frame);
         }
-        self.out.close(frame, true);
     }
 
     /// Writes what is queued, up to our close frame (bounded by `write_timeout` without progress),
-    /// then half-closes. A close frame still held behind a busy plugin's queue is queued directly
-    /// after `grace`.
-    async fn finish(&mut self, grace: Duration) {
+    /// then half-closes.
+    async fn finish(&mut self) {
         let write_timeout = self.shared.limits.write_timeout;
-        let force_at = Instant::now() + grace;
-        // Without a close of ours (the peer vanished, a write failed) there is nothing to wait for.
-        let mut forced = self.close_sent.is_none();
         loop {
             if self.out.flush().is_err() || self.out.close_done() {
                 break;
             }
-            let stalled = self.out.stalled_since().map(|t| Instant::from_std(t) + write_timeout);
-            if forced && !self.out.is_closing() && stalled.is_none() {
-                break; // everything queued is written and no close frame is coming
-            }
-            if stalled.is_some_and(|d| Instant::now() >= d) {
+            // Nothing left that the socket refused: everything queued is written.
+            let Some(stalled) = self.out.stalled_since() else { break };
+            let give_up = Instant::from_std(stalled) + write_timeout;
+            if Instant::now() >= give_up {
                 break;
             }
-            let wake = if forced { stalled.unwrap_or(force_at) } else { force_at };
             tokio::select! {
                 _ = self.out.notified() => {}
-                _ = self.writer.writable(), if stalled.is_some() => {}
-                _ = sleep_until(wake) => {
-                    if !forced {
-                        forced = true;
-                        self.out.close(self.close_sent.clone().flatten(), true);
-                    }
-                }
+                _ = self.writer.writable() => {}
+                _ = sleep_until(give_up) => {}
             }
         }
         half_close((*self.writer).as_ref());
     }
 }
 
-/// Waits for room in a plugin instance's queue (`None` when it has stopped).
-async fn reserve(tx: Option<&mpsc::Sender<Command>>) -> Option<mpsc::Permit<'_, Command>> {
-    tx?.reserve().await.ok()
+/// The wait for a plugin instance's slot.
+type SlotWait = Pin<Box<dyn Future<Output = OwnedMutexGuard<InstanceSlot>> + Send>>;
+
+/// Waits for the slot being waited for (`waiting` is `Some` whenever this is polled).
+async fn wait_for(waiting: &mut Option<SlotWait>) -> OwnedMutexGuard<InstanceSlot> {
+    match waiting {
+        Some(wait) => wait.await,
+        None => std::future::pending().await,
+    }
 }

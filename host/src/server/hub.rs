@@ -105,11 +105,13 @@ impl Hub {
         self.len() == 0
     }
 
-    /// The connections for which `pick(id)` holds (e.g. those pinned to one plugin instance).
-    pub fn members_where(&self, pick: impl Fn(u64) -> bool) -> Vec<Arc<ConnInfo>> {
+    /// The connections for which `pick(id)` holds (e.g. those pinned to one plugin instance), with
+    /// their queues, in the order they joined.
+    pub fn members_where(&self, pick: impl Fn(u64) -> bool) -> Vec<(Arc<ConnInfo>, Outbound)> {
         let inner = self.lock();
-        let mut out: Vec<_> = inner.members.values().filter(|m| pick(m.info.id)).map(|m| m.info.clone()).collect();
-        out.sort_by_key(|i| i.id);
+        let mut out: Vec<_> =
+            inner.members.values().filter(|m| pick(m.info.id)).map(|m| (m.info.clone(), m.out.clone())).collect();
+        out.sort_by_key(|(i, _)| i.id);
         out
     }
 

@@ -88,7 +88,10 @@ impl Routes {
                 (None, Some(file)) => {
                     let plugin = PluginEngine::global().load(file, config.effective_cache_dir().as_deref())?;
                     tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, cached = plugin.from_cache, "plugin loaded");
-                    Handler::Plugin(Box::new(PluginRoute::start(plugin, RouteSettings::new(r, &config.limits))?))
+                    Handler::Plugin(Box::new(PluginRoute::start_blocking(
+                        plugin,
+                        RouteSettings::new(r, &config.limits),
+                    )?))
                 }
                 (None, None) => anyhow::bail!("route {} has no handler", r.path),
             };

@@ -1,23 +1,28 @@
-//! The actor that owns a plugin instance: it takes events from its route's connections off a
-//! bounded queue, calls the plugin one event at a time, validates what the plugin returns and
-//! carries it out through the route's [`Hub`].
+//! A route served by a plugin, and the slot that owns each of its instances.
+//!
+//! There is no thread and no queue per instance: an [`InstanceSlot`] sits behind an async mutex,
+//! and a connection's task takes it, calls the plugin on its own worker (the call runs on a fiber
+//! and yields at every epoch tick) and carries out the returned actions, all without a thread
+//! hop. Waiting for the slot is the back-pressure: a connection whose instance is busy holds its
+//! read batch and stops reading its socket.
 //!
 //! Guarantees:
-//! - A connection's events reach the plugin in order (one FIFO queue per instance; a connection is
-//!   pinned to one instance by its id).
-//! - A slow plugin applies backpressure: the queue is bounded, and a connection whose event does
-//!   not fit waits (and stops reading its socket).
+//! - A connection's events reach the plugin in order (its own task delivers them one batch at a
+//!   time; a connection is pinned to one instance by its id). Waiters take the slot in FIFO order.
 //! - `on-close` is called exactly once for every admitted connection.
 //! - A failed call (trap, deadline, memory cap, runtime refusal) closes the connection whose event
 //!   caused it with 1011, rebuilds the instance from the same compiled plugin and re-attaches the
 //!   other live connections with `on-open` (`resumed: true`). Nothing else notices.
 //! - Nothing a plugin returns is trusted: counts, sizes, close codes, HTTP statuses, subprotocols
 //!   and target ids are checked first; a violation is logged with the plugin's name.
+//! - Hot reload takes each slot in turn: events handled before the swap went to the old version,
+//!   every later one goes to the new one.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Mutex;
 
 use super::bindings::wsplug::plugin::types::{self as wit, Action, Admission, Target};
 use super::engine::LoadedPlugin;
@@ -29,35 +34,8 @@ use crate::protocol::{CloseCode, CloseFrame, Message};
 use crate::server::hub::{ConnInfo, Hub};
 use crate::server::{Batch, Outbound};
 
-/// Events queued per instance before connections must wait.
-const QUEUE: usize = 1024;
 /// Longest topic name accepted.
 const MAX_TOPIC: usize = 256;
-
-/// An event for a plugin instance.
-pub enum Command {
-    /// A client asks to open; the actor answers on `reply` after queuing the 101 response and
-    /// registering the connection (so the first actions follow the handshake on the wire).
-    Open(OpenRequest),
-    /// A connection's messages from one read, in order; their bytes count against its outbound
-    /// side (`out`) until each is handled.
-    Messages { id: u64, messages: Vec<Message>, out: Outbound },
-    /// An admitted connection ended (sent exactly once).
-    Closed { id: u64, code: u16, reason: String },
-    /// The connection's session closes it: the close frame is queued after every reply to the
-    /// events queued before it (`None`: a close frame without a code).
-    Close { out: Outbound, frame: Option<CloseFrame> },
-    /// Replace the running version with a checked new one (hot reload): events queued before
-    /// this command were handled by the old version, events after it go to the new one.
-    Swap { plugin: Box<LoadedPlugin>, settings: RouteSettings, done: oneshot::Sender<Result<(), String>> },
-}
-
-pub struct OpenRequest {
-    pub info: Arc<ConnInfo>,
-    pub key: String,
-    pub out: Outbound,
-    pub reply: oneshot::Sender<Admit>,
-}
 
 /// The outcome of an open request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,10 +44,10 @@ pub enum Admit {
     Rejected { status: u16, body: String },
 }
 
-/// A route served by a plugin: its instances' queues and its hub.
+/// A route served by a plugin: its instances' slots and its hub.
 pub struct PluginRoute {
     pub hub: Arc<Hub>,
-    instances: Vec<mpsc::Sender<Command>>,
+    instances: Vec<Arc<Mutex<InstanceSlot>>>,
     /// The version and settings in service (after the last successful swap).
     current: std::sync::Mutex<(LoadedPlugin, RouteSettings)>,
 }
@@ -83,7 +61,7 @@ impl std::fmt::Debug for PluginRoute {
     }
 }
 
-/// What an actor needs to know of its route.
+/// What an instance needs to know of its route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSettings {
     pub path: String,
@@ -108,17 +86,16 @@ impl RouteSettings {
 }
 
 impl PluginRoute {
-    /// Instantiates the plugin `settings.instances` times (failing fast if it cannot start) and
-    /// starts one actor thread per instance.
-    pub fn start(plugin: LoadedPlugin, settings: RouteSettings) -> anyhow::Result<Self> {
+    /// Instantiates the plugin `settings.instances` times, failing fast if it cannot start.
+    pub async fn start(plugin: LoadedPlugin, settings: RouteSettings) -> anyhow::Result<Self> {
         let hub = Arc::new(Hub::new(&settings.path));
         let count = settings.instances.max(1);
         let mut instances = Vec::with_capacity(count);
         for index in 0..count {
             let instance = PluginInstance::new(&plugin, &settings.sandbox)
+                .await
                 .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", plugin.path.display()))?;
-            let (tx, rx) = mpsc::channel(QUEUE);
-            let actor = Actor {
+            instances.push(Arc::new(Mutex::new(InstanceSlot {
                 index,
                 count,
                 plugin: plugin.clone(),
@@ -126,11 +103,15 @@ impl PluginRoute {
                 hub: hub.clone(),
                 instance: Some(instance),
                 batch: Batch::default(),
-            };
-            std::thread::Builder::new().name(format!("plugin-{}-{index}", plugin.name)).spawn(move || actor.run(rx))?;
-            instances.push(tx);
+                detached: HashSet::new(),
+            })));
         }
         Ok(Self { hub, instances, current: std::sync::Mutex::new((plugin, settings)) })
+    }
+
+    /// [`PluginRoute::start`] for callers off the async workers (start-up).
+    pub fn start_blocking(plugin: LoadedPlugin, settings: RouteSettings) -> anyhow::Result<Self> {
+        wasmtime_wasi::runtime::in_tokio(Self::start(plugin, settings))
     }
 
     /// The version in service.
@@ -146,24 +127,15 @@ impl PluginRoute {
         self.instances.len()
     }
 
-    /// Swaps a checked new version (and optionally new settings) into every instance, in queue
-    /// order. Fails, leaving the old version serving, if an instance cannot instantiate or restore
-    /// the new one.
+    /// Swaps a checked new version (and optionally new settings) into every instance, each between
+    /// two events. Fails, leaving the old version serving, if an instance cannot instantiate or
+    /// restore the new one.
     pub async fn swap(&self, plugin: LoadedPlugin, settings: Option<RouteSettings>) -> Result<(), String> {
         let settings = settings.unwrap_or_else(|| self.settings());
-        let mut waits = Vec::new();
-        for tx in &self.instances {
-            let (done, wait) = oneshot::channel();
-            let command = Command::Swap { plugin: Box::new(plugin.clone()), settings: settings.clone(), done };
-            tx.send(command).await.map_err(|_| "the plugin instance has stopped".to_owned())?;
-            waits.push(wait);
-        }
         let mut errors = Vec::new();
-        for (i, wait) in waits.into_iter().enumerate() {
-            match wait.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => errors.push(format!("instance {i}: {e}")),
-                Err(_) => errors.push(format!("instance {i}: stopped")),
+        for (i, slot) in self.instances.iter().enumerate() {
+            if let Err(e) = slot.lock().await.swap(plugin.clone(), settings.clone()).await {
+                errors.push(format!("instance {i}: {e}"));
             }
         }
         if errors.len() < self.instances.len() {
@@ -172,13 +144,15 @@ impl PluginRoute {
         if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }
 
-    /// The queue of the instance a connection is pinned to.
-    pub fn instance_for(&self, id: u64) -> &mpsc::Sender<Command> {
+    /// The slot of the instance a connection is pinned to.
+    pub fn instance_for(&self, id: u64) -> &Arc<Mutex<InstanceSlot>> {
         &self.instances[(id % self.instances.len() as u64) as usize]
     }
 }
 
-struct Actor {
+/// One plugin instance and what it needs to serve its connections; taken by one connection's
+/// task at a time.
+pub struct InstanceSlot {
     index: usize,
     count: usize,
     plugin: LoadedPlugin,
@@ -186,78 +160,56 @@ struct Actor {
     hub: Arc<Hub>,
     /// `None` after a failed rebuild; the next event tries again.
     instance: Option<PluginInstance>,
-    /// Queues written to during the current batch of events, flushed when the instance's queue
-    /// is empty (or the batch is large), so that replies to pipelined events leave together.
+    /// Other connections' queues written to during one connection's batch of events, flushed
+    /// before the slot is released (the sender's own queue is flushed by its session, after its
+    /// whole read batch, so that replies to pipelined messages leave in one write).
     batch: Batch,
+    /// Connections closed because of a plugin failure (or not resumed): their later events are
+    /// dropped, and only `on-close` still reaches the plugin.
+    detached: HashSet<u64>,
 }
 
-/// Queues touched before a batch is flushed even though more events are waiting.
-const BATCH_FLUSH: usize = 64;
+/// Which connection an action list belongs to, and its outbound queue (the target of `reply`).
+type Sender<'a> = Option<(u64, &'a Outbound)>;
 
-/// Which connection an action list belongs to.
-type Sender = Option<u64>;
-
-impl Actor {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(command) = rx.blocking_recv() {
-            match command {
-                Command::Open(request) => self.open(request),
-                Command::Messages { id, messages, out } => {
-                    for message in messages {
-                        self.message(id, message, &out);
-                    }
-                }
-                Command::Closed { id, code, reason } => self.closed(id, code, &reason),
-                Command::Close { out, frame } => {
-                    self.batch.flush();
-                    out.close(frame, false);
-                    let _ = out.flush();
-                }
-                Command::Swap { plugin, settings, done } => {
-                    let _ = done.send(self.swap(*plugin, settings));
-                }
-            }
-            if rx.is_empty() || self.batch.len() >= BATCH_FLUSH {
-                self.batch.flush();
-            }
-        }
-        tracing::debug!(plugin = &*self.plugin.name, index = self.index, "plugin instance stopped");
-    }
-
+impl InstanceSlot {
     fn owns(&self, id: u64) -> bool {
         (id % self.count as u64) as usize == self.index
     }
 
-    fn instance(&mut self) -> Result<&mut PluginInstance, CallError> {
+    async fn instance(&mut self) -> Result<&mut PluginInstance, CallError> {
         if self.instance.is_none() {
-            self.instance = Some(PluginInstance::new(&self.plugin, &self.settings.sandbox)?);
+            self.instance = Some(PluginInstance::new(&self.plugin, &self.settings.sandbox).await?);
         }
         Ok(self.instance.as_mut().expect("just set"))
     }
 
-    fn open(&mut self, request: OpenRequest) {
-        let OpenRequest { info, key, out, reply } = request;
+    /// Asks the plugin whether to admit a connection. On acceptance the 101 response is queued on
+    /// `out` and the connection joins the hub before the plugin's first actions are carried out,
+    /// so they follow the handshake on the wire.
+    pub async fn open(&mut self, info: Arc<ConnInfo>, key: &str, out: &Outbound) -> Admit {
         let conn = to_wit(&info, false);
-        let result = self.instance().and_then(|i| i.on_open(&conn));
-        match result {
-            Ok(Admission::Accept(acceptance)) => {
-                let subprotocol = match self.subprotocol(acceptance.subprotocol, &info.protocols) {
-                    Ok(s) => s,
-                    Err(msg) => {
-                        self.violation(None, &msg);
-                        let _ = reply.send(Admit::Rejected { status: 500, body: "plugin error\n".into() });
-                        return;
+        let result = match self.instance().await {
+            Ok(i) => i.on_open(&conn).await,
+            Err(e) => Err(e),
+        };
+        let admit = match result {
+            Ok(Admission::Accept(acceptance)) => match self.subprotocol(acceptance.subprotocol, &info.protocols) {
+                Ok(subprotocol) => {
+                    let response = Bytes::from(accept_response(key, subprotocol.as_deref()));
+                    if out.push_encoded(response).is_err() {
+                        return Admit::Rejected { status: 503, body: "connection gone\n".into() };
                     }
-                };
-                let response = Bytes::from(accept_response(&key, subprotocol.as_deref()));
-                if self.batch.note(&out, out.push_encoded(response)).is_err() {
-                    return; // the client already left
+                    let id = info.id;
+                    self.hub.join(info, out.clone());
+                    self.apply(Some((id, out)), acceptance.actions);
+                    Admit::Accepted
                 }
-                let id = info.id;
-                self.hub.join(info, out);
-                let _ = reply.send(Admit::Accepted);
-                self.apply(Some(id), acceptance.actions);
-            }
+                Err(msg) => {
+                    self.violation(None, &msg);
+                    Admit::Rejected { status: 500, body: "plugin error\n".into() }
+                }
+            },
             Ok(Admission::Reject(rejection)) => {
                 let status = if (400..=599).contains(&rejection.status) {
                     rejection.status
@@ -265,56 +217,79 @@ impl Actor {
                     self.violation(None, &format!("reject with HTTP status {} (must be 400-599)", rejection.status));
                     500
                 };
-                let _ = reply.send(Admit::Rejected { status, body: rejection.body });
+                Admit::Rejected { status, body: rejection.body }
             }
             Err(e) => {
                 self.failed("on-open", &e);
-                let _ = reply.send(Admit::Rejected { status: 500, body: "plugin error\n".into() });
-                self.recover();
+                self.recover().await;
+                Admit::Rejected { status: 500, body: "plugin error\n".into() }
             }
-        }
-    }
-
-    fn message(&mut self, id: u64, message: Message, out: &Outbound) {
-        let len = message.payload().len();
-        if !self.hub.contains(id) {
-            out.end_event(len);
-            return; // detached (closing after a plugin failure): its messages no longer count
-        }
-        let message = match message {
-            Message::Text(b) => wit::Message::Text(String::from_utf8_lossy(&b).into_owned()),
-            Message::Binary(b) => wit::Message::Binary(b.to_vec()),
         };
-        let result = self.instance().and_then(|i| i.on_message(id, &message));
-        drop(message);
-        // Its bytes are no longer held: the replies take their place in the connection's bound.
-        out.end_event(len);
-        match result {
-            Ok(actions) => self.apply(Some(id), actions),
-            Err(e) => {
-                self.failed("on-message", &e);
-                self.detach(id);
-                self.recover();
-            }
-        }
+        self.batch.flush();
+        admit
     }
 
-    fn closed(&mut self, id: u64, code: u16, reason: &str) {
+    /// Hands a connection's messages to the plugin, in order, and carries out its actions. Each
+    /// message's bytes stop counting against the connection once it is handled (`end_event`).
+    /// Replies to the sender are queued on `out`, which its session flushes; fan-out to others is
+    /// written before this returns.
+    pub async fn messages(&mut self, id: u64, messages: impl IntoIterator<Item = Message>, out: &Outbound) {
+        for message in messages {
+            let len = message.payload().len();
+            if self.detached.contains(&id) {
+                out.end_event(len);
+                continue; // closing after a plugin failure: its messages no longer count
+            }
+            let message = match message {
+                // The decoder validated the text: no lossy re-conversion.
+                Message::Text(b) => match String::from_utf8(b.to_vec()) {
+                    Ok(s) => wit::Message::Text(s),
+                    Err(_) => unreachable!("the decoder delivers only valid UTF-8 text"),
+                },
+                Message::Binary(b) => wit::Message::Binary(b.to_vec()),
+            };
+            let result = match self.instance().await {
+                Ok(i) => i.on_message(id, &message).await,
+                Err(e) => Err(e),
+            };
+            drop(message);
+            // Its bytes are no longer held: the replies take their place in the connection's bound.
+            out.end_event(len);
+            match result {
+                Ok(actions) => self.apply(Some((id, out)), actions),
+                Err(e) => {
+                    self.failed("on-message", &e);
+                    self.detach(id);
+                    self.recover().await;
+                }
+            }
+        }
+        self.batch.flush();
+    }
+
+    /// An admitted connection ended: `on-close`, exactly once.
+    pub async fn closed(&mut self, id: u64, code: u16, reason: &str) {
         self.hub.leave(id);
-        let result = self.instance().and_then(|i| i.on_close(id, code, reason));
+        self.detached.remove(&id);
+        let result = match self.instance().await {
+            Ok(i) => i.on_close(id, code, reason).await,
+            Err(e) => Err(e),
+        };
         match result {
             Ok(actions) => self.apply(None, actions),
             Err(e) => {
                 self.failed("on-close", &e);
-                self.recover();
+                self.recover().await;
             }
         }
+        self.batch.flush();
     }
 
     /// Closes the connection whose event made the plugin fail, and forgets it.
-    fn detach(&self, id: u64) {
+    fn detach(&mut self, id: u64) {
         self.hub.close(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin error".into() });
         self.hub.leave(id);
+        self.detached.insert(id);
     }
 
     fn failed(&self, call: &str, error: &CallError) {
@@ -322,34 +297,42 @@ impl Actor {
     }
 
     /// Rebuilds the instance and re-attaches every live connection pinned to it.
-    fn recover(&mut self) {
+    async fn recover(&mut self) {
         self.instance = None;
-        self.reattach();
+        self.reattach().await;
     }
 
     /// Re-attaches every live connection pinned to this instance with `on-open` (`resumed: true`),
     /// rebuilding the instance first if it has none (and again whenever a resume traps).
-    fn reattach(&mut self) {
+    async fn reattach(&mut self) {
         let mut pending = self.hub.members_where(|id| self.owns(id)).into_iter();
         loop {
-            if let Err(e) = self.instance() {
+            if let Err(e) = self.instance().await {
                 tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, "cannot rebuild the plugin instance: {e}");
                 let frame = CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin unavailable".into() };
                 self.hub.close_where(|id| self.owns(id), frame);
                 return;
             }
-            let Some(info) = pending.next() else { return };
+            let Some((info, out)) = pending.next() else { return };
             // The new instance decides the connection's topics again (its state may differ).
             self.hub.clear_topics(info.id);
             let conn = to_wit(&info, true);
-            let result = self.instance().and_then(|i| i.on_open(&conn));
+            let result = match self.instance().await {
+                Ok(i) => i.on_open(&conn).await,
+                Err(e) => Err(e),
+            };
             match result {
-                Ok(Admission::Accept(acceptance)) => self.apply(Some(info.id), acceptance.actions),
+                Ok(Admission::Accept(acceptance)) => {
+                    self.apply(Some((info.id, &out)), acceptance.actions);
+                    // Its session is not the caller: write its replies with the batch.
+                    let _ = self.batch.note(&out, Ok(true));
+                }
                 Ok(Admission::Reject(_)) => {
                     let frame =
                         CloseFrame { code: CloseCode::POLICY_VIOLATION, reason: "not resumed by the plugin".into() };
                     self.hub.close(info.id, frame);
                     self.hub.leave(info.id);
+                    self.detached.insert(info.id);
                 }
                 Err(e) => {
                     self.failed("on-open (resume)", &e);
@@ -362,11 +345,12 @@ impl Actor {
 
     /// Hot reload: builds the new version, hands the old version's state over, and re-attaches the
     /// live connections. On any failure the old version stays in service, untouched.
-    fn swap(&mut self, plugin: LoadedPlugin, settings: RouteSettings) -> Result<(), String> {
-        let mut next = PluginInstance::new(&plugin, &settings.sandbox).map_err(|e| format!("instantiation {e}"))?;
+    async fn swap(&mut self, plugin: LoadedPlugin, settings: RouteSettings) -> Result<(), String> {
+        let mut next =
+            PluginInstance::new(&plugin, &settings.sandbox).await.map_err(|e| format!("instantiation {e}"))?;
         if next.has_restore() {
             let snapshot = match self.instance.as_mut() {
-                Some(old) if old.has_snapshot() => match old.snapshot() {
+                Some(old) if old.has_snapshot() => match old.snapshot().await {
                     Ok(bytes) => Some(bytes),
                     Err(e) => {
                         // The old version's state is lost, not the new version's chance.
@@ -380,7 +364,7 @@ impl Actor {
                 _ => None,
             };
             if let Some(bytes) = snapshot {
-                match next.restore(bytes) {
+                match next.restore(bytes).await {
                     Ok(Ok(())) => {}
                     Ok(Err(refusal)) => return Err(format!("restore refused the snapshot: {refusal}")),
                     Err(e) => return Err(format!("restore {e}")),
@@ -390,7 +374,8 @@ impl Actor {
         self.plugin = plugin;
         self.settings = settings;
         self.instance = Some(next);
-        self.reattach();
+        self.reattach().await;
+        self.batch.flush();
         Ok(())
     }
 
@@ -405,46 +390,49 @@ impl Actor {
     }
 
     fn violation(&self, sender: Sender, what: &str) {
-        tracing::warn!(plugin = &*self.plugin.name, route = %self.settings.path, connection = ?sender, "plugin contract violation: {what}");
-        if let Some(id) = sender {
+        let connection = sender.map(|(id, _)| id);
+        tracing::warn!(plugin = &*self.plugin.name, route = %self.settings.path, connection = ?connection, "plugin contract violation: {what}");
+        if let Some(id) = connection {
             self.hub.close(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin error".into() });
         }
     }
 
     /// Validates and carries out what one call returned.
     fn apply(&mut self, sender: Sender, actions: Vec<Action>) {
-        let limits = self.settings.sandbox.clone();
+        let limits = &self.settings.sandbox;
         if actions.len() > limits.max_actions {
-            return self
-                .violation(sender, &format!("returned {} actions (limit {})", actions.len(), limits.max_actions));
+            let what = format!("returned {} actions (limit {})", actions.len(), limits.max_actions);
+            return self.violation(sender, &what);
         }
         let bytes: usize = actions.iter().map(action_bytes).sum();
         if bytes > limits.max_action_bytes {
-            return self
-                .violation(sender, &format!("returned {bytes} message bytes (limit {})", limits.max_action_bytes));
+            let what = format!("returned {bytes} message bytes (limit {})", limits.max_action_bytes);
+            return self.violation(sender, &what);
         }
+        let max_topics = limits.max_topics_per_connection;
+        let id = sender.map(|(id, _)| id);
         for action in actions {
             match action {
                 Action::Reply(m) => self.send(sender, Target::Sender, m),
                 Action::Broadcast(m) => self.send(sender, Target::Everyone, m),
                 Action::Send(o) => self.send(sender, o.to, o.message),
                 Action::Subscribe(topic) => {
-                    let Some(id) = sender else { continue };
+                    let Some(id) = id else { continue };
                     if topic.len() > MAX_TOPIC {
                         self.violation(sender, &format!("topic name of {} bytes (limit {MAX_TOPIC})", topic.len()));
                         continue;
                     }
-                    if let Err(e) = self.hub.subscribe(id, &topic, limits.max_topics_per_connection) {
+                    if let Err(e) = self.hub.subscribe(id, &topic, max_topics) {
                         tracing::warn!(plugin = &*self.plugin.name, id, "subscribe {topic:?} refused: {e}");
                     }
                 }
                 Action::Unsubscribe(topic) => {
-                    if let Some(id) = sender {
+                    if let Some(id) = id {
                         self.hub.unsubscribe(id, &topic);
                     }
                 }
                 Action::Close(frame) => {
-                    let Some(id) = sender else { continue };
+                    let Some(id) = id else { continue };
                     let code = CloseCode(frame.code);
                     if !code.is_allowed_on_wire() {
                         self.violation(sender, &format!("close with code {} (not allowed on the wire)", frame.code));
@@ -466,25 +454,28 @@ impl Actor {
             let max = self.settings.max_message_size;
             return self.violation(sender, &format!("message of {} bytes (limit {max})", payload.len()));
         }
+        let id = sender.map(|(id, _)| id);
         match to {
+            // Straight onto the sender's own queue: no hub lookup. A full queue closes itself
+            // with 1013 (its hard bound); a closing one takes nothing.
             Target::Sender => {
-                if let Some(id) = sender {
-                    self.hub.send(id, opcode, payload, sender, &mut self.batch);
+                if let Some((_, out)) = sender {
+                    let _ = out.reply(opcode, payload);
                 }
             }
-            Target::Connection(id) => {
-                if !self.hub.send(id, opcode, payload, sender, &mut self.batch) {
+            Target::Connection(target) => {
+                if !self.hub.send(target, opcode, payload, id, &mut self.batch) {
                     // Not a violation of the sender's: the target may just have left.
                     tracing::debug!(
                         plugin = &*self.plugin.name,
-                        target = id,
+                        target,
                         "send to a connection not on this route: dropped"
                     );
                 }
             }
-            Target::Everyone => self.hub.broadcast(&encode_frame(opcode, &payload), None, sender, &mut self.batch),
-            Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), sender, sender, &mut self.batch),
-            Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload), sender, &mut self.batch),
+            Target::Everyone => self.hub.broadcast(&encode_frame(opcode, &payload), None, id, &mut self.batch),
+            Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), id, id, &mut self.batch),
+            Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload), id, &mut self.batch),
         }
     }
 }
