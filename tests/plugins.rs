@@ -378,6 +378,46 @@ async fn hostile_forbidden_close_code() {
     survive(&server().await, "close-bad").await;
 }
 
+/// A plugin call runs on its connection's own task, but yields at every epoch tick: while one
+/// call runs to its CPU deadline, the server's other routes are served, and so are the pings of
+/// the busy instance's other connections; their messages are handled right after it, in order.
+#[tokio::test]
+async fn a_call_running_to_its_deadline_holds_up_only_its_instance() {
+    let server = TestServer::start(
+        r#"
+[[routes]]
+path = "/slow"
+plugin = "target/plugins/hostile.wasm"
+[routes.sandbox]
+cpu_deadline = "2s"
+
+[[routes]]
+path = "/native"
+kind = "echo"
+"#,
+    )
+    .await;
+    let mut neighbour = server.connect("/slow").await;
+    assert_echo(&mut neighbour, Message::text("before")).await;
+    let mut other_route = server.connect("/native").await;
+    let mut culprit = server.connect("/slow").await;
+    say(&mut culprit, "loop").await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // the loop is running now
+    neighbour.send(Message::Ping(b"still there".to_vec().into())).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), neighbour.next()).await.expect("pong timed out") {
+        Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"still there"),
+        other => panic!("expected the pong, got {other:?}"),
+    }
+    assert_echo(&mut other_route, Message::text("served meanwhile")).await;
+    say(&mut neighbour, "waits for the instance").await;
+    // All of that happened while the loop still ran: its connection has not been closed yet.
+    if let Ok(got) = tokio::time::timeout(Duration::from_millis(1), culprit.next()).await {
+        panic!("the looping call ended before the others were served: {got:?}");
+    }
+    assert_eq!(expect_close(&mut culprit).await.0, 1011);
+    assert_eq!(text(&mut neighbour).await, "waits for the instance");
+}
+
 #[tokio::test]
 async fn hostile_foreign_connection_id_is_dropped_and_the_sender_served() {
     let server = server().await;

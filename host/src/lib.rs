@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | [`protocol`] | RFC 6455 as pure functions and state machines over byte slices | sockets, plugins |
 //! | [`server`] | the listener, connection tasks, outbound queues, the hub, shutdown, routes | Wasm |
-//! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and their actors | sockets, frames |
+//! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and the slots connections call them through | sockets, frames |
 //! | [`config`] | the TOML configuration, its defaults and checks | |
 //! | [`reload`] | watching plugin and config files, swapping changes in live | sockets, frames |
 //!

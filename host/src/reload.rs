@@ -6,9 +6,9 @@
 //!   written, written elsewhere then renamed over, deleted and recreated. Events are debounced: a
 //!   burst becomes one reload once the directory has been quiet for [`DEBOUNCE`].
 //! - A plugin file whose content hash is unchanged is left alone. A changed one is compiled and
-//!   checked off the async workers; only a good version is handed to the route's instances, as a
-//!   command in their queues (see `plugin::actor`): events before it go to the old version, events
-//!   after it to the new one, and live connections are re-attached (`on-open`, `resumed: true`),
+//!   checked off the async workers; only a good version is handed to the route's instances, each
+//!   swapped while its slot is held (see `plugin::route`): events before it go to the old version,
+//!   events after it to the new one, and live connections are re-attached (`on-open`, `resumed: true`),
 //!   with the plugin's state handed over when both versions speak the `state` interface.
 //! - A broken version (not Wasm, wrong world, a trap when instantiated or restored) is refused and
 //!   logged with the file and the reason; the running version keeps serving and the next write is

@@ -66,7 +66,9 @@ impl PluginInstance {
                 return Err(wasmtime::Trap::Interrupt.into());
             }
             *ticks -= 1;
-            Ok(UpdateDeadline::Yield(1))
+            // Tokio's own yield, not wasmtime's: it lets the runtime poll for I/O before the call
+            // resumes, so every other connection on this worker is served at each tick.
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         store.data_mut().ticks_left = deadline_ticks - 1;
         store.set_epoch_deadline(1);

@@ -6,7 +6,7 @@
 //! encoded once and the same bytes are shared by every target (never copied per receiver). A
 //! target whose queue is full is a slow consumer: it is closed with 1013 (ahead of its queue) and
 //! logged, and the other targets are never blocked or slowed by it. Every push is non-blocking, so
-//! the hub is safe to use from a plugin's actor thread.
+//! the hub is safe to use from any connection's task while it calls a plugin.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
