@@ -7,4 +7,7 @@ wasmtime::component::bindgen!({
     // connection's executor at every epoch tick (CPU deadlines without a thread per instance), and
     // WASI's async host functions run on the caller's Tokio runtime. The `host` import stays sync.
     exports: { default: async },
+    // Messages and connections are lent to a call (copied once, into the guest), not copied into
+    // owned values first; what a plugin returns is owned (`MessageResult`).
+    ownership: Borrowing { duplicate_if_necessary: true },
 });

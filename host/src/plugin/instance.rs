@@ -10,7 +10,7 @@ use wasmtime::component::TypedFunc;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::Plugin;
-use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, Message};
+use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, MessageParam};
 use super::engine::{EPOCH_TICK, LoadedPlugin, PluginEngine};
 use super::sandbox::{PluginState, SandboxLimits};
 
@@ -121,13 +121,13 @@ impl PluginInstance {
         self.store.data_mut().limiter.hit = false;
     }
 
-    pub async fn on_open(&mut self, conn: &Connection) -> Result<Admission, CallError> {
+    pub async fn on_open(&mut self, conn: Connection<'_>) -> Result<Admission, CallError> {
         self.arm();
         let r = self.bindings.wsplug_plugin_handler().call_on_open(&mut self.store, conn).await;
         r.map_err(|e| classify(&self.store, e))
     }
 
-    pub async fn on_message(&mut self, id: u64, message: &Message) -> Result<Vec<Action>, CallError> {
+    pub async fn on_message(&mut self, id: u64, message: MessageParam<'_>) -> Result<Vec<Action>, CallError> {
         self.arm();
         let r = self.bindings.wsplug_plugin_handler().call_on_message(&mut self.store, id, message).await;
         r.map_err(|e| classify(&self.store, e))

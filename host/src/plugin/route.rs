@@ -188,9 +188,8 @@ impl InstanceSlot {
     /// `out` and the connection joins the hub before the plugin's first actions are carried out,
     /// so they follow the handshake on the wire.
     pub async fn open(&mut self, info: Arc<ConnInfo>, key: &str, out: &Outbound) -> Admit {
-        let conn = to_wit(&info, false);
         let result = match self.instance().await {
-            Ok(i) => i.on_open(&conn).await,
+            Ok(i) => on_open(i, &info, false).await,
             Err(e) => Err(e),
         };
         let admit = match result {
@@ -240,16 +239,15 @@ impl InstanceSlot {
                 out.end_event(len);
                 continue; // closing after a plugin failure: its messages no longer count
             }
-            let message = match message {
-                // The decoder validated the text: no lossy re-conversion.
-                Message::Text(b) => match String::from_utf8(b.to_vec()) {
-                    Ok(s) => wit::Message::Text(s),
-                    Err(_) => unreachable!("the decoder delivers only valid UTF-8 text"),
-                },
-                Message::Binary(b) => wit::Message::Binary(b.to_vec()),
+            // Lent to the call, copied once: straight into the guest's memory.
+            let param = match &message {
+                Message::Text(b) => {
+                    wit::MessageParam::Text(std::str::from_utf8(b).expect("the decoder delivers only valid UTF-8 text"))
+                }
+                Message::Binary(b) => wit::MessageParam::Binary(b),
             };
             let result = match self.instance().await {
-                Ok(i) => i.on_message(id, &message).await,
+                Ok(i) => i.on_message(id, param).await,
                 Err(e) => Err(e),
             };
             drop(message);
@@ -316,9 +314,8 @@ impl InstanceSlot {
             let Some((info, out)) = pending.next() else { return };
             // The new instance decides the connection's topics again (its state may differ).
             self.hub.clear_topics(info.id);
-            let conn = to_wit(&info, true);
             let result = match self.instance().await {
-                Ok(i) => i.on_open(&conn).await,
+                Ok(i) => on_open(i, &info, true).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -445,10 +442,10 @@ impl InstanceSlot {
         }
     }
 
-    fn send(&mut self, sender: Sender, to: Target, message: wit::Message) {
+    fn send(&mut self, sender: Sender, to: Target, message: wit::MessageResult) {
         let (opcode, payload) = match message {
-            wit::Message::Text(s) => (OpCode::Text, Bytes::from(s.into_bytes())),
-            wit::Message::Binary(b) => (OpCode::Binary, Bytes::from(b)),
+            wit::MessageResult::Text(s) => (OpCode::Text, Bytes::from(s.into_bytes())),
+            wit::MessageResult::Binary(b) => (OpCode::Binary, Bytes::from(b)),
         };
         if payload.len() > self.settings.max_message_size {
             let max = self.settings.max_message_size;
@@ -481,9 +478,9 @@ impl InstanceSlot {
 }
 
 fn action_bytes(action: &Action) -> usize {
-    let size = |m: &wit::Message| match m {
-        wit::Message::Text(s) => s.len(),
-        wit::Message::Binary(b) => b.len(),
+    let size = |m: &wit::MessageResult| match m {
+        wit::MessageResult::Text(s) => s.len(),
+        wit::MessageResult::Binary(b) => b.len(),
     };
     match action {
         Action::Reply(m) | Action::Broadcast(m) => size(m),
@@ -493,13 +490,17 @@ fn action_bytes(action: &Action) -> usize {
     }
 }
 
-fn to_wit(info: &ConnInfo, resumed: bool) -> wit::Connection {
-    wit::Connection {
+/// Calls `on-open` with the connection as the server keeps it (lent, not copied, to the call).
+async fn on_open(instance: &mut PluginInstance, info: &ConnInfo, resumed: bool) -> Result<Admission, CallError> {
+    let headers: Vec<(&str, &str)> = info.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let protocols: Vec<&str> = info.protocols.iter().map(String::as_str).collect();
+    let conn = wit::Connection {
         id: info.id,
-        path: info.target.clone(),
-        headers: info.headers.clone(),
-        remote_addr: info.remote_addr.clone(),
-        protocols: info.protocols.clone(),
+        path: &info.target,
+        headers: &headers,
+        remote_addr: &info.remote_addr,
+        protocols: &protocols,
         resumed,
-    }
+    };
+    instance.on_open(conn).await
 }

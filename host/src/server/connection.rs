@@ -133,7 +133,10 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             route.hub.join(info(false), out.clone());
         }
         Handler::Plugin(plugin) => {
-            let admit = plugin.instance_for(id).lock().await.open(info(true), &upgrade.key, &out).await;
+            // Boxed, like every plugin call below: a call's state (wasmtime's futures) would
+            // otherwise be part of every connection task, idle or not, native or not.
+            let slot = plugin.instance_for(id).clone();
+            let admit = Box::pin(async { slot.lock().await.open(info(true), &upgrade.key, &out).await }).await;
             if let Admit::Rejected { status, body } = admit {
                 tracing::debug!(%peer, path = %request.target, status, "plugin refused the connection");
                 let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
@@ -180,7 +183,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         }
         Handler::Plugin(plugin) => {
             // Exactly once per admitted connection, whatever the way it ended.
-            plugin.instance_for(id).lock().await.closed(id, ending.code, &ending.reason).await;
+            let slot = plugin.instance_for(id).clone();
+            Box::pin(async { slot.lock().await.closed(id, ending.code, &ending.reason).await }).await;
         }
     }
     drain(conn.reader.as_ref(), Instant::now() + limits.close_timeout, usize::MAX).await;
@@ -504,7 +508,7 @@ impl Connection {
     /// Calls the plugin with the batch's messages, then queues a close frame decided meanwhile
     /// (after their replies).
     async fn call_plugin(&mut self, mut slot: OwnedMutexGuard<InstanceSlot>) {
-        slot.messages(self.id, self.to_plugin.drain(..), &self.out).await;
+        Box::pin(slot.messages(self.id, self.to_plugin.drain(..), &self.out)).await;
         drop(slot);
         if let Some(frame) = self.deferred_close.take() {
             self.out.close(frame, true);
