@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
+use wsplug::Server;
 use wsplug::config::Config;
 use wsplug::protocol::Event;
 use wsplug::protocol::frame::encode_client_frame;
-use wsplug::server::Server;
 use wsplug_tests::{RawClient, Seen, TempDir, assert_echo, plugin_path};
 
 #[global_allocator]

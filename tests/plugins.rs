@@ -467,7 +467,7 @@ async fn bad_plugin_files_stop_start_up_with_the_file_and_reason() {
         let base = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut config = wsplug::config::Config::parse(&toml, "test", base).unwrap();
         config.listen = "127.0.0.1:0".parse().unwrap();
-        let err = match wsplug::server::Server::bind(&config).await {
+        let err = match wsplug::Server::bind(&config).await {
             Ok(_) => panic!("{file} was accepted"),
             Err(e) => format!("{e:#}"),
         };

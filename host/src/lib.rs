@@ -11,13 +11,18 @@
 //! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and the slots connections call them through | sockets, frames |
 //! | [`config`] | the TOML configuration, its defaults and checks | |
 //! | [`reload`] | watching plugin and config files, swapping changes in live | sockets, frames |
+//! | [`app`] | the whole server: routes mounted from the config, the listener, the reloader | |
 //!
-//! `main.rs` is the command line around them.
+//! Imports point one way: `protocol` ← `server` ← `plugin` (a route handler behind
+//! [`server::handler`]) ← `reload` ← `app` ← `main.rs`, the command line around them.
 
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod plugin;
 pub mod protocol;
 pub mod reload;
 pub mod server;
+
+pub use app::Server;

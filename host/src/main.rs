@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use wsplug::Server;
 use wsplug::config::Config;
-use wsplug::server::Server;
 
 /// mimalloc returns freed memory to the OS within milliseconds (glibc's malloc keeps most of a
 /// spike's peak: RSS stayed at 25–50% of it), and is faster at the many small allocations of a

@@ -160,7 +160,7 @@ impl Reloader {
             live.routes.iter().filter(|r| r.plugin_file().is_some_and(|f| f == file)).collect();
         let Some(loaded) = load_if_changed(
             file,
-            routes.iter().map(|r| r.plugin().expect("plugin route")),
+            routes.iter().map(|r| plugin_of(r).expect("plugin route")),
             self.config.effective_cache_dir(),
         )
         .await
@@ -168,7 +168,7 @@ impl Reloader {
             return;
         };
         for route in routes {
-            let plugin = route.plugin().expect("plugin route");
+            let plugin = plugin_of(&route).expect("plugin route");
             swap(&route.path, plugin, loaded.clone(), None).await;
         }
     }
@@ -206,7 +206,7 @@ impl Reloader {
                 continue;
             }
             let running =
-                live.routes.iter().filter(|x| x.plugin_file().is_some_and(|f| f == file)).filter_map(|x| x.plugin());
+                live.routes.iter().filter(|x| x.plugin_file().is_some_and(|f| f == file)).filter_map(|x| plugin_of(x));
             let running: Vec<&PluginRoute> = running.collect();
             // A file some route already serves is compiled only if its content changed.
             let result = if running.is_empty() {
@@ -230,14 +230,14 @@ impl Reloader {
             let file = r.plugin.as_ref().map(|f| normalize(&new.resolve(f)));
             let settings = RouteSettings::new(r, &new.limits);
             let old = live.routes.get(&r.path).cloned();
-            let reusable = old.as_ref().is_some_and(|o| match (o.plugin(), &file) {
+            let reusable = old.as_ref().is_some_and(|o| match (plugin_of(o), &file) {
                 (Some(p), Some(_)) => p.instances() == r.instances,
                 (None, None) => o.subprotocols == r.subprotocols,
                 _ => false,
             });
             match (old, reusable) {
                 (Some(old), true) => {
-                    if let (Some(plugin_route), Some(file)) = (old.plugin(), &file) {
+                    if let (Some(plugin_route), Some(file)) = (plugin_of(&old), &file) {
                         let plugin = loaded.get(file).cloned().flatten();
                         let file_changed = old.plugin_file().as_deref() != Some(file.as_path());
                         let settings_changed = plugin_route.settings() != settings;
@@ -264,7 +264,7 @@ impl Reloader {
                                 },
                             };
                             match PluginRoute::start(plugin, settings).await {
-                                Ok(p) => Handler::Plugin(Box::new(p)),
+                                Ok(p) => Handler::Events(Arc::new(p)),
                                 Err(e) => {
                                     return tracing::error!(
                                         "config reload refused: {e:#}; the running configuration stays"
@@ -296,7 +296,7 @@ impl Reloader {
         let static_dir = new.static_dir.as_ref().map(|d| new.resolve(d));
         self.shared.set_live(Live { routes: Routes::from_routes(routes), static_dir });
         for (route, plugin, settings, file) in swaps {
-            let plugin_route = route.plugin().expect("plugin route");
+            let plugin_route = plugin_of(&route).expect("plugin route");
             if swap(&route.path, plugin_route, plugin, Some(settings)).await {
                 route.set_plugin_file(file);
             }
@@ -309,6 +309,11 @@ impl Reloader {
         self.config = new;
         self.rewatch();
     }
+}
+
+/// The plugin route behind a route, if a plugin serves it.
+pub(crate) fn plugin_of(route: &Route) -> Option<&PluginRoute> {
+    route.events()?.as_any().downcast_ref::<PluginRoute>()
 }
 
 /// Hands a checked plugin to a route's instances; logs the outcome. True when every instance took it.

@@ -13,11 +13,12 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsplug::Server;
 use wsplug::config::Config;
 use wsplug::protocol::frame::encode_client_frame;
 use wsplug::protocol::{Decoder, Event, Limits};
 use wsplug::reload::ReloadHandle;
-use wsplug::server::{Server, ShutdownHandle};
+use wsplug::server::ShutdownHandle;
 
 /// The longest any single step of a test may take.
 pub const STEP: Duration = Duration::from_secs(10);

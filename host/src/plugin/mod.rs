@@ -9,8 +9,9 @@
 //!   turn to call it (no thread or queue of its own), validate and carry out its actions through
 //!   the route's hub, and rebuild it after a failure.
 //!
-//! This layer knows nothing of sockets or frames: it speaks to connections only through the hub and
-//! their outbound queues.
+//! A plugin route is a route handler ([`crate::server::handler`]): this layer knows nothing of
+//! sockets, frames or the handshake, and speaks to connections only through the hub and their
+//! outbound queues.
 
 pub mod bindings;
 pub mod engine;
@@ -19,5 +20,5 @@ pub mod route;
 pub mod sandbox;
 
 pub use engine::{LoadedPlugin, PluginEngine, check_report};
-pub use route::{Admit, InstanceSlot, PluginRoute, RouteSettings};
+pub use route::{InstanceSlot, PluginRoute, RouteSettings};
 pub use sandbox::SandboxLimits;

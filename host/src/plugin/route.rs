@@ -29,20 +29,14 @@ use super::engine::LoadedPlugin;
 use super::instance::{CallError, PluginInstance};
 use super::sandbox::SandboxLimits;
 use crate::protocol::frame::{OpCode, encode_frame};
-use crate::protocol::handshake::{accept_response, is_token};
+use crate::protocol::handshake::is_token;
 use crate::protocol::{CloseCode, CloseFrame, Message};
+use crate::server::handler::{Accept, Admit, BoxFuture, EventRoute, HandlerInstance, SharedInstance};
 use crate::server::hub::{ConnInfo, Hub};
 use crate::server::{Batch, Outbound};
 
 /// Longest topic name accepted.
 const MAX_TOPIC: usize = 256;
-
-/// The outcome of an open request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admit {
-    Accepted,
-    Rejected { status: u16, body: String },
-}
 
 /// A route served by a plugin: its instances' slots and its hub.
 pub struct PluginRoute {
@@ -143,10 +137,33 @@ impl PluginRoute {
         }
         if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }
+}
 
-    /// The slot of the instance a connection is pinned to.
-    pub fn instance_for(&self, id: u64) -> &Arc<Mutex<InstanceSlot>> {
-        &self.instances[(id % self.instances.len() as u64) as usize]
+impl EventRoute for PluginRoute {
+    fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    fn instance_for(&self, id: u64) -> SharedInstance {
+        self.instances[(id % self.instances.len() as u64) as usize].clone()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl HandlerInstance for InstanceSlot {
+    fn open<'a>(&'a mut self, info: Arc<ConnInfo>, accept: Accept<'a>) -> BoxFuture<'a, Admit> {
+        Box::pin(self.open(info, accept))
+    }
+
+    fn messages<'a>(&'a mut self, id: u64, messages: &'a mut Vec<Message>, out: &'a Outbound) -> BoxFuture<'a, ()> {
+        Box::pin(self.messages(id, messages.drain(..), out))
+    }
+
+    fn closed<'a>(&'a mut self, id: u64, code: u16, reason: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.closed(id, code, reason))
     }
 }
 
@@ -184,10 +201,10 @@ impl InstanceSlot {
         Ok(self.instance.as_mut().expect("just set"))
     }
 
-    /// Asks the plugin whether to admit a connection. On acceptance the 101 response is queued on
-    /// `out` and the connection joins the hub before the plugin's first actions are carried out,
-    /// so they follow the handshake on the wire.
-    pub async fn open(&mut self, info: Arc<ConnInfo>, key: &str, out: &Outbound) -> Admit {
+    /// Asks the plugin whether to admit a connection. On acceptance the server queues the 101
+    /// response and registers the connection (`accept`) before the plugin's first actions are
+    /// carried out, so they follow the handshake on the wire.
+    async fn open(&mut self, info: Arc<ConnInfo>, accept: Accept<'_>) -> Admit {
         let result = match self.instance().await {
             Ok(i) => on_open(i, &info, false).await,
             Err(e) => Err(e),
@@ -195,13 +212,10 @@ impl InstanceSlot {
         let admit = match result {
             Ok(Admission::Accept(acceptance)) => match self.subprotocol(acceptance.subprotocol, &info.protocols) {
                 Ok(subprotocol) => {
-                    let response = Bytes::from(accept_response(key, subprotocol.as_deref()));
-                    if out.push_encoded(response).is_err() {
+                    let Some(out) = accept(subprotocol.as_deref()) else {
                         return Admit::Rejected { status: 503, body: "connection gone\n".into() };
-                    }
-                    let id = info.id;
-                    self.hub.join(info, out.clone());
-                    self.apply(Some((id, out)), acceptance.actions);
+                    };
+                    self.apply(Some((info.id, &out)), acceptance.actions);
                     Admit::Accepted
                 }
                 Err(msg) => {
@@ -232,7 +246,7 @@ impl InstanceSlot {
     /// message's bytes stop counting against the connection once it is handled (`end_event`).
     /// Replies to the sender are queued on `out`, which its session flushes; fan-out to others is
     /// written before this returns.
-    pub async fn messages(&mut self, id: u64, messages: impl IntoIterator<Item = Message>, out: &Outbound) {
+    async fn messages(&mut self, id: u64, messages: impl Iterator<Item = Message> + Send, out: &Outbound) {
         for message in messages {
             let len = message.payload().len();
             if self.detached.contains(&id) {
@@ -266,7 +280,7 @@ impl InstanceSlot {
     }
 
     /// An admitted connection ended: `on-close`, exactly once.
-    pub async fn closed(&mut self, id: u64, code: u16, reason: &str) {
+    async fn closed(&mut self, id: u64, code: u16, reason: &str) {
         self.hub.leave(id);
         self.detached.remove(&id);
         let result = match self.instance().await {

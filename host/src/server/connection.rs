@@ -31,10 +31,10 @@ use tokio::time::{Instant, sleep_until};
 
 use super::Shared;
 use super::budget::Pressure;
+use super::handler::{Admit, HandlerInstance};
 use super::hub::ConnInfo;
 use super::outbound::{Outbound, QueueLimits};
 use super::routes::{Handler, Route};
-use crate::plugin::{Admit, InstanceSlot};
 use crate::protocol::handshake::{self, HandshakeError, HeadLimits, Request};
 use crate::protocol::session::{Output, Session, Timing};
 use crate::protocol::{CloseCode, CloseFrame, Decoder, Limits as FrameLimits, Message};
@@ -43,7 +43,8 @@ use crate::protocol::{CloseCode, CloseFrame, Decoder, Limits as FrameLimits, Mes
 const MIN_READ: usize = 4 << 10;
 /// Largest single read reservation, so a huge announced frame does not allocate up front.
 const MAX_READ: usize = 256 << 10;
-/// Events one connection may have at its plugin at once (pipelining), besides the byte bound.
+/// Messages of one connection handed to its handler at once (one read batch), besides the byte
+/// bound.
 pub(crate) const MAX_IN_FLIGHT: usize = 16;
 /// Echo payloads up to this size are copied rather than shared with the read buffer.
 const SHARE_ABOVE: usize = 4 << 10;
@@ -109,9 +110,9 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         },
     );
 
-    // Admission: the native route accepts at once; a plugin decides (and queues the 101 itself, so
-    // that its first actions follow the handshake on the wire).
-    // What a plugin's `on-open` sees; the native route needs only the id (its headers are not
+    // Admission: the native route accepts at once; an event handler (a plugin) decides, and has the
+    // 101 queued through `accept` before its first effects, so they follow the handshake.
+    // What a handler's `open` sees; the native route needs only the id (its headers are not
     // kept: an idle connection's memory is mostly what it keeps).
     let info = |full: bool| {
         Arc::new(ConnInfo {
@@ -132,11 +133,19 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             // Registered only so that the route can be closed as a whole (reload, removal).
             route.hub.join(info(false), out.clone());
         }
-        Handler::Plugin(plugin) => {
-            // Boxed, like every plugin call below: a call's state (wasmtime's futures) would
+        Handler::Events(events) => {
+            let instance = events.instance_for(id);
+            let conn = info(true);
+            let hub = &route.hub;
+            // The handler accepts by asking for the 101 and the registration, before its effects.
+            let mut accept = |subprotocol: Option<&str>| {
+                out.push_encoded(handshake::accept_response(&upgrade.key, subprotocol).into()).ok()?;
+                hub.join(conn.clone(), out.clone());
+                Some(out.clone())
+            };
+            // Boxed, like every handler call below: a call's state (a plugin's futures) would
             // otherwise be part of every connection task, idle or not, native or not.
-            let slot = plugin.instance_for(id).clone();
-            let admit = Box::pin(async { slot.lock().await.open(info(true), &upgrade.key, &out).await }).await;
+            let admit = Box::pin(async { instance.lock().await.open(conn.clone(), &mut accept).await }).await;
             if let Admit::Rejected { status, body } = admit {
                 tracing::debug!(%peer, path = %request.target, status, "plugin refused the connection");
                 let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
@@ -169,7 +178,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         out,
         shared: shared.clone(),
         route: route.clone(),
-        to_plugin: Vec::new(),
+        to_handler: Vec::new(),
         waiting: None,
         deferred_close: None,
         accounted: 0,
@@ -181,10 +190,10 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         Handler::Echo => {
             route.hub.leave(id);
         }
-        Handler::Plugin(plugin) => {
+        Handler::Events(events) => {
             // Exactly once per admitted connection, whatever the way it ended.
-            let slot = plugin.instance_for(id).clone();
-            Box::pin(async { slot.lock().await.closed(id, ending.code, &ending.reason).await }).await;
+            let instance = events.instance_for(id);
+            Box::pin(async { instance.lock().await.closed(id, ending.code, &ending.reason).await }).await;
         }
     }
     drain(conn.reader.as_ref(), Instant::now() + limits.close_timeout, usize::MAX).await;
@@ -273,13 +282,13 @@ struct Connection {
     out: Outbound,
     shared: Arc<Shared>,
     route: Arc<Route>,
-    /// Messages of this read batch for the plugin, handed over together (one call of the
-    /// instance per message, one flush per batch). Bounded by the connection's credit.
-    to_plugin: Vec<Message>,
-    /// The plugin instance was busy with another connection's events: its slot, being waited for
+    /// Messages of this read batch for the event handler, handed over together (one flush of the
+    /// replies per batch). Bounded by the connection's credit.
+    to_handler: Vec<Message>,
+    /// The handler's instance was busy with another connection's events: its lock, being waited for
     /// (in FIFO order). The connection stops reading meanwhile, and serves everything else.
     waiting: Option<SlotWait>,
-    /// Our close frame, decided while messages before it still wait for the plugin: it is queued
+    /// Our close frame, decided while messages before it still wait for the handler: it is queued
     /// after their replies.
     deferred_close: Option<Option<CloseFrame>>,
     /// Bytes this connection has accounted in the server's memory budget.
@@ -395,7 +404,7 @@ impl Connection {
                 }
                 slot = wait_for(&mut self.waiting), if self.waiting.is_some() => {
                     self.waiting = None;
-                    self.call_plugin(slot).await;
+                    self.call_handler(slot).await;
                 }
                 changed = shutdown.changed(), if !shutdown_seen => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -408,15 +417,15 @@ impl Connection {
                 }
             }
         }
-        // Messages read before the end still reach the plugin, ahead of its `on-close`.
-        if !self.to_plugin.is_empty() {
+        // Messages read before the end still reach the handler, ahead of its `closed`.
+        if !self.to_handler.is_empty() {
             let slot = match (self.waiting.take(), &self.route.handler) {
                 (Some(wait), _) => Some(wait.await),
-                (None, Handler::Plugin(plugin)) => Some(plugin.instance_for(self.id).clone().lock_owned().await),
+                (None, Handler::Events(events)) => Some(events.instance_for(self.id).lock_owned().await),
                 (None, Handler::Echo) => None,
             };
             if let Some(slot) = slot {
-                self.call_plugin(slot).await;
+                self.call_handler(slot).await;
             }
         }
         self.finish().await;
@@ -482,34 +491,34 @@ impl Connection {
                 let _ = self.out.reply(message.opcode(), payload);
                 Flow::Continue
             }
-            Handler::Plugin(_) => {
+            Handler::Events(_) => {
                 // Counted at once (its bytes are held from now on); handed over with the batch.
                 self.out.begin_event(message.payload().len());
-                self.to_plugin.push(message);
+                self.to_handler.push(message);
                 Flow::Continue
             }
         }
     }
 
-    /// Hands this read batch's messages to the plugin instance: at once, on this task, when the
+    /// Hands this read batch's messages to the handler's instance: at once, on this task, when the
     /// instance is free; else the connection waits for it (see `waiting`).
     async fn hand_over(&mut self) {
-        let Handler::Plugin(plugin) = &self.route.handler else { return };
-        if self.to_plugin.is_empty() || self.waiting.is_some() {
+        let Handler::Events(events) = &self.route.handler else { return };
+        if self.to_handler.is_empty() || self.waiting.is_some() {
             return;
         }
-        let slot = plugin.instance_for(self.id).clone();
-        match slot.clone().try_lock_owned() {
-            Ok(slot) => self.call_plugin(slot).await,
-            Err(_) => self.waiting = Some(Box::pin(slot.lock_owned())),
+        let instance = events.instance_for(self.id);
+        match instance.clone().try_lock_owned() {
+            Ok(instance) => self.call_handler(instance).await,
+            Err(_) => self.waiting = Some(Box::pin(instance.lock_owned())),
         }
     }
 
-    /// Calls the plugin with the batch's messages, then queues a close frame decided meanwhile
+    /// Calls the handler with the batch's messages, then queues a close frame decided meanwhile
     /// (after their replies).
-    async fn call_plugin(&mut self, mut slot: OwnedMutexGuard<InstanceSlot>) {
-        Box::pin(slot.messages(self.id, self.to_plugin.drain(..), &self.out)).await;
-        drop(slot);
+    async fn call_handler(&mut self, mut instance: OwnedMutexGuard<dyn HandlerInstance>) {
+        instance.messages(self.id, &mut self.to_handler, &self.out).await;
+        drop(instance);
         if let Some(frame) = self.deferred_close.take() {
             self.out.close(frame, true);
         }
@@ -518,7 +527,7 @@ impl Connection {
     /// Queues our close frame after everything the handler has queued for this connection: a
     /// plugin's replies to the messages before the close go first.
     fn send_close(&mut self, frame: Option<CloseFrame>) {
-        if self.to_plugin.is_empty() {
+        if self.to_handler.is_empty() {
             self.out.close(frame, true);
         } else {
             self.deferred_close = Some(frame);
@@ -549,11 +558,11 @@ impl Connection {
     }
 }
 
-/// The wait for a plugin instance's slot.
-type SlotWait = Pin<Box<dyn Future<Output = OwnedMutexGuard<InstanceSlot>> + Send>>;
+/// The wait for a handler instance's lock.
+type SlotWait = Pin<Box<dyn Future<Output = OwnedMutexGuard<dyn HandlerInstance>> + Send>>;
 
 /// Waits for the slot being waited for (`waiting` is `Some` whenever this is polled).
-async fn wait_for(waiting: &mut Option<SlotWait>) -> OwnedMutexGuard<InstanceSlot> {
+async fn wait_for(waiting: &mut Option<SlotWait>) -> OwnedMutexGuard<dyn HandlerInstance> {
     match waiting {
         Some(wait) => wait.await,
         None => std::future::pending().await,

@@ -1,7 +1,10 @@
 //! Sockets and tasks: the listener, one task per connection, graceful shutdown.
 //!
-//! - [`Server`] binds, accepts, bounds the number of connections (503 when full) and, on shutdown,
-//!   stops accepting, asks every connection to close with 1001 and waits a bounded time for them.
+//! - [`Listener`] binds, accepts, bounds the number of connections (503 when full) and, on
+//!   shutdown, stops accepting, asks every connection to close with 1001 and waits a bounded time
+//!   for them.
+//! - [`handler`]: the route-handler boundary (admission, events, effects) that plugin routes
+//!   implement; this layer knows nothing of Wasm.
 //! - [`budget`]: the server-wide memory budget every connection accounts against.
 //! - `connection`: one connection from handshake to close (drives `protocol::session`).
 //! - `outbound`: a connection's bounded outbound queue, and the one way bytes are written.
@@ -11,6 +14,7 @@
 
 pub mod budget;
 mod connection;
+pub mod handler;
 pub mod hub;
 mod outbound;
 mod routes;
@@ -31,7 +35,6 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::{Config, Limits};
 use crate::protocol::handshake::http_response;
-use crate::reload::{ReloadHandle, Reloader, Trigger};
 
 /// What hot reload can change, swapped as a whole.
 pub(crate) struct Live {
@@ -66,7 +69,7 @@ impl Shared {
     }
 }
 
-/// Triggers a graceful shutdown of a running [`Server`].
+/// Triggers a graceful shutdown of a running [`Listener`].
 #[derive(Clone)]
 pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
 
@@ -76,26 +79,18 @@ impl ShutdownHandle {
     }
 }
 
-/// A bound, not yet running, server.
-pub struct Server {
+/// A bound, not yet running, listener and the connections it will serve.
+pub struct Listener {
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown_tx: Arc<watch::Sender<bool>>,
     /// Bounds live connections; a permit travels with each connection task.
     slots: Arc<Semaphore>,
-    /// Applies plugin and config changes while the server runs.
-    reloader: Reloader,
-    reload_tx: mpsc::UnboundedSender<Trigger>,
-    reload_rx: mpsc::UnboundedReceiver<Trigger>,
 }
 
-impl Server {
-    /// Binds the listener and builds the route table.
-    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let routes = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || Routes::from_config(&config)).await??
-        };
+impl Listener {
+    /// Binds the listening socket; `routes` is the route table it starts with.
+    pub async fn bind(config: &Config, routes: Routes) -> anyhow::Result<Self> {
         let listener = listen(config.listen, config.limits.listen_backlog)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -107,33 +102,17 @@ impl Server {
             shutdown: shutdown_rx,
             next_id: AtomicU64::new(1),
         });
-        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
-        let reloader = Reloader::new(shared.clone(), config.clone(), None, reload_tx.clone());
         Ok(Self {
             listener,
             slots: Arc::new(Semaphore::new(config.limits.max_connections)),
             shared,
             shutdown_tx: Arc::new(shutdown_tx),
-            reloader,
-            reload_tx,
-            reload_rx,
         })
     }
 
-    /// Names the config file the server was started from, so that reloads re-read it.
-    pub fn with_config_file(mut self, path: &std::path::Path) -> Self {
-        self.reloader.set_config_path(path);
-        self
-    }
-
-    /// Watches the config file and every plugin file for changes and applies them live.
-    pub fn watch(&mut self) -> anyhow::Result<()> {
-        self.reloader.watch()
-    }
-
-    /// A handle that triggers a full reload (what SIGHUP does).
-    pub fn reload_handle(&self) -> ReloadHandle {
-        ReloadHandle(self.reload_tx.clone())
+    /// The state connections share, for the layers above (hot reload swaps its routes).
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -147,8 +126,7 @@ impl Server {
     /// Accepts connections until shut down, then closes them gracefully (bounded by
     /// `limits.shutdown_timeout`).
     pub async fn run(self) -> anyhow::Result<()> {
-        let Self { listener, shared, shutdown_tx, slots, reloader, reload_rx, .. } = self;
-        let reloading = tokio::spawn(reloader.run(reload_rx));
+        let Self { listener, shared, shutdown_tx, slots } = self;
         let mut shutdown = shared.shutdown.clone();
         // Every connection task holds a clone; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -183,7 +161,6 @@ impl Server {
             }
         }
         drop(listener);
-        reloading.abort();
         shutdown_tx.send_replace(true);
         drop(alive_tx);
         let open = shared.limits.max_connections - slots.available_permits();

@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::handler::EventRoute;
 use super::hub::Hub;
-use crate::config::{Config, RouteKind};
-use crate::plugin::{PluginEngine, PluginRoute, RouteSettings};
 use crate::protocol::CloseFrame;
 
 /// What serves a route's messages.
@@ -17,8 +16,8 @@ pub enum Handler {
     /// Native echo: every message goes back to its sender (no Wasm). The conformance and
     /// performance baseline.
     Echo,
-    /// A Wasm plugin.
-    Plugin(Box<PluginRoute>),
+    /// An event handler (a Wasm plugin route, built by the layers above).
+    Events(Arc<dyn EventRoute>),
 }
 
 /// One mounted route.
@@ -30,14 +29,14 @@ pub struct Route {
     pub subprotocols: Vec<String>,
     /// The route's live connections (and, for plugins, their topics).
     pub hub: Arc<Hub>,
-    /// The plugin file it serves (normalized), for hot reload.
+    /// The file its handler was loaded from (normalized), for hot reload.
     plugin_file: Mutex<Option<PathBuf>>,
 }
 
 impl Route {
     pub fn new(path: String, handler: Handler, subprotocols: Vec<String>, plugin_file: Option<PathBuf>) -> Self {
         let hub = match &handler {
-            Handler::Plugin(p) => p.hub.clone(),
+            Handler::Events(e) => e.hub().clone(),
             Handler::Echo => Arc::new(Hub::new(&path)),
         };
         Self { path, handler, subprotocols, hub, plugin_file: Mutex::new(plugin_file) }
@@ -48,9 +47,9 @@ impl Route {
         self.subprotocols.iter().find(|p| offered.iter().any(|o| o == *p)).cloned()
     }
 
-    pub fn plugin(&self) -> Option<&PluginRoute> {
+    pub fn events(&self) -> Option<&Arc<dyn EventRoute>> {
         match &self.handler {
-            Handler::Plugin(p) => Some(p),
+            Handler::Events(e) => Some(e),
             Handler::Echo => None,
         }
     }
@@ -76,30 +75,6 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// Builds the table from a checked config, loading (compiling, checking, instantiating) every
-    /// plugin. Blocking: call it off the async workers.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let mut routes = Vec::new();
-        for route in &config.routes {
-            let r = route.get_ref();
-            let file = r.plugin.as_ref().map(|f| crate::reload::normalize(&config.resolve(f)));
-            let handler = match (&r.kind, &file) {
-                (Some(RouteKind::Echo), _) => Handler::Echo,
-                (None, Some(file)) => {
-                    let plugin = PluginEngine::global().load(file, config.effective_cache_dir().as_deref())?;
-                    tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, cached = plugin.from_cache, "plugin loaded");
-                    Handler::Plugin(Box::new(PluginRoute::start_blocking(
-                        plugin,
-                        RouteSettings::new(r, &config.limits),
-                    )?))
-                }
-                (None, None) => anyhow::bail!("route {} has no handler", r.path),
-            };
-            routes.push(Arc::new(Route::new(r.path.clone(), handler, r.subprotocols.clone(), file)));
-        }
-        Ok(Self::from_routes(routes))
-    }
-
     pub fn from_routes(routes: Vec<Arc<Route>>) -> Self {
         Self { by_path: routes.into_iter().map(|r| (r.path.clone(), r)).collect() }
     }

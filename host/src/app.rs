@@ -1,0 +1,93 @@
+//! The server as a whole: the route table mounted from the config (plugins loaded and started),
+//! the listener serving it, and the reloader that swaps changes in live. This is the one place
+//! that knows every layer; the layers below know only those beneath them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, RouteKind};
+use crate::plugin::{PluginEngine, PluginRoute, RouteSettings};
+use crate::reload::{ReloadHandle, Reloader, Trigger};
+use crate::server::{Handler, Listener, Route, Routes, ShutdownHandle};
+
+/// A bound, not yet running, server.
+pub struct Server {
+    listener: Listener,
+    /// Applies plugin and config changes while the server runs.
+    reloader: Reloader,
+    reload_tx: mpsc::UnboundedSender<Trigger>,
+    reload_rx: mpsc::UnboundedReceiver<Trigger>,
+}
+
+impl Server {
+    /// Mounts the config's routes (loading, checking and starting every plugin) and binds the
+    /// listener.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let routes = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || mount(&config)).await??
+        };
+        let listener = Listener::bind(config, routes).await?;
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let reloader = Reloader::new(listener.shared(), config.clone(), None, reload_tx.clone());
+        Ok(Self { listener, reloader, reload_tx, reload_rx })
+    }
+
+    /// Names the config file the server was started from, so that reloads re-read it.
+    pub fn with_config_file(mut self, path: &Path) -> Self {
+        self.reloader.set_config_path(path);
+        self
+    }
+
+    /// Watches the config file and every plugin file for changes and applies them live.
+    pub fn watch(&mut self) -> anyhow::Result<()> {
+        self.reloader.watch()
+    }
+
+    /// A handle that triggers a full reload (what SIGHUP does).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.reload_tx.clone())
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.listener.shutdown_handle()
+    }
+
+    /// Serves until shut down (see [`Listener::run`]), applying reloads meanwhile.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self { listener, reloader, reload_rx, .. } = self;
+        let reloading = tokio::spawn(reloader.run(reload_rx));
+        let result = listener.run().await;
+        reloading.abort();
+        result
+    }
+}
+
+/// Builds the route table from a checked config, loading (compiling, checking, instantiating)
+/// every plugin. Blocking: call it off the async workers.
+fn mount(config: &Config) -> anyhow::Result<Routes> {
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        let r = route.get_ref();
+        let file = r.plugin.as_ref().map(|f| crate::reload::normalize(&config.resolve(f)));
+        let handler = match (&r.kind, &file) {
+            (Some(RouteKind::Echo), _) => Handler::Echo,
+            (None, Some(file)) => {
+                let plugin = PluginEngine::global().load(file, config.effective_cache_dir().as_deref())?;
+                tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, cached = plugin.from_cache, "plugin loaded");
+                let settings = RouteSettings::new(r, &config.limits);
+                Handler::Events(Arc::new(PluginRoute::start_blocking(plugin, settings)?))
+            }
+            (None, None) => anyhow::bail!("route {} has no handler", r.path),
+        };
+        routes.push(Arc::new(Route::new(r.path.clone(), handler, r.subprotocols.clone(), file)));
+    }
+    Ok(Routes::from_routes(routes))
+}
