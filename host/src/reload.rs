@@ -168,7 +168,7 @@ impl Reloader {
             return;
         };
         for route in routes {
-            let plugin = plugin_of(&route).expect("plugin route");
+            let plugin = plugin_of(route).expect("plugin route");
             swap(&route.path, plugin, loaded.clone(), None).await;
         }
     }
