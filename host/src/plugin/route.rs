@@ -506,7 +506,7 @@ fn action_bytes(action: &Action) -> usize {
 
 /// Calls `on-open` with the connection as the server keeps it (lent, not copied, to the call).
 async fn on_open(instance: &mut PluginInstance, info: &ConnInfo, resumed: bool) -> Result<Admission, CallError> {
-    let headers: Vec<(&str, &str)> = info.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = info.headers().collect();
     let protocols: Vec<&str> = info.protocols.iter().map(String::as_str).collect();
     let conn = wit::Connection {
         id: info.id,

@@ -32,7 +32,7 @@ use tokio::time::{Instant, sleep_until};
 use super::Shared;
 use super::budget::Pressure;
 use super::handler::{Admit, HandlerInstance};
-use super::hub::ConnInfo;
+use super::hub::{ConnInfo, HeaderBlock};
 use super::outbound::{Outbound, QueueLimits};
 use super::routes::{Handler, Route};
 use crate::protocol::handshake::{self, HandshakeError, HeadLimits, Request};
@@ -118,7 +118,11 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         Arc::new(ConnInfo {
             id,
             target: request.target.clone(),
-            headers: if full { request.headers.clone() } else { Vec::new() },
+            headers: if full {
+                HeaderBlock::new(request.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+            } else {
+                HeaderBlock::default()
+            },
             remote_addr: peer.to_string(),
             protocols: if full { upgrade.protocols.clone() } else { Vec::new() },
         })

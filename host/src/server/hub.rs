@@ -23,11 +23,39 @@ pub struct ConnInfo {
     pub id: u64,
     /// The request target, with the query.
     pub target: String,
-    /// Header fields, names lower-cased, in the order received.
-    pub headers: Vec<(String, String)>,
+    /// Header fields, names lower-cased, in the order received (see [`ConnInfo::headers`]).
+    pub headers: HeaderBlock,
     pub remote_addr: String,
     /// Subprotocols the client offered.
     pub protocols: Vec<String>,
+}
+
+impl ConnInfo {
+    /// The header fields, names lower-cased, in the order received.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.0.split_terminator('\n').filter_map(|line| line.split_once(": "))
+    }
+}
+
+/// Header fields kept for the life of a connection, in one allocation ("name: value\n" each):
+/// a plugin's `on-open` sees them again when the connection is re-attached, and every idle
+/// connection pays for what it keeps. A name never holds ':' or a line break (RFC 9110 tokens),
+/// and a value never holds a line break (the parser refuses one), so the block splits back
+/// exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderBlock(Box<str>);
+
+impl HeaderBlock {
+    pub fn new<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut block = String::new();
+        for (name, value) in fields {
+            block.push_str(name);
+            block.push_str(": ");
+            block.push_str(value);
+            block.push('\n');
+        }
+        Self(block.into_boxed_str())
+    }
 }
 
 /// A live connection as the hub holds it.
@@ -242,5 +270,25 @@ fn deliver(
             batch.note(&member.out, Ok(true)).ok();
         }
         Err(QueueError::Closed) => member.closing = true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_block_gives_back_every_field_in_order() {
+        let fields = [("host", "example.com"), ("x-empty", ""), ("x-colon", "a: b: c"), ("host", "second")];
+        let info = ConnInfo {
+            id: 1,
+            target: "/".into(),
+            headers: HeaderBlock::new(fields),
+            remote_addr: String::new(),
+            protocols: Vec::new(),
+        };
+        assert_eq!(info.headers().collect::<Vec<_>>(), fields);
+        let none = ConnInfo { headers: HeaderBlock::default(), ..info };
+        assert_eq!(none.headers().count(), 0);
     }
 }
