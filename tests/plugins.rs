@@ -418,6 +418,46 @@ kind = "echo"
     assert_eq!(text(&mut neighbour).await, "waits for the instance");
 }
 
+/// Messages that arrive in one read reach a plugin that exports `batch` in one call (the Rust
+/// SDK's plugins do): their actions are carried out in order, as if called one by one; a failure
+/// fails the rest of the batch with the connection (1011), and nothing after it is handled.
+#[tokio::test]
+async fn pipelined_messages_are_handled_in_order_and_a_failure_ends_the_batch() {
+    let server = server().await;
+    let mut raw = server.raw("/probe").await;
+    let frames: Vec<u8> = ["reply a", "reply b", "broadcast c", "reply d"]
+        .iter()
+        .flat_map(|t| wsplug::protocol::frame::encode_client_frame(true, 0x1, t.as_bytes(), [1, 2, 3, 4]))
+        .collect();
+    raw.send_raw(&frames).await; // one write: one read on the server, one batch
+    for want in ["a", "b", "c", "d"] {
+        match raw.next().await {
+            wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m)) => {
+                assert_eq!(std::str::from_utf8(m.payload()).unwrap(), want)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    let mut raw = server.raw("/hostile").await;
+    let frames: Vec<u8> = ["one", "panic", "after"]
+        .iter()
+        .flat_map(|t| wsplug::protocol::frame::encode_client_frame(true, 0x1, t.as_bytes(), [1, 2, 3, 4]))
+        .collect();
+    raw.send_raw(&frames).await;
+    loop {
+        match raw.next().await {
+            // Handled one by one, "one" may come back first; nothing after the failure does.
+            wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m)) => assert_eq!(m.payload().as_ref(), b"one"),
+            wsplug_tests::Seen::Event(wsplug::protocol::Event::Close(frame)) => {
+                assert_eq!(frame.map(|f| f.code.0), Some(1011));
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn hostile_foreign_connection_id_is_dropped_and_the_sender_served() {
     let server = server().await;

@@ -138,6 +138,9 @@ impl PluginEngine {
                 restore: component.get_export_index(Some(&iface), "restore")?,
             })
         });
+        let batch = component
+            .get_export_index(None, BATCH_INTERFACE)
+            .and_then(|iface| component.get_export_index(Some(&iface), "on-messages"));
         Ok(LoadedPlugin {
             name: name.into(),
             path: path.to_owned(),
@@ -147,6 +150,7 @@ impl PluginEngine {
             imports,
             hash: content_hash(bytes),
             state,
+            batch,
             from_cache,
         })
     }
@@ -167,12 +171,17 @@ pub struct LoadedPlugin {
     pub hash: u64,
     /// The optional state hand-over interface, when exported.
     pub state: Option<StateExports>,
+    /// The optional `batch` interface's `on-messages`, when exported.
+    pub batch: Option<ComponentExportIndex>,
     /// Whether the compiled code came from the artifact cache (then `compile_time` is load time).
     pub from_cache: bool,
 }
 
 /// The optional `state` interface (hot reload hand-over).
 pub const STATE_INTERFACE: &str = "wsplug:plugin/state@0.1.0";
+
+/// The optional `batch` interface (a connection's pipelined messages in one call).
+pub const BATCH_INTERFACE: &str = "wsplug:plugin/batch@0.1.0";
 
 /// Where the `state` functions are in a component.
 #[derive(Clone, Debug)]
@@ -259,6 +268,10 @@ pub fn check_report(plugin: &LoadedPlugin) -> String {
     out.push_str(match plugin.state {
         Some(_) => "  state hand-over on reload: yes (exports wsplug:plugin/state)\n",
         None => "  state hand-over on reload: no (state is lost when the plugin is reloaded)\n",
+    });
+    out.push_str(match plugin.batch {
+        Some(_) => "  pipelined messages in one call: yes (exports wsplug:plugin/batch)\n",
+        None => "  pipelined messages in one call: no (one call per message)\n",
     });
     out
 }

@@ -10,7 +10,7 @@ use wasmtime::component::TypedFunc;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::Plugin;
-use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, MessageParam};
+use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, MessageParam, MessageResult};
 use super::engine::{EPOCH_TICK, LoadedPlugin, PluginEngine};
 use super::sandbox::{PluginState, SandboxLimits};
 
@@ -41,6 +41,9 @@ impl fmt::Display for CallError {
 /// `state.restore`: snapshot in, the plugin's verdict out.
 type RestoreFunc = TypedFunc<(Vec<u8>,), (Result<(), String>,)>;
 
+/// `batch.on-messages`: a connection's messages in, their actions out.
+type BatchFunc = TypedFunc<(u64, Vec<MessageResult>), (Vec<Action>,)>;
+
 /// An instantiated plugin and its store.
 pub struct PluginInstance {
     store: Store<PluginState>,
@@ -49,6 +52,7 @@ pub struct PluginInstance {
     /// The optional `state` interface's functions, when the component exports them.
     snapshot: Option<TypedFunc<(), (Vec<u8>,)>>,
     restore: Option<RestoreFunc>,
+    on_messages: Option<BatchFunc>,
 }
 
 impl PluginInstance {
@@ -82,7 +86,8 @@ impl PluginInstance {
             ),
             None => (None, None),
         };
-        Ok(Self { store, bindings, deadline_ticks, snapshot, restore })
+        let on_messages = plugin.batch.and_then(|f| instance.get_typed_func(&mut store, f).ok());
+        Ok(Self { store, bindings, deadline_ticks, snapshot, restore, on_messages })
     }
 
     /// [`PluginInstance::new`] for callers outside the async workers (`wsplug check`, start-up).
@@ -131,6 +136,19 @@ impl PluginInstance {
         self.arm();
         let r = self.bindings.wsplug_plugin_handler().call_on_message(&mut self.store, id, message).await;
         r.map_err(|e| classify(&self.store, e))
+    }
+
+    /// Whether the plugin takes several messages in one call (`batch.on-messages`).
+    pub fn has_batch(&self) -> bool {
+        self.on_messages.is_some()
+    }
+
+    /// `batch.on-messages` (when [`PluginInstance::has_batch`]; else no actions).
+    pub async fn on_messages(&mut self, id: u64, messages: Vec<MessageResult>) -> Result<Vec<Action>, CallError> {
+        let Some(f) = self.on_messages else { return Ok(Vec::new()) };
+        self.arm();
+        let r = f.call_async(&mut self.store, (id, messages)).await;
+        r.map(|(actions,)| actions).map_err(|e| classify(&self.store, e))
     }
 
     pub async fn on_close(&mut self, id: u64, code: u16, reason: &str) -> Result<Vec<Action>, CallError> {

@@ -159,7 +159,7 @@ impl HandlerInstance for InstanceSlot {
     }
 
     fn messages<'a>(&'a mut self, id: u64, messages: &'a mut Vec<Message>, out: &'a Outbound) -> BoxFuture<'a, ()> {
-        Box::pin(self.messages(id, messages.drain(..), out))
+        Box::pin(self.messages(id, messages, out))
     }
 
     fn closed<'a>(&'a mut self, id: u64, code: u16, reason: &'a str) -> BoxFuture<'a, ()> {
@@ -242,12 +242,17 @@ impl InstanceSlot {
         admit
     }
 
-    /// Hands a connection's messages to the plugin, in order, and carries out its actions. Each
-    /// message's bytes stop counting against the connection once it is handled (`end_event`).
-    /// Replies to the sender are queued on `out`, which its session flushes; fan-out to others is
-    /// written before this returns.
-    async fn messages(&mut self, id: u64, messages: impl Iterator<Item = Message> + Send, out: &Outbound) {
-        for message in messages {
+    /// Hands a connection's messages to the plugin, in order, and carries out its actions: in one
+    /// `batch.on-messages` call when there are several and the plugin exports it, else one
+    /// `on-message` call each. Each message's bytes stop counting against the connection once it is
+    /// handled (`end_event`). Replies to the sender are queued on `out`, which its session flushes;
+    /// fan-out to others is written before this returns.
+    async fn messages(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
+        let batched = messages.len() > 1 && matches!(self.instance().await, Ok(i) if i.has_batch());
+        if batched && !self.detached.contains(&id) {
+            self.message_batch(id, messages, out).await;
+        }
+        for message in messages.drain(..) {
             let len = message.payload().len();
             if self.detached.contains(&id) {
                 out.end_event(len);
@@ -267,16 +272,54 @@ impl InstanceSlot {
             drop(message);
             // Its bytes are no longer held: the replies take their place in the connection's bound.
             out.end_event(len);
-            match result {
-                Ok(actions) => self.apply(Some((id, out)), actions),
-                Err(e) => {
-                    self.failed("on-message", &e);
-                    self.detach(id);
-                    self.recover().await;
-                }
-            }
+            self.outcome(id, out, result, 1, "on-message").await;
         }
         self.batch.flush();
+    }
+
+    /// Several messages of one connection in one `batch.on-messages` call (drains `messages`).
+    async fn message_batch(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
+        let count = messages.len();
+        let mut lens = Vec::with_capacity(count);
+        let batch: Vec<wit::MessageResult> = messages
+            .drain(..)
+            .map(|message| {
+                lens.push(message.payload().len());
+                match message {
+                    Message::Text(b) => wit::MessageResult::Text(
+                        String::from_utf8(b.to_vec()).expect("the decoder delivers only valid UTF-8 text"),
+                    ),
+                    Message::Binary(b) => wit::MessageResult::Binary(b.to_vec()),
+                }
+            })
+            .collect();
+        let result = match self.instance().await {
+            Ok(i) => i.on_messages(id, batch).await,
+            Err(e) => Err(e),
+        };
+        for len in lens {
+            out.end_event(len);
+        }
+        self.outcome(id, out, result, count, "on-messages").await;
+    }
+
+    /// Carries out what a message call returned for `count` messages, or recovers from its failure.
+    async fn outcome(
+        &mut self,
+        id: u64,
+        out: &Outbound,
+        result: Result<Vec<Action>, CallError>,
+        count: usize,
+        call: &str,
+    ) {
+        match result {
+            Ok(actions) => self.apply_for(Some((id, out)), actions, count),
+            Err(e) => {
+                self.failed(call, &e);
+                self.detach(id);
+                self.recover().await;
+            }
+        }
     }
 
     /// An admitted connection ended: `on-close`, exactly once.
@@ -410,14 +453,22 @@ impl InstanceSlot {
 
     /// Validates and carries out what one call returned.
     fn apply(&mut self, sender: Sender, actions: Vec<Action>) {
+        self.apply_for(sender, actions, 1)
+    }
+
+    /// Validates and carries out what one call returned for `count` events (the limits on
+    /// returned actions are per event).
+    fn apply_for(&mut self, sender: Sender, actions: Vec<Action>, count: usize) {
         let limits = &self.settings.sandbox;
-        if actions.len() > limits.max_actions {
-            let what = format!("returned {} actions (limit {})", actions.len(), limits.max_actions);
+        let max_actions = limits.max_actions.saturating_mul(count);
+        if actions.len() > max_actions {
+            let what = format!("returned {} actions (limit {max_actions})", actions.len());
             return self.violation(sender, &what);
         }
         let bytes: usize = actions.iter().map(action_bytes).sum();
-        if bytes > limits.max_action_bytes {
-            let what = format!("returned {bytes} message bytes (limit {})", limits.max_action_bytes);
+        let max_bytes = limits.max_action_bytes.saturating_mul(count);
+        if bytes > max_bytes {
+            let what = format!("returned {bytes} message bytes (limit {max_bytes})");
             return self.violation(sender, &what);
         }
         let max_topics = limits.max_topics_per_connection;

@@ -1,9 +1,10 @@
 //! A thin SDK for writing wsplug plugins in Rust.
 //!
 //! A wsplug plugin is a WebAssembly component (target `wasm32-wasip2`) that implements the
-//! `stateful-plugin` world of `wit/wsplug.wit`: the host calls it once per event (a connection
-//! asks to open, a message arrives, a connection has closed) and the plugin answers with a list of
-//! [`Action`]s. This crate runs `wit_bindgen::generate!` over that contract, re-exports the
+//! `batched-plugin` world of `wit/wsplug.wit`: the host calls it once per event (a connection
+//! asks to open, a message arrives, a connection has closed; a client's pipelined messages come
+//! in one call, each passed to [`Plugin::on_message`] in order) and the plugin answers with a list
+//! of [`Action`]s. This crate runs `wit_bindgen::generate!` over that contract, re-exports the
 //! generated types and adds a few conveniences:
 //!
 //! * the [`Plugin`] trait (the contract's `handler` and `state` interfaces, with defaults for all
@@ -68,7 +69,7 @@ pub use wit_bindgen;
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "stateful-plugin",
+        world: "batched-plugin",
         path: "../../wit",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
@@ -80,6 +81,9 @@ pub mod bindings {
 
 mod query;
 
+/// The generated trait of the contract's `batch` interface; [`Plugin`] implementors get it for
+/// free (each message goes to [`Plugin::on_message`], in order).
+pub use bindings::exports::wsplug::plugin::batch::Guest as BatchGuest;
 pub use bindings::exports::wsplug::plugin::handler::Guest;
 /// The generated trait of the contract's `state` interface; [`Plugin`] implementors get it for
 /// free.
@@ -158,6 +162,12 @@ impl<T: Plugin> Guest for T {
     }
 }
 
+impl<T: Plugin> BatchGuest for T {
+    fn on_messages(conn: ConnectionId, msgs: Vec<Message>) -> Vec<Action> {
+        msgs.into_iter().flat_map(|msg| <T as Plugin>::on_message(conn, msg)).collect()
+    }
+}
+
 impl<T: Plugin> StateGuest for T {
     fn snapshot() -> Vec<u8> {
         <T as Plugin>::snapshot()
@@ -168,8 +178,9 @@ impl<T: Plugin> StateGuest for T {
     }
 }
 
-/// Exports a type that implements [`Plugin`] as the component's `handler` and `state`
-/// interfaces (`wsplug:plugin/handler@0.1.0` and `wsplug:plugin/state@0.1.0`).
+/// Exports a type that implements [`Plugin`] as the component's `handler`, `state` and `batch`
+/// interfaces (`wsplug:plugin/handler@0.1.0`, `wsplug:plugin/state@0.1.0` and
+/// `wsplug:plugin/batch@0.1.0`).
 ///
 /// Use it once, at the root of a `cdylib` crate: `wsplug_sdk::export_plugin!(MyPlugin);`.
 /// The argument is a plain type name (bring it into scope first).
