@@ -206,9 +206,15 @@ async fn subprotocol_is_the_plugins_choice_or_the_routes() {
     // The plugin picks none: the route's configured preference applies.
     let (_, chosen) = connect_offering(&server, "/probe", "x, probe.v1").await.unwrap();
     assert_eq!(chosen.as_deref(), Some("probe.v1"));
-    // A subprotocol the client did not offer is refused (the client would fail anyway).
+    // A subprotocol the client did not offer is refused (the client would fail anyway); the plugin
+    // had admitted the connection, so it still gets the connection's on-close, once (probe tells
+    // everyone on the route).
+    let mut observer = server.connect("/probe").await;
     let req = upgrade_request("/probe?proto=zzz").replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: a\r\n\r\n");
     assert_eq!(status_of(&http_exchange(server.addr, req.as_bytes()).await), 500);
+    let line = text(&mut observer).await;
+    assert!(line.starts_with("closed ") && line.ends_with(" 1006"), "{line}");
+    assert_nothing_pending(&mut observer).await;
     // The chat example speaks chat.v1, so browsers that offer it can connect.
     let (_, chosen) = connect_offering(&server, "/chat?nick=ada", "chat.v1").await.unwrap();
     assert_eq!(chosen.as_deref(), Some("chat.v1"));

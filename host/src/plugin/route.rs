@@ -211,15 +211,22 @@ impl InstanceSlot {
         };
         let admit = match result {
             Ok(Admission::Accept(acceptance)) => match self.subprotocol(acceptance.subprotocol, &info.protocols) {
-                Ok(subprotocol) => {
-                    let Some(out) = accept(subprotocol.as_deref()) else {
-                        return Admit::Rejected { status: 503, body: "connection gone\n".into() };
-                    };
-                    self.apply(Some((info.id, &out)), acceptance.actions);
-                    Admit::Accepted
-                }
+                Ok(subprotocol) => match accept(subprotocol.as_deref()) {
+                    Some(out) => {
+                        self.apply(Some((info.id, &out)), acceptance.actions);
+                        Admit::Accepted
+                    }
+                    None => {
+                        // The client left before its 101: the plugin admitted it, so it hears
+                        // of its end, once, like every connection it admitted.
+                        self.closed(info.id, 1006, "").await;
+                        Admit::Rejected { status: 503, body: "connection gone\n".into() }
+                    }
+                },
                 Err(msg) => {
                     self.violation(None, &msg);
+                    // Admitted by the plugin, refused by the host: the plugin still hears of it.
+                    self.closed(info.id, 1006, "").await;
                     Admit::Rejected { status: 500, body: "plugin error\n".into() }
                 }
             },

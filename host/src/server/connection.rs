@@ -151,7 +151,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             // otherwise be part of every connection task, idle or not, native or not.
             let admit = Box::pin(async { instance.lock().await.open(conn.clone(), &mut accept).await }).await;
             if let Admit::Rejected { status, body } = admit {
-                tracing::debug!(%peer, path = %request.target, status, "plugin refused the connection");
+                tracing::debug!(%peer, path = %request.target, status, "handler refused the connection");
                 let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
                 return refuse((*writer).as_ref(), &response).await;
             }
@@ -291,7 +291,7 @@ struct Connection {
     to_handler: Vec<Message>,
     /// The handler's instance was busy with another connection's events: its lock, being waited for
     /// (in FIFO order). The connection stops reading meanwhile, and serves everything else.
-    waiting: Option<SlotWait>,
+    waiting: Option<InstanceWait>,
     /// Our close frame, decided while messages before it still wait for the handler: it is queued
     /// after their replies.
     deferred_close: Option<Option<CloseFrame>>,
@@ -406,9 +406,9 @@ impl Connection {
                         break;
                     }
                 }
-                slot = wait_for(&mut self.waiting), if self.waiting.is_some() => {
+                instance = wait_for(&mut self.waiting), if self.waiting.is_some() => {
                     self.waiting = None;
-                    self.call_handler(slot).await;
+                    self.call_handler(instance).await;
                 }
                 changed = shutdown.changed(), if !shutdown_seen => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -423,13 +423,13 @@ impl Connection {
         }
         // Messages read before the end still reach the handler, ahead of its `closed`.
         if !self.to_handler.is_empty() {
-            let slot = match (self.waiting.take(), &self.route.handler) {
+            let instance = match (self.waiting.take(), &self.route.handler) {
                 (Some(wait), _) => Some(wait.await),
                 (None, Handler::Events(events)) => Some(events.instance_for(self.id).lock_owned().await),
                 (None, Handler::Echo) => None,
             };
-            if let Some(slot) = slot {
-                self.call_handler(slot).await;
+            if let Some(instance) = instance {
+                self.call_handler(instance).await;
             }
         }
         self.finish().await;
@@ -563,10 +563,10 @@ impl Connection {
 }
 
 /// The wait for a handler instance's lock.
-type SlotWait = Pin<Box<dyn Future<Output = OwnedMutexGuard<dyn HandlerInstance>> + Send>>;
+type InstanceWait = Pin<Box<dyn Future<Output = OwnedMutexGuard<dyn HandlerInstance>> + Send>>;
 
-/// Waits for the slot being waited for (`waiting` is `Some` whenever this is polled).
-async fn wait_for(waiting: &mut Option<SlotWait>) -> OwnedMutexGuard<dyn HandlerInstance> {
+/// Waits for the instance being waited for (`waiting` is `Some` whenever this is polled).
+async fn wait_for(waiting: &mut Option<InstanceWait>) -> OwnedMutexGuard<dyn HandlerInstance> {
     match waiting {
         Some(wait) => wait.await,
         None => std::future::pending().await,
