@@ -17,8 +17,9 @@ use super::bindings::wsplug::plugin::{host, types};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxLimits {
-    /// Linear memory an instance may grow to. A call that needs more traps (the connection is
-    /// closed with 1011 and the instance rebuilt). Default 64 MiB.
+    /// Memory an instance may grow to: all its linear memories and tables together. A call that
+    /// needs more traps (the connection is closed with 1011 and the instance rebuilt). Default
+    /// 64 MiB.
     #[serde(deserialize_with = "crate::config::de_size")]
     pub memory: usize,
     /// Time budget of one call, enforced by epoch interruption (10 ms resolution). It bounds a
@@ -95,33 +96,56 @@ impl host::Host for PluginState {
     }
 }
 
-/// Caps linear memory and remembers when it said no, so a trap can be reported as what it was.
+/// Caps the memory of one instance, all of its linear memories and tables together (a component
+/// may have several of each: a cap per memory would let k memories take k times the cap), and
+/// remembers when it said no, so a trap can be reported as what it was.
 pub struct MemoryLimiter {
     max: usize,
+    /// Bytes granted so far to every memory and table of the instance (they never shrink). A grow
+    /// granted here that wasmtime then fails to make still counts: the error is on the safe side.
+    used: usize,
     /// Set when a grow was refused during the current call.
     pub hit: bool,
 }
 
+/// What one table element is counted as (a function reference: a pointer).
+const TABLE_ELEMENT_BYTES: usize = 8;
+/// Most elements one table may have, whatever the memory left.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
 impl MemoryLimiter {
     fn new(max: usize) -> Self {
-        Self { max, hit: false }
+        Self { max, used: 0, hit: false }
+    }
+
+    /// Grants `bytes` more if the instance stays within its cap.
+    fn grant(&mut self, bytes: usize) -> bool {
+        match self.used.checked_add(bytes) {
+            Some(total) if total <= self.max => {
+                self.used = total;
+                true
+            }
+            _ => {
+                if !self.hit {
+                    tracing::warn!(used = self.used, wanted = bytes, cap = self.max, "plugin hit its memory cap");
+                }
+                self.hit = true;
+                false
+            }
+        }
     }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            if !self.hit {
-                tracing::warn!(current, desired, cap = self.max, "plugin hit its memory cap");
-            }
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grant(desired.saturating_sub(current)))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        Ok(self.grant(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 }
 
@@ -193,5 +217,23 @@ impl OutputStream for LogSink {
 
     fn check_write(&mut self) -> StreamResult<usize> {
         Ok(64 << 10)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn the_cap_holds_for_all_memories_and_tables_of_an_instance_together() {
+        let mut limiter = MemoryLimiter::new(64 << 20);
+        assert!(limiter.memory_growing(0, 40 << 20, None).unwrap(), "a first memory of 40 MiB fits");
+        assert!(!limiter.memory_growing(0, 40 << 20, None).unwrap(), "a second one does not");
+        assert!(limiter.hit);
+        assert!(limiter.memory_growing(40 << 20, 127 << 19, None).unwrap(), "the first may grow to 63.5 MiB");
+        assert!(limiter.table_growing(0, 1000, None).unwrap(), "a small table fits in the 512 KiB left");
+        assert!(!limiter.table_growing(1000, 90_000, None).unwrap(), "90,000 elements (720 KB) do not");
+        assert!(!MemoryLimiter::new(usize::MAX).table_growing(0, 100_001, None).unwrap(), "nor 100,001 ever");
     }
 }
