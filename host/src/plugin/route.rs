@@ -155,15 +155,15 @@ impl EventRoute for PluginRoute {
 
 impl HandlerInstance for InstanceSlot {
     fn open<'a>(&'a mut self, info: Arc<ConnInfo>, accept: Accept<'a>) -> BoxFuture<'a, Admit> {
-        Box::pin(self.open(info, accept))
+        Box::pin(self.admit(info, accept))
     }
 
     fn messages<'a>(&'a mut self, id: u64, messages: &'a mut Vec<Message>, out: &'a Outbound) -> BoxFuture<'a, ()> {
-        Box::pin(self.messages(id, messages, out))
+        Box::pin(self.handle_messages(id, messages, out))
     }
 
     fn closed<'a>(&'a mut self, id: u64, code: u16, reason: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(self.closed(id, code, reason))
+        Box::pin(self.connection_closed(id, code, reason))
     }
 }
 
@@ -204,7 +204,7 @@ impl InstanceSlot {
     /// Asks the plugin whether to admit a connection. On acceptance the server queues the 101
     /// response and registers the connection (`accept`) before the plugin's first actions are
     /// carried out, so they follow the handshake on the wire.
-    async fn open(&mut self, info: Arc<ConnInfo>, accept: Accept<'_>) -> Admit {
+    async fn admit(&mut self, info: Arc<ConnInfo>, accept: Accept<'_>) -> Admit {
         let result = match self.instance().await {
             Ok(i) => on_open(i, &info, false).await,
             Err(e) => Err(e),
@@ -219,14 +219,14 @@ impl InstanceSlot {
                     None => {
                         // The client left before its 101: the plugin admitted it, so it hears
                         // of its end, once, like every connection it admitted.
-                        self.closed(info.id, 1006, "").await;
+                        self.connection_closed(info.id, 1006, "").await;
                         Admit::Rejected { status: 503, body: "connection gone\n".into() }
                     }
                 },
                 Err(msg) => {
                     self.violation(None, &msg);
                     // Admitted by the plugin, refused by the host: the plugin still hears of it.
-                    self.closed(info.id, 1006, "").await;
+                    self.connection_closed(info.id, 1006, "").await;
                     Admit::Rejected { status: 500, body: "plugin error\n".into() }
                 }
             },
@@ -254,7 +254,7 @@ impl InstanceSlot {
     /// `on-message` call each. Each message's bytes stop counting against the connection once it is
     /// handled (`end_event`). Replies to the sender are queued on `out`, which its session flushes;
     /// fan-out to others is written before this returns.
-    async fn messages(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
+    async fn handle_messages(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
         let batched = messages.len() > 1 && matches!(self.instance().await, Ok(i) if i.has_batch());
         if batched && !self.detached.contains(&id) {
             self.message_batch(id, messages, out).await;
@@ -330,7 +330,7 @@ impl InstanceSlot {
     }
 
     /// An admitted connection ended: `on-close`, exactly once.
-    async fn closed(&mut self, id: u64, code: u16, reason: &str) {
+    async fn connection_closed(&mut self, id: u64, code: u16, reason: &str) {
         self.hub.leave(id);
         self.detached.remove(&id);
         let result = match self.instance().await {
