@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use wsplug_tests::{TestServer, assert_echo, http_exchange, status_of, upgrade_request};
 
@@ -30,6 +30,38 @@ async fn connection_limit_answers_503_and_frees_slots() {
             Err(e) => panic!("slot never freed: {e}"),
         }
     }
+}
+
+/// Sockets that connect and never send hold places in the handshake pool, not connection slots,
+/// and the oldest of them make room for newcomers (408): however many there are, real clients get
+/// in, and the open connections are served meanwhile.
+#[tokio::test]
+async fn silent_sockets_cannot_lock_out_real_clients() {
+    let server = TestServer::echo("[limits]\nmax_connections = 40\nmax_handshakes = 16").await;
+    let mut first = server.connect("/echo").await;
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let mut clients = Vec::new();
+    for _ in 0..30 {
+        clients.push(server.connect("/echo").await);
+    }
+    assert_echo(&mut first, Message::text("served throughout")).await;
+    for client in &mut clients {
+        assert_echo(client, Message::text("got in")).await;
+    }
+    // The silent sockets that made room were answered 408 and closed.
+    let mut dropped = 0;
+    for mut socket in silent {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_millis(20), socket.read_to_end(&mut answer)).await;
+        if read.is_ok() {
+            assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408 "), "{answer:?}");
+            dropped += 1;
+        }
+    }
+    assert!(dropped >= 200 - 16, "only {dropped} silent sockets were dropped");
 }
 
 #[tokio::test]

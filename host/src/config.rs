@@ -92,8 +92,14 @@ pub struct Limits {
     /// Connections the kernel may queue before they are accepted (SYNs beyond it are dropped
     /// during a storm). Default 4096 (capped by `net.core.somaxconn`).
     pub listen_backlog: u32,
-    /// Most concurrent connections (handshaking or open). More → 503. Default 10 000.
+    /// Most open WebSocket connections (past their handshake). More → 503 with Retry-After.
+    /// Default 10 000.
     pub max_connections: usize,
+    /// Most handshakes in progress (accepted, request head not yet complete), a pool of their own
+    /// so that sockets that never send cannot take the connection slots. When it is full, the
+    /// oldest handshake that has not sent a byte is dropped (408) to make room; when every one has
+    /// sent something, the new connection gets 503. Default 1024.
+    pub max_handshakes: usize,
     /// Most frames queued for one connection's writer. Default 256.
     pub outbound_queue_frames: usize,
     /// Most payload bytes queued for one connection's writer; the cap on memory a slow reader can
@@ -128,6 +134,7 @@ impl Default for Limits {
             listen_backlog: 4096,
             memory_budget: 1 << 30,
             max_connections: 10_000,
+            max_handshakes: 1024,
             outbound_queue_frames: 256,
             outbound_queue_bytes: 4 << 20,
             shutdown_timeout: Duration::from_secs(5),
@@ -270,6 +277,7 @@ impl Config {
             ("max_head_size", l.max_head_size),
             ("max_headers", l.max_headers),
             ("max_connections", l.max_connections),
+            ("max_handshakes", l.max_handshakes),
             ("outbound_queue_frames", l.outbound_queue_frames),
             ("outbound_queue_bytes", l.outbound_queue_bytes),
             ("memory_budget", l.memory_budget),

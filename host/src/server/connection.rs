@@ -26,12 +26,13 @@ use std::task::Poll;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::time::{Instant, sleep_until};
 
 use super::Shared;
 use super::budget::Pressure;
 use super::handler::{Admit, HandlerInstance};
+use super::handshakes::Pass;
 use super::hub::{ConnInfo, HeaderBlock};
 use super::outbound::{Outbound, QueueLimits};
 use super::routes::{Handler, Route};
@@ -51,31 +52,39 @@ const SHARE_ABOVE: usize = 4 << 10;
 /// How often a connection paused by memory pressure looks again.
 const PRESSURE_RETRY: Duration = Duration::from_millis(20);
 
-/// Serves one accepted TCP connection to its end.
-pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// Serves one accepted TCP connection to its end. `pass` is its place in the handshake pool,
+/// given back once the request head is in; `slots` bounds open WebSocket connections.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    pass: Pass,
+    slots: Arc<Semaphore>,
+) {
     let _ = stream.set_nodelay(true);
     let limits = &shared.limits;
     let mut buf = BytesMut::with_capacity(1024);
     let head_limits = HeadLimits { max_head_size: limits.max_head_size, max_headers: limits.max_headers };
-    let (request, head_len) =
-        match tokio::time::timeout(limits.handshake_timeout, read_head(&mut stream, &mut buf, head_limits)).await {
-            Err(_) => {
-                tracing::debug!(%peer, "handshake timed out");
-                let resp = handshake::http_response(
-                    408,
-                    &[],
-                    "text/plain; charset=utf-8",
-                    b"request head not received in time\n",
-                );
-                return refuse(&stream, &resp).await;
-            }
-            Ok(Err(HeadError::Io)) => return,
-            Ok(Err(HeadError::Handshake(e))) => {
-                tracing::debug!(%peer, status = e.status(), error = %e, "bad request head");
-                return refuse(&stream, &e.response()).await;
-            }
-            Ok(Ok(head)) => head,
-        };
+    // `None`: not in time, or dropped from the handshake pool to make room (it had sent nothing).
+    let head = tokio::select! {
+        head = tokio::time::timeout(limits.handshake_timeout, read_head(&mut stream, &mut buf, head_limits, &pass)) => head.ok(),
+        _ = pass.evicted() => None,
+    };
+    drop(pass);
+    let (request, head_len) = match head {
+        None => {
+            tracing::debug!(%peer, "handshake timed out (or made room for a newer one)");
+            let resp =
+                handshake::http_response(408, &[], "text/plain; charset=utf-8", b"request head not received in time\n");
+            return refuse(&stream, &resp).await;
+        }
+        Some(Err(HeadError::Io)) => return,
+        Some(Err(HeadError::Handshake(e))) => {
+            tracing::debug!(%peer, status = e.status(), error = %e, "bad request head");
+            return refuse(&stream, &e.response()).await;
+        }
+        Some(Ok(head)) => head,
+    };
     buf.advance(head_len);
 
     let live = shared.live();
@@ -96,6 +105,17 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             tracing::debug!(%peer, path = %request.target, status = e.status(), error = %e, "handshake refused");
             return refuse(&stream, &e.response()).await;
         }
+    };
+    // A connection slot, held to the end of the connection.
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        tracing::warn!(%peer, "connection limit reached: 503");
+        let resp = handshake::http_response(
+            503,
+            &[("Retry-After", "1")],
+            "text/plain; charset=utf-8",
+            b"server is at its connection limit\n",
+        );
+        return refuse(&stream, &resp).await;
     };
     let id = shared.next_connection_id();
     let (reader, writer) = stream.into_split();
@@ -228,11 +248,13 @@ enum HeadError {
     Io,
 }
 
-/// Reads until a whole request head is buffered; returns it and its length.
+/// Reads until a whole request head is buffered; returns it and its length. The first byte tells
+/// the handshake pool that this client is not silent.
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     limits: HeadLimits,
+    pass: &Pass,
 ) -> Result<(Request, usize), HeadError> {
     loop {
         if let Some(head) = handshake::parse_request(buf, limits).map_err(HeadError::Handshake)? {
@@ -241,7 +263,7 @@ async fn read_head(
         buf.reserve(1024);
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(HeadError::Io),
-            Ok(_) => {}
+            Ok(_) => pass.heard(),
         }
     }
 }

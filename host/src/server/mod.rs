@@ -15,6 +15,7 @@
 pub mod budget;
 mod connection;
 pub mod handler;
+mod handshakes;
 pub mod hub;
 mod outbound;
 mod routes;
@@ -84,8 +85,11 @@ pub struct Listener {
     listener: TcpListener,
     shared: Arc<Shared>,
     shutdown_tx: Arc<watch::Sender<bool>>,
-    /// Bounds live connections; a permit travels with each connection task.
+    /// Bounds open WebSocket connections; a permit is taken once a request asks for a route and
+    /// travels with the connection task.
     slots: Arc<Semaphore>,
+    /// Handshakes in progress, a pool of their own (see `handshakes`).
+    handshakes: Arc<handshakes::Handshakes>,
 }
 
 impl Listener {
@@ -105,6 +109,7 @@ impl Listener {
         Ok(Self {
             listener,
             slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+            handshakes: handshakes::Handshakes::new(config.limits.max_handshakes),
             shared,
             shutdown_tx: Arc::new(shutdown_tx),
         })
@@ -126,7 +131,7 @@ impl Listener {
     /// Accepts connections until shut down, then closes them gracefully (bounded by
     /// `limits.shutdown_timeout`).
     pub async fn run(self) -> anyhow::Result<()> {
-        let Self { listener, shared, shutdown_tx, slots } = self;
+        let Self { listener, shared, shutdown_tx, slots, handshakes } = self;
         let mut shutdown = shared.shutdown.clone();
         // Every connection task holds a clone; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -138,16 +143,16 @@ impl Listener {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            tracing::warn!(%peer, "connection limit reached: 503");
+                        let Some(pass) = handshakes.enter() else {
+                            tracing::warn!(%peer, "handshake pool full of handshakes in progress: 503");
                             tokio::spawn(over_capacity(stream));
                             continue;
                         };
                         let shared = shared.clone();
+                        let slots = slots.clone();
                         let alive = alive_tx.clone();
                         tokio::spawn(async move {
-                            connection::serve(stream, peer, shared).await;
-                            drop(permit);
+                            connection::serve(stream, peer, shared, pass, slots).await;
                             drop(alive);
                         });
                     }
@@ -181,13 +186,13 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Answers a connection beyond `max_connections` with 503 and closes it.
+/// Answers a connection the handshake pool has no room for with 503 and closes it.
 async fn over_capacity(mut stream: TcpStream) {
     let resp = http_response(
         503,
         &[("Retry-After", "1")],
         "text/plain; charset=utf-8",
-        b"server is at its connection limit\n",
+        b"server is busy: too many handshakes in progress\n",
     );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         stream.write_all(&resp).await?;
