@@ -505,6 +505,51 @@ async fn a_trap_re_attaches_the_other_connections() {
     assert_nothing_pending(&mut watcher).await;
 }
 
+/// After a trap the instance's other connections are re-attached a slice at a time (the rest by
+/// a background task, so the trap costs its own connection O(slice)): every one of them is
+/// resumed, once, and a connection whose message comes before its turn is resumed first, on
+/// demand, so the new instance always hears of a connection before its events.
+#[tokio::test]
+async fn after_a_trap_every_connection_is_resumed_and_before_its_own_events() {
+    let server = server().await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(server.raw("/probe").await);
+    }
+    let mut last = server.raw("/probe").await; // at the end of the queue
+    let last_id = raw_id_of(&mut last).await;
+    let mut culprit = server.connect("/probe").await;
+    say(&mut culprit, "panic").await;
+    assert_eq!(expect_close(&mut culprit).await.0, 1011);
+    last.send_frame(true, 0x1, b"reply hi").await;
+    let mut lines = Vec::new();
+    while lines.last().map(String::as_str) != Some("hi") {
+        match last.next().await {
+            wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m)) => {
+                lines.push(String::from_utf8(m.payload().to_vec()).unwrap())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let resumed = format!("resumed {last_id}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("resumed")).collect::<Vec<_>>(), [&resumed], "{lines:?}");
+    for mut conn in idle {
+        loop {
+            match conn.next().await {
+                wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m))
+                    if m.payload().starts_with(b"resumed ") =>
+                {
+                    break;
+                }
+                wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m)) => {
+                    assert!(m.payload().starts_with(b"closed "), "{m:?}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn bad_plugin_files_stop_start_up_with_the_file_and_reason() {
     let cases = [("target/plugins/does-not-exist.wasm", "cannot read"), ("Cargo.toml", "not a WebAssembly file")];

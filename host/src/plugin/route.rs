@@ -18,8 +18,8 @@
 //! - Hot reload takes each slot in turn: events handled before the swap went to the old version,
 //!   every later one goes to the new one.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use tokio::sync::Mutex;
@@ -89,16 +89,21 @@ impl PluginRoute {
             let instance = PluginInstance::new(&plugin, &settings.sandbox)
                 .await
                 .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", plugin.path.display()))?;
-            instances.push(Arc::new(Mutex::new(InstanceSlot {
-                index,
-                count,
-                plugin: plugin.clone(),
-                settings: settings.clone(),
-                hub: hub.clone(),
-                instance: Some(instance),
-                batch: Batch::default(),
-                detached: HashSet::new(),
-            })));
+            instances.push(Arc::new_cyclic(|this| {
+                Mutex::new(InstanceSlot {
+                    index,
+                    count,
+                    plugin: plugin.clone(),
+                    settings: settings.clone(),
+                    hub: hub.clone(),
+                    instance: Some(instance),
+                    batch: Batch::default(),
+                    detached: HashSet::new(),
+                    to_resume: VecDeque::new(),
+                    resuming: false,
+                    this: this.clone(),
+                })
+            }));
         }
         Ok(Self { hub, instances, current: std::sync::Mutex::new((plugin, settings)) })
     }
@@ -184,7 +189,19 @@ pub struct InstanceSlot {
     /// Connections closed because of a plugin failure (or not resumed): their later events are
     /// dropped, and only `on-close` still reaches the plugin.
     detached: HashSet<u64>,
+    /// Connections still to re-attach (`on-open`, `resumed: true`) to an instance rebuilt after a
+    /// failure, in the order they joined: a few at once, the rest in slices by a background task,
+    /// and any of them whose event comes first, on demand. So one trap costs the trapping
+    /// connection O(slice), not O(connections).
+    to_resume: VecDeque<(Arc<ConnInfo>, Outbound)>,
+    /// The background task that works through `to_resume` is running.
+    resuming: bool,
+    /// This slot's own lock, for that background task.
+    this: Weak<Mutex<InstanceSlot>>,
 }
+
+/// Connections re-attached at once after a failure, and per turn of the background task.
+const RESUME_SLICE: usize = 64;
 
 /// Which connection an action list belongs to, and its outbound queue (the target of `reply`).
 type Sender<'a> = Option<(u64, &'a Outbound)>;
@@ -255,6 +272,7 @@ impl InstanceSlot {
     /// handled (`end_event`). Replies to the sender are queued on `out`, which its session flushes;
     /// fan-out to others is written before this returns.
     async fn handle_messages(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
+        self.resume_first(id).await;
         let batched = messages.len() > 1 && matches!(self.instance().await, Ok(i) if i.has_batch());
         if batched && !self.detached.contains(&id) {
             self.message_batch(id, messages, out).await;
@@ -331,6 +349,7 @@ impl InstanceSlot {
 
     /// An admitted connection ended: `on-close`, exactly once.
     async fn connection_closed(&mut self, id: u64, code: u16, reason: &str) {
+        self.resume_first(id).await; // the plugin hears of it before it hears of its end
         self.hub.leave(id);
         self.detached.remove(&id);
         let result = match self.instance().await {
@@ -359,23 +378,48 @@ impl InstanceSlot {
     }
 
     /// Rebuilds the instance and re-attaches every live connection pinned to it.
+    /// (The first slice now, the rest in the background: see `to_resume`.)
     async fn recover(&mut self) {
         self.instance = None;
-        self.reattach().await;
+        self.to_resume = self.hub.members_where(|id| self.owns(id)).into();
+        self.resume(RESUME_SLICE).await;
+        if !self.to_resume.is_empty() && !self.resuming {
+            self.resuming = true;
+            tokio::spawn(resume_in_background(self.this.clone()));
+        }
     }
 
-    /// Re-attaches every live connection pinned to this instance with `on-open` (`resumed: true`),
-    /// rebuilding the instance first if it has none (and again whenever a resume traps).
+    /// Re-attaches every live connection pinned to this instance (hot reload: all before the next
+    /// event).
     async fn reattach(&mut self) {
-        let mut pending = self.hub.members_where(|id| self.owns(id)).into_iter();
-        loop {
+        self.to_resume = self.hub.members_where(|id| self.owns(id)).into();
+        self.resume(usize::MAX).await;
+    }
+
+    /// Re-attaches `id` now if it still waits for it (its event is about to be handled).
+    async fn resume_first(&mut self, id: u64) {
+        if let Some(i) = self.to_resume.iter().position(|(info, _)| info.id == id) {
+            let (info, out) = self.to_resume.remove(i).expect("found just now");
+            self.to_resume.push_front((info, out));
+            self.resume(1).await;
+        }
+    }
+
+    /// Re-attaches up to `count` waiting connections with `on-open` (`resumed: true`), rebuilding
+    /// the instance first if it has none (and again whenever a resume traps).
+    async fn resume(&mut self, count: usize) {
+        for _ in 0..count {
             if let Err(e) = self.instance().await {
                 tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, "cannot rebuild the plugin instance: {e}");
                 let frame = CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin unavailable".into() };
                 self.hub.close_where(|id| self.owns(id), frame);
+                self.to_resume.clear();
                 return;
             }
-            let Some((info, out)) = pending.next() else { return };
+            let Some((info, out)) = self.to_resume.pop_front() else { return };
+            if !self.hub.contains(info.id) {
+                continue; // it left meanwhile (its on-close came first and needs no resume)
+            }
             // The new instance decides the connection's topics again (its state may differ).
             self.hub.clear_topics(info.id);
             let result = match self.instance().await {
@@ -559,6 +603,21 @@ fn action_bytes(action: &Action) -> usize {
         Action::Send(o) => size(&o.message),
         Action::Subscribe(t) | Action::Unsubscribe(t) => t.len(),
         Action::Close(f) => f.reason.len(),
+    }
+}
+
+/// Works through a slot's `to_resume` a slice at a time, letting other events in between.
+async fn resume_in_background(slot: Weak<Mutex<InstanceSlot>>) {
+    loop {
+        tokio::task::yield_now().await;
+        let Some(slot) = slot.upgrade() else { return };
+        let mut slot = slot.lock().await;
+        if slot.to_resume.is_empty() {
+            slot.resuming = false;
+            return;
+        }
+        slot.resume(RESUME_SLICE).await;
+        slot.batch.flush();
     }
 }
 
