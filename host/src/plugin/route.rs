@@ -12,7 +12,8 @@
 //! - `on-close` is called exactly once for every admitted connection.
 //! - A failed call (trap, deadline, memory cap, runtime refusal) closes the connection whose event
 //!   caused it with 1011, rebuilds the instance from the same compiled plugin and re-attaches the
-//!   other live connections with `on-open` (`resumed: true`). Nothing else notices.
+//!   other live connections with `on-open` (`resumed: true`), a slice at a time and each before
+//!   its own next event. Nothing else notices.
 //! - Nothing a plugin returns is trusted: counts, sizes, close codes, HTTP statuses, subprotocols
 //!   and target ids are checked first; a violation is logged with the plugin's name.
 //! - Hot reload takes each slot in turn: events handled before the swap went to the old version,
@@ -377,8 +378,8 @@ impl InstanceSlot {
         tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, call, "plugin {error}; rebuilding the instance");
     }
 
-    /// Rebuilds the instance and re-attaches every live connection pinned to it.
-    /// (The first slice now, the rest in the background: see `to_resume`.)
+    /// Rebuilds the instance and re-attaches every live connection pinned to it: the first slice
+    /// now, the rest in the background (see `to_resume`).
     async fn recover(&mut self) {
         self.instance = None;
         self.to_resume = self.hub.members_where(|id| self.owns(id)).into();
