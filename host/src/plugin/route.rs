@@ -369,7 +369,12 @@ impl InstanceSlot {
 
     /// Closes the connection whose event made the plugin fail, and forgets it.
     fn detach(&mut self, id: u64) {
-        self.hub.close(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin error".into() });
+        self.detach_with(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin error".into() });
+    }
+
+    /// Closes a connection with `frame` and forgets it: its later events are dropped.
+    fn detach_with(&mut self, id: u64, frame: CloseFrame) {
+        self.hub.close(id, frame);
         self.hub.leave(id);
         self.detached.insert(id);
     }
@@ -382,19 +387,18 @@ impl InstanceSlot {
     /// now, the rest in the background (see `to_resume`).
     async fn recover(&mut self) {
         self.instance = None;
-        self.to_resume = self.hub.members_where(|id| self.owns(id)).into();
-        self.resume(RESUME_SLICE).await;
+        self.reattach(RESUME_SLICE).await;
         if !self.to_resume.is_empty() && !self.resuming {
             self.resuming = true;
             tokio::spawn(resume_in_background(self.this.clone()));
         }
     }
 
-    /// Re-attaches every live connection pinned to this instance (hot reload: all before the next
-    /// event).
-    async fn reattach(&mut self) {
+    /// Queues every live connection pinned to this instance for re-attachment, and re-attaches
+    /// the first `now` of them (hot reload: all, before the next event).
+    async fn reattach(&mut self, now: usize) {
         self.to_resume = self.hub.members_where(|id| self.owns(id)).into();
-        self.resume(usize::MAX).await;
+        self.resume(now).await;
     }
 
     /// Re-attaches `id` now if it still waits for it (its event is about to be handled).
@@ -436,9 +440,7 @@ impl InstanceSlot {
                 Ok(Admission::Reject(_)) => {
                     let frame =
                         CloseFrame { code: CloseCode::POLICY_VIOLATION, reason: "not resumed by the plugin".into() };
-                    self.hub.close(info.id, frame);
-                    self.hub.leave(info.id);
-                    self.detached.insert(info.id);
+                    self.detach_with(info.id, frame);
                 }
                 Err(e) => {
                     self.failed("on-open (resume)", &e);
@@ -480,7 +482,7 @@ impl InstanceSlot {
         self.plugin = plugin;
         self.settings = settings;
         self.instance = Some(next);
-        self.reattach().await;
+        self.reattach(usize::MAX).await;
         self.batch.flush();
         Ok(())
     }
