@@ -482,7 +482,7 @@ async fn hostile_trap_in_on_open_refuses_with_500_and_keeps_serving() {
 }
 
 #[tokio::test]
-async fn a_trap_re_attaches_the_other_connections() {
+async fn a_trap_re_attaches_the_other_connections_before_their_next_message() {
     let server = server().await;
     let mut watcher = server.connect("/probe").await;
     let watcher_id = id_of(&mut watcher).await;
@@ -493,58 +493,54 @@ async fn a_trap_re_attaches_the_other_connections() {
     say(&mut culprit, "panic").await;
     assert_eq!(expect_close(&mut culprit).await.0, 1011);
     drop(culprit);
-    // The watcher stayed open and was re-attached to the new instance with on-open(resumed).
-    assert_eq!(text(&mut watcher).await, format!("resumed {watcher_id}"));
-    // The culprit's on-close still reaches the plugin, once.
+    // The culprit's on-close still reaches the (rebuilt) plugin, once.
     assert_eq!(text(&mut watcher).await, format!("closed {culprit_id} 1011"));
-    assert_echo(&mut watcher, Message::text("served by the new instance")).await;
-    // Its subscriptions were cleared for the new instance to decide (probe does not resubscribe).
+    // Until the watcher speaks again it keeps its subscriptions: what is published reaches it.
     let mut publisher = server.connect("/probe").await;
+    say(&mut publisher, "pub news before-its-turn").await;
+    assert_eq!(text(&mut watcher).await, "before-its-turn");
+    // Its next message: first re-attached to the new instance with on-open(resumed), then served.
+    say(&mut watcher, "reply served by the new instance").await;
+    assert_eq!(text(&mut watcher).await, format!("resumed {watcher_id}"));
+    assert_eq!(text(&mut watcher).await, "served by the new instance");
+    assert_echo(&mut watcher, Message::text("and only resumed once")).await;
+    // Re-attached, its subscriptions are the new instance's to decide (probe does not resubscribe).
     say(&mut publisher, "pub news after-rebuild").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_nothing_pending(&mut watcher).await;
 }
 
-/// After a trap the instance's other connections are re-attached a slice at a time (the rest by
-/// a background task, so the trap costs its own connection O(slice)): every one of them is
-/// resumed, once, and a connection whose message comes before its turn is resumed first, on
-/// demand, so the new instance always hears of a connection before its events.
+/// After a trap the instance's other connections are re-attached lazily: each one just before its
+/// own next message (so a trap costs O(1) however many connections the instance has), once.
 #[tokio::test]
-async fn after_a_trap_every_connection_is_resumed_and_before_its_own_events() {
+async fn after_a_trap_each_connection_is_resumed_once_before_its_own_next_message() {
     let server = server().await;
     let mut idle = Vec::new();
     for _ in 0..300 {
-        idle.push(server.raw("/probe").await);
+        let mut conn = server.raw("/probe").await;
+        let id = raw_id_of(&mut conn).await;
+        idle.push((id, conn));
     }
-    let mut last = server.raw("/probe").await; // at the end of the queue
-    let last_id = raw_id_of(&mut last).await;
     let mut culprit = server.connect("/probe").await;
     say(&mut culprit, "panic").await;
     assert_eq!(expect_close(&mut culprit).await.0, 1011);
-    last.send_frame(true, 0x1, b"reply hi").await;
-    let mut lines = Vec::new();
-    while lines.last().map(String::as_str) != Some("hi") {
-        match last.next().await {
-            wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m)) => {
-                lines.push(String::from_utf8(m.payload().to_vec()).unwrap())
+    for round in 0..2 {
+        for (id, conn) in &mut idle {
+            conn.send_frame(true, 0x1, b"reply hi").await;
+            let mut lines = Vec::new();
+            while lines.last().map(String::as_str) != Some("hi") {
+                match conn.next().await {
+                    wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m)) => {
+                        lines.push(String::from_utf8(m.payload().to_vec()).unwrap())
+                    }
+                    other => panic!("{other:?}"),
+                }
             }
-            other => panic!("{other:?}"),
-        }
-    }
-    let resumed = format!("resumed {last_id}");
-    assert_eq!(lines.iter().filter(|l| l.starts_with("resumed")).collect::<Vec<_>>(), [&resumed], "{lines:?}");
-    for mut conn in idle {
-        loop {
-            match conn.next().await {
-                wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m))
-                    if m.payload().starts_with(b"resumed ") =>
-                {
-                    break;
-                }
-                wsplug_tests::Seen::Event(wsplug::protocol::Event::Message(m)) => {
-                    assert!(m.payload().starts_with(b"closed "), "{m:?}")
-                }
-                other => panic!("{other:?}"),
+            let resumed: Vec<_> = lines.iter().filter(|l| !l.starts_with("closed ")).collect();
+            let expected = format!("resumed {id}");
+            match round {
+                0 => assert_eq!(resumed, [&expected, "hi"], "{lines:?}"),
+                _ => assert_eq!(resumed, ["hi"], "resumed twice: {lines:?}"),
             }
         }
     }

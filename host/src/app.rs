@@ -87,7 +87,8 @@ fn mount(config: &Config) -> anyhow::Result<Routes> {
             }
             (None, None) => anyhow::bail!("route {} has no handler", r.path),
         };
-        routes.push(Arc::new(Route::new(r.path.clone(), handler, r.subprotocols.clone(), file)));
+        let route = Route::new(r.path.clone(), handler, r.subprotocols.clone(), file);
+        routes.push(Arc::new(route.with_connection_limits(r.connection.clone())));
     }
     Ok(Routes::from_routes(routes))
 }

@@ -100,6 +100,11 @@ pub struct Limits {
     /// oldest handshake that has not sent a byte is dropped (408) to make room; when every one has
     /// sent something, the new connection gets 503. Default 1024.
     pub max_handshakes: usize,
+    /// Most of those handshakes one client address (IPv4 address, IPv6 /64) may hold; past it,
+    /// its own oldest silent one is dropped (408), or the newcomer gets 503 if all of its are
+    /// sending. Default 256 (a burst of connections from behind one NAT gets in).
+    /// When the pool is full, the address holding the most handshakes gives up its oldest silent one.
+    pub max_handshakes_per_address: usize,
     /// Most frames queued for one connection's writer. Default 256.
     pub outbound_queue_frames: usize,
     /// Most payload bytes queued for one connection's writer; the cap on memory a slow reader can
@@ -135,6 +140,7 @@ impl Default for Limits {
             memory_budget: 1 << 30,
             max_connections: 10_000,
             max_handshakes: 1024,
+            max_handshakes_per_address: 256,
             outbound_queue_frames: 256,
             outbound_queue_bytes: 4 << 20,
             shutdown_timeout: Duration::from_secs(5),
@@ -164,6 +170,14 @@ pub struct RouteConfig {
     /// The plugin's sandbox limits.
     #[serde(default)]
     pub sandbox: crate::plugin::SandboxLimits,
+    /// What one connection may use of the route: message and byte rates, a share of the
+    /// plugin's time (`[routes.connection]`).
+    #[serde(default)]
+    pub connection: crate::server::fairness::ConnectionLimits,
+    /// When a stateful plugin's state is checkpointed for recovery after a trap
+    /// (`[routes.checkpoint]`).
+    #[serde(default)]
+    pub checkpoint: crate::plugin::Checkpoints,
 }
 
 fn one() -> usize {
@@ -248,6 +262,8 @@ impl Config {
             instances: 1,
             subprotocols: Vec::new(),
             sandbox: Default::default(),
+            connection: Default::default(),
+            checkpoint: Default::default(),
         };
         self.routes.push(Spanned::new(0..0, route));
         self.check().map_err(|(_, msg)| err(msg))
@@ -278,6 +294,7 @@ impl Config {
             ("max_headers", l.max_headers),
             ("max_connections", l.max_connections),
             ("max_handshakes", l.max_handshakes),
+            ("max_handshakes_per_address", l.max_handshakes_per_address),
             ("outbound_queue_frames", l.outbound_queue_frames),
             ("outbound_queue_bytes", l.outbound_queue_bytes),
             ("memory_budget", l.memory_budget),
@@ -333,6 +350,9 @@ impl Config {
                         r.path
                     ),
                 ));
+            }
+            if let Err(e) = r.connection.check() {
+                return Err((span, format!("route {:?}: {e}", r.path)));
             }
             if let Some(bad) = r.subprotocols.iter().find(|p| !crate::protocol::handshake::is_token(p)) {
                 return Err((span, format!("route {:?}: subprotocol {bad:?} is not a valid token", r.path)));

@@ -246,6 +246,7 @@ impl Reloader {
                             swaps.push((old.clone(), plugin, settings, file.clone()));
                         }
                     }
+                    old.set_connection_limits(r.connection.clone());
                     routes.push(old);
                 }
                 (old, _) => {
@@ -282,7 +283,8 @@ impl Reloader {
                             },
                         ));
                     }
-                    routes.push(Arc::new(Route::new(r.path.clone(), handler, r.subprotocols.clone(), file)));
+                    let route = Route::new(r.path.clone(), handler, r.subprotocols.clone(), file);
+                    routes.push(Arc::new(route.with_connection_limits(r.connection.clone())));
                 }
             }
         }

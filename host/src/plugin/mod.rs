@@ -5,6 +5,7 @@
 //! - [`sandbox`]: what an instance may use (WASI without files, sockets or env), its memory cap and
 //!   per-call limits; plugin stdout/stderr and `log` into the host's log.
 //! - [`instance`]: one instantiated plugin; calls bounded by the CPU deadline; failures classified.
+//! - [`recovery`]: checkpoints of a plugin's state, the rebuild backoff and the circuit breaker.
 //! - [`route`]: a plugin route's instances, each in a slot that the connections' tasks take in
 //!   turn to call it (no thread or queue of its own), validate and carry out its actions through
 //!   the route's hub, and rebuild it after a failure.
@@ -16,9 +17,11 @@
 pub mod bindings;
 pub mod engine;
 pub mod instance;
+pub mod recovery;
 pub mod route;
 pub mod sandbox;
 
 pub use engine::{LoadedPlugin, PluginEngine, check_report};
+pub use recovery::Checkpoints;
 pub use route::{InstanceSlot, PluginRoute, RouteSettings};
 pub use sandbox::SandboxLimits;

@@ -11,16 +11,20 @@
 //!   time; a connection is pinned to one instance by its id). Waiters take the slot in FIFO order.
 //! - `on-close` is called exactly once for every admitted connection.
 //! - A failed call (trap, deadline, memory cap, runtime refusal) closes the connection whose event
-//!   caused it with 1011, rebuilds the instance from the same compiled plugin and re-attaches the
-//!   other live connections with `on-open` (`resumed: true`), a slice at a time and each before
-//!   its own next event. Nothing else notices.
+//!   caused it with 1011 and drops the instance: the next event rebuilds it from the same compiled
+//!   plugin and restores its last checkpoint ([`super::recovery`]). The other live connections are
+//!   re-attached lazily, each with `on-open` (`resumed: true`) just before its own next message,
+//!   so a trap costs O(1) however many connections the instance has; until then a connection
+//!   keeps its topic subscriptions. Plugins that keep failing open a circuit breaker (new
+//!   connections get 503 with Retry-After, open ones are still served).
 //! - Nothing a plugin returns is trusted: counts, sizes, close codes, HTTP statuses, subprotocols
 //!   and target ids are checked first; a violation is logged with the plugin's name.
 //! - Hot reload takes each slot in turn: events handled before the swap went to the old version,
 //!   every later one goes to the new one.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Mutex;
@@ -28,6 +32,7 @@ use tokio::sync::Mutex;
 use super::bindings::wsplug::plugin::types::{self as wit, Action, Admission, Target};
 use super::engine::LoadedPlugin;
 use super::instance::{CallError, PluginInstance};
+use super::recovery::{Checkpoints, Health};
 use super::sandbox::SandboxLimits;
 use crate::protocol::frame::{OpCode, encode_frame};
 use crate::protocol::handshake::is_token;
@@ -66,6 +71,8 @@ pub struct RouteSettings {
     pub max_message_size: usize,
     /// Subprotocols named in the config, used when the plugin picks none.
     pub subprotocols: Vec<String>,
+    /// When a stateful plugin's state is checkpointed for recovery.
+    pub checkpoints: Checkpoints,
 }
 
 impl RouteSettings {
@@ -76,6 +83,7 @@ impl RouteSettings {
             sandbox: route.sandbox.clone(),
             max_message_size: limits.max_message_size,
             subprotocols: route.subprotocols.clone(),
+            checkpoints: route.checkpoint.clone(),
         }
     }
 }
@@ -100,8 +108,12 @@ impl PluginRoute {
                     instance: Some(instance),
                     batch: Batch::default(),
                     detached: HashSet::new(),
-                    to_resume: VecDeque::new(),
-                    resuming: false,
+                    generation: 0,
+                    attached: HashMap::new(),
+                    checkpoint: None,
+                    events_since_checkpoint: 0,
+                    checkpoint_task: false,
+                    health: Health::default(),
                     this: this.clone(),
                 })
             }));
@@ -190,19 +202,24 @@ pub struct InstanceSlot {
     /// Connections closed because of a plugin failure (or not resumed): their later events are
     /// dropped, and only `on-close` still reaches the plugin.
     detached: HashSet<u64>,
-    /// Connections still to re-attach (`on-open`, `resumed: true`) to an instance rebuilt after a
-    /// failure, in the order they joined: a few at once, the rest in slices by a background task,
-    /// and any of them whose event comes first, on demand. So one trap costs the trapping
-    /// connection O(slice), not O(connections).
-    to_resume: VecDeque<(Arc<ConnInfo>, Outbound)>,
-    /// The background task that works through `to_resume` is running.
-    resuming: bool,
-    /// This slot's own lock, for that background task.
+    /// Which instance this is, counted from 0: every failure makes the next one a new generation.
+    generation: u64,
+    /// The generation each admitted connection was last attached (`on-open`) to. One that is
+    /// behind is re-attached (`on-open`, `resumed: true`) before its next message: lazily, so a
+    /// failure costs O(1) however many connections the instance serves.
+    attached: HashMap<u64, u64>,
+    /// The last snapshot of the plugin's state (`state.snapshot`), restored into the instance
+    /// rebuilt after a failure.
+    checkpoint: Option<Vec<u8>>,
+    /// Events handled since that snapshot.
+    events_since_checkpoint: u64,
+    /// The task that takes checkpoints is running.
+    checkpoint_task: bool,
+    /// Failures, the circuit breaker and the rebuild backoff.
+    health: Health,
+    /// This slot's own lock, for the checkpoint task.
     this: Weak<Mutex<InstanceSlot>>,
 }
-
-/// Connections re-attached at once after a failure, and per turn of the background task.
-const RESUME_SLICE: usize = 64;
 
 /// Which connection an action list belongs to, and its outbound queue (the target of `reply`).
 type Sender<'a> = Option<(u64, &'a Outbound)>;
@@ -212,9 +229,45 @@ impl InstanceSlot {
         (id % self.count as u64) as usize == self.index
     }
 
+    /// The instance, rebuilt if a failure dropped it: from the last checkpoint when there is one,
+    /// and not more often than the rebuild backoff allows when instantiation keeps failing.
     async fn instance(&mut self) -> Result<&mut PluginInstance, CallError> {
         if self.instance.is_none() {
-            self.instance = Some(PluginInstance::new(&self.plugin, &self.settings.sandbox).await?);
+            let now = tokio::time::Instant::now();
+            if let Some(wait) = self.health.rebuild_wait(now) {
+                return Err(CallError::Failed(format!("unavailable: instantiation failed, next attempt in {wait:?}")));
+            }
+            let mut fresh = match PluginInstance::new(&self.plugin, &self.settings.sandbox).await {
+                Ok(i) => i,
+                Err(e) => {
+                    let wait = self.health.rebuild_failed(now);
+                    tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, "cannot rebuild the plugin instance ({e}); next attempt in {wait:?}");
+                    return Err(e);
+                }
+            };
+            self.health.rebuilt();
+            if let Some(checkpoint) = self.checkpoint.clone()
+                && fresh.has_restore()
+            {
+                let bytes = checkpoint.len();
+                match fresh.restore(checkpoint).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(plugin = &*self.plugin.name, route = %self.settings.path, bytes, "instance rebuilt from its last checkpoint")
+                    }
+                    failed => {
+                        // The checkpoint itself may be what breaks it: start empty, and forget it.
+                        let why = match failed {
+                            Ok(Err(refusal)) => format!("refused it: {refusal}"),
+                            Err(e) => format!("{e}"),
+                            Ok(Ok(())) => unreachable!(),
+                        };
+                        tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, "restoring the last checkpoint {why}; the instance starts without state");
+                        self.checkpoint = None;
+                        fresh = PluginInstance::new(&self.plugin, &self.settings.sandbox).await?;
+                    }
+                }
+            }
+            self.instance = Some(fresh);
         }
         Ok(self.instance.as_mut().expect("just set"))
     }
@@ -223,6 +276,9 @@ impl InstanceSlot {
     /// response and registers the connection (`accept`) before the plugin's first actions are
     /// carried out, so they follow the handshake on the wire.
     async fn admit(&mut self, info: Arc<ConnInfo>, accept: Accept<'_>) -> Admit {
+        if let Some(wait) = self.health.open_for(tokio::time::Instant::now()) {
+            return Admit::Unavailable { retry_after: wait };
+        }
         let result = match self.instance().await {
             Ok(i) => on_open(i, &info, false).await,
             Err(e) => Err(e),
@@ -231,7 +287,9 @@ impl InstanceSlot {
             Ok(Admission::Accept(acceptance)) => match self.subprotocol(acceptance.subprotocol, &info.protocols) {
                 Ok(subprotocol) => match accept(subprotocol.as_deref()) {
                     Some(out) => {
+                        self.attached.insert(info.id, self.generation);
                         self.apply(Some((info.id, &out)), acceptance.actions);
+                        self.counted(1);
                         Admit::Accepted
                     }
                     None => {
@@ -273,7 +331,8 @@ impl InstanceSlot {
     /// handled (`end_event`). Replies to the sender are queued on `out`, which its session flushes;
     /// fan-out to others is written before this returns.
     async fn handle_messages(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
-        self.resume_first(id).await;
+        self.counted(messages.len() as u64);
+        self.resume(id, out).await;
         let batched = messages.len() > 1 && matches!(self.instance().await, Ok(i) if i.has_batch());
         if batched && !self.detached.contains(&id) {
             self.message_batch(id, messages, out).await;
@@ -348,11 +407,13 @@ impl InstanceSlot {
         }
     }
 
-    /// An admitted connection ended: `on-close`, exactly once.
+    /// An admitted connection ended: `on-close`, exactly once (not preceded by a resume: an
+    /// instance rebuilt since it last spoke hears only of its end).
     async fn connection_closed(&mut self, id: u64, code: u16, reason: &str) {
-        self.resume_first(id).await; // the plugin hears of it before it hears of its end
+        self.counted(1);
         self.hub.leave(id);
         self.detached.remove(&id);
+        self.attached.remove(&id);
         let result = match self.instance().await {
             Ok(i) => i.on_close(id, code, reason).await,
             Err(e) => Err(e),
@@ -379,74 +440,98 @@ impl InstanceSlot {
         self.detached.insert(id);
     }
 
-    fn failed(&self, call: &str, error: &CallError) {
+    /// Logs a failed call and counts it against the circuit breaker.
+    fn failed(&mut self, call: &str, error: &CallError) {
         tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, call, "plugin {error}; rebuilding the instance");
+        if let Some(open) = self.health.failed(tokio::time::Instant::now()) {
+            tracing::error!(
+                plugin = &*self.plugin.name,
+                route = %self.settings.path,
+                instance = self.index,
+                "plugin keeps failing: circuit breaker open for {open:?} (new connections get 503; open ones are still served)"
+            );
+        }
     }
 
-    /// Rebuilds the instance and re-attaches every live connection pinned to it: the first slice
-    /// now, the rest in the background (see `to_resume`).
+    /// Drops the failed instance: the next event rebuilds it (from the last checkpoint), and every
+    /// connection is re-attached before its own next message.
     async fn recover(&mut self) {
         self.instance = None;
-        self.reattach(RESUME_SLICE).await;
-        if !self.to_resume.is_empty() && !self.resuming {
-            self.resuming = true;
-            tokio::spawn(resume_in_background(self.this.clone()));
+        self.generation += 1;
+    }
+
+    /// Re-attaches a connection (`on-open`, `resumed: true`) if the instance was rebuilt since it
+    /// was last attached.
+    async fn resume(&mut self, id: u64, out: &Outbound) {
+        if self.attached.get(&id) == Some(&self.generation) || self.detached.contains(&id) {
+            return;
+        }
+        let Some(info) = self.hub.info(id) else { return };
+        // The new instance decides the connection's topics again (its state may differ).
+        self.hub.clear_topics(id);
+        let result = match self.instance().await {
+            Ok(i) => on_open(i, &info, true).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Admission::Accept(acceptance)) => {
+                self.attached.insert(id, self.generation);
+                self.apply(Some((id, out)), acceptance.actions);
+            }
+            Ok(Admission::Reject(_)) => {
+                let frame =
+                    CloseFrame { code: CloseCode::POLICY_VIOLATION, reason: "not resumed by the plugin".into() };
+                self.detach_with(id, frame);
+            }
+            Err(e) => {
+                self.failed("on-open (resume)", &e);
+                self.detach(id);
+                self.recover().await;
+            }
         }
     }
 
-    /// Queues every live connection pinned to this instance for re-attachment, and re-attaches
-    /// the first `now` of them (hot reload: all, before the next event).
-    async fn reattach(&mut self, now: usize) {
-        self.to_resume = self.hub.members_where(|id| self.owns(id)).into();
-        self.resume(now).await;
-    }
-
-    /// Re-attaches `id` now if it still waits for it (its event is about to be handled).
-    async fn resume_first(&mut self, id: u64) {
-        if let Some(i) = self.to_resume.iter().position(|(info, _)| info.id == id) {
-            let (info, out) = self.to_resume.remove(i).expect("found just now");
-            self.to_resume.push_front((info, out));
-            self.resume(1).await;
+    /// Re-attaches every live connection pinned to this instance now (hot reload: the new version
+    /// hears of all of them before its next event).
+    async fn reattach_all(&mut self) {
+        for (info, out) in self.hub.members_where(|id| self.owns(id)) {
+            self.resume(info.id, &out).await;
+            // Its session is not the caller: write its replies with the batch.
+            let _ = self.batch.note(&out, Ok(true));
         }
     }
 
-    /// Re-attaches up to `count` waiting connections with `on-open` (`resumed: true`), rebuilding
-    /// the instance first if it has none (and again whenever a resume traps).
-    async fn resume(&mut self, count: usize) {
-        for _ in 0..count {
-            if let Err(e) = self.instance().await {
-                tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, "cannot rebuild the plugin instance: {e}");
-                let frame = CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin unavailable".into() };
-                self.hub.close_where(|id| self.owns(id), frame);
-                self.to_resume.clear();
-                return;
+    /// Counts handled events towards the next checkpoint, and starts the task that takes
+    /// checkpoints (on the first event of a plugin that has state to snapshot).
+    fn counted(&mut self, events: u64) {
+        self.events_since_checkpoint += events;
+        let stateful = self.instance.as_ref().is_some_and(|i| i.has_snapshot());
+        if !stateful || self.checkpoint_task {
+            return;
+        }
+        let every = self.settings.checkpoints;
+        let due_by_count = every.every_events > 0 && self.events_since_checkpoint >= every.every_events;
+        if due_by_count || !every.every.is_zero() {
+            self.checkpoint_task = true;
+            tokio::spawn(take_checkpoints(self.this.clone(), due_by_count));
+        }
+    }
+
+    /// Snapshots the plugin's state as the checkpoint to recover from, if it had events since the
+    /// last one. A failing snapshot is a failed instance.
+    async fn take_checkpoint(&mut self) {
+        if self.events_since_checkpoint == 0 || self.instance.as_ref().is_none_or(|i| !i.has_snapshot()) {
+            return;
+        }
+        let Ok(instance) = self.instance().await else { return };
+        match instance.snapshot().await {
+            Ok(bytes) => {
+                self.checkpoint = Some(bytes);
+                self.events_since_checkpoint = 0;
             }
-            let Some((info, out)) = self.to_resume.pop_front() else { return };
-            if !self.hub.contains(info.id) {
-                continue; // it left meanwhile (its on-close came first and needs no resume)
-            }
-            // The new instance decides the connection's topics again (its state may differ).
-            self.hub.clear_topics(info.id);
-            let result = match self.instance().await {
-                Ok(i) => on_open(i, &info, true).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(Admission::Accept(acceptance)) => {
-                    self.apply(Some((info.id, &out)), acceptance.actions);
-                    // Its session is not the caller: write its replies with the batch.
-                    let _ = self.batch.note(&out, Ok(true));
-                }
-                Ok(Admission::Reject(_)) => {
-                    let frame =
-                        CloseFrame { code: CloseCode::POLICY_VIOLATION, reason: "not resumed by the plugin".into() };
-                    self.detach_with(info.id, frame);
-                }
-                Err(e) => {
-                    self.failed("on-open (resume)", &e);
-                    self.detach(info.id);
-                    self.instance = None; // poisoned: rebuild before the next one
-                }
+            Err(e) => {
+                self.failed("state.snapshot (checkpoint)", &e);
+                self.recover().await;
             }
         }
     }
@@ -472,8 +557,9 @@ impl InstanceSlot {
                 _ => None,
             };
             if let Some(bytes) = snapshot {
-                match next.restore(bytes).await {
-                    Ok(Ok(())) => {}
+                match next.restore(bytes.clone()).await {
+                    // The new version accepts this state: it is its checkpoint until the next.
+                    Ok(Ok(())) => self.checkpoint = Some(bytes),
                     Ok(Err(refusal)) => return Err(format!("restore refused the snapshot: {refusal}")),
                     Err(e) => return Err(format!("restore {e}")),
                 }
@@ -482,7 +568,8 @@ impl InstanceSlot {
         self.plugin = plugin;
         self.settings = settings;
         self.instance = Some(next);
-        self.reattach(usize::MAX).await;
+        self.generation += 1;
+        self.reattach_all().await;
         self.batch.flush();
         Ok(())
     }
@@ -609,18 +696,36 @@ fn action_bytes(action: &Action) -> usize {
     }
 }
 
-/// Works through a slot's `to_resume` a slice at a time, letting other events in between.
-async fn resume_in_background(slot: Weak<Mutex<InstanceSlot>>) {
+/// Takes a slot's checkpoints: at once if `now`, then every `checkpoints.every` while the slot
+/// has events, and whenever `every_events` have been handled. Ends with the route.
+async fn take_checkpoints(slot: Weak<Mutex<InstanceSlot>>, mut now: bool) {
     loop {
-        tokio::task::yield_now().await;
-        let Some(slot) = slot.upgrade() else { return };
-        let mut slot = slot.lock().await;
-        if slot.to_resume.is_empty() {
-            slot.resuming = false;
-            return;
+        let every = {
+            let Some(slot) = slot.upgrade() else { return };
+            let mut slot = slot.lock().await;
+            if now {
+                slot.take_checkpoint().await;
+                slot.batch.flush();
+            }
+            let every = slot.settings.checkpoints;
+            if every.every.is_zero() && (every.every_events == 0 || slot.events_since_checkpoint < every.every_events) {
+                slot.checkpoint_task = false; // the next count that makes one due starts it again
+                return;
+            }
+            every
+        };
+        // Polls for the event count at a tenth of the period (or every 100 ms without a timer).
+        let poll = if every.every.is_zero() { Duration::from_millis(100) } else { every.every / 10 };
+        let mut waited = Duration::ZERO;
+        now = false;
+        while !now {
+            tokio::time::sleep(poll).await;
+            waited += poll;
+            let Some(strong) = slot.upgrade() else { return };
+            let events = strong.lock().await.events_since_checkpoint;
+            now = (!every.every.is_zero() && waited >= every.every && events > 0)
+                || (every.every_events > 0 && events >= every.every_events);
         }
-        slot.resume(RESUME_SLICE).await;
-        slot.batch.flush();
     }
 }
 

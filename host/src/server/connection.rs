@@ -31,6 +31,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::Shared;
 use super::budget::Pressure;
+use super::fairness::{Fairness, Verdict};
 use super::handler::{Admit, HandlerInstance};
 use super::handshakes::Pass;
 use super::hub::{ConnInfo, HeaderBlock};
@@ -170,10 +171,24 @@ pub(crate) async fn serve(
             // Boxed, like every handler call below: a call's state (a plugin's futures) would
             // otherwise be part of every connection task, idle or not, native or not.
             let admit = Box::pin(async { instance.lock().await.open(conn.clone(), &mut accept).await }).await;
-            if let Admit::Rejected { status, body } = admit {
-                tracing::debug!(%peer, path = %request.target, status, "handler refused the connection");
-                let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
-                return refuse((*writer).as_ref(), &response).await;
+            match admit {
+                Admit::Accepted => {}
+                Admit::Rejected { status, body } => {
+                    tracing::debug!(%peer, path = %request.target, status, "handler refused the connection");
+                    let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
+                    return refuse((*writer).as_ref(), &response).await;
+                }
+                Admit::Unavailable { retry_after } => {
+                    tracing::debug!(%peer, path = %request.target, "handler unavailable (its circuit breaker is open): 503");
+                    let seconds = retry_after.as_secs_f64().ceil().max(1.0).to_string();
+                    let response = handshake::http_response(
+                        503,
+                        &[("Retry-After", &seconds)],
+                        "text/plain; charset=utf-8",
+                        b"plugin unavailable: it keeps failing; try again later\n",
+                    );
+                    return refuse((*writer).as_ref(), &response).await;
+                }
             }
         }
     }
@@ -193,8 +208,10 @@ pub(crate) async fn serve(
         },
         Instant::now().into_std(),
     );
+    let fair = route.connection_limits().state(route.events().is_some(), Instant::now());
     let mut conn = Connection {
         id,
+        fair,
         reader,
         writer,
         buf,
@@ -299,6 +316,8 @@ async fn refuse(socket: &TcpStream, response: &[u8]) {
 /// An open WebSocket connection.
 struct Connection {
     id: u64,
+    /// Its standing against the route's per-connection limits (`None`: the route sets none).
+    fair: Option<Box<Fairness>>,
     reader: OwnedReadHalf,
     /// The write half, shared with the outbound queue (writes go through [`Outbound`] only).
     writer: Arc<OwnedWriteHalf>,
@@ -371,6 +390,11 @@ impl Connection {
             }
             let mut reading = self.waiting.is_none() && self.out.has_room();
             let mut retry = None;
+            // Over its byte rate or its share of the handler's time: no reading for a while.
+            if let Some(until) = self.fair.as_mut().and_then(|f| f.paused_until(now)) {
+                reading = false;
+                retry = Some(until);
+            }
             match self.account() {
                 Pressure::Normal => {}
                 Pressure::Pause => {
@@ -480,8 +504,12 @@ impl Connection {
         match read {
             Poll::Pending => true, // the readiness was stale: wait again
             Poll::Ready(Ok(0)) => false,
-            Poll::Ready(Ok(_)) => {
-                self.session.heard(Instant::now().into_std());
+            Poll::Ready(Ok(n)) => {
+                let now = Instant::now();
+                self.session.heard(now.into_std());
+                if let Some(fair) = &mut self.fair {
+                    fair.read(n, now);
+                }
                 true
             }
             Poll::Ready(Err(e)) => e.kind() == ErrorKind::WouldBlock,
@@ -490,6 +518,13 @@ impl Connection {
 
     /// Carries out one output of the session.
     fn apply(&mut self, output: Output) -> Flow {
+        if matches!(output, Output::Control(..) | Output::Message(_))
+            && let Some(fair) = &mut self.fair
+            && !fair.allow_message(Instant::now())
+        {
+            tracing::warn!(id = self.id, route = %self.route.path, "message rate limit exceeded: closing with 1008");
+            return self.close_with(CloseCode::POLICY_VIOLATION, "message rate limit exceeded");
+        }
         match output {
             Output::Control(opcode, payload) => match self.out.reply(opcode, bytes::Bytes::copy_from_slice(&payload)) {
                 Ok(_) => Flow::Continue,
@@ -501,6 +536,15 @@ impl Connection {
                 if finish { Flow::Finish } else { Flow::Continue }
             }
             Output::Finish => Flow::Finish,
+        }
+    }
+
+    /// Closes the session with our close frame (after the replies to what was handed over).
+    fn close_with(&mut self, code: CloseCode, reason: &str) -> Flow {
+        let frame = CloseFrame { code, reason: reason.into() };
+        match self.session.close(frame, Instant::now().into_std()) {
+            Some(output) => self.apply(output),
+            None => Flow::Continue,
         }
     }
 
@@ -543,10 +587,24 @@ impl Connection {
     /// Calls the handler with the batch's messages, then queues a close frame decided meanwhile
     /// (after their replies).
     async fn call_handler(&mut self, mut instance: OwnedMutexGuard<dyn HandlerInstance>) {
+        let started = Instant::now();
         instance.messages(self.id, &mut self.to_handler, &self.out).await;
         drop(instance);
         if let Some(frame) = self.deferred_close.take() {
             self.out.close(frame, true);
+        }
+        if let Some(fair) = &mut self.fair {
+            let now = Instant::now();
+            match fair.charge(now - started, now) {
+                Verdict::Fine => {}
+                Verdict::Throttled => {
+                    tracing::info!(id = self.id, route = %self.route.path, "over its share of the plugin's time: throttled");
+                }
+                Verdict::Close => {
+                    tracing::warn!(id = self.id, route = %self.route.path, "over its share of the plugin's time a third time: closing with 1008");
+                    self.close_with(CloseCode::POLICY_VIOLATION, "share of plugin time exceeded");
+                }
+            }
         }
     }
 

@@ -20,7 +20,15 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admit {
     Accepted,
-    Rejected { status: u16, body: String },
+    Rejected {
+        status: u16,
+        body: String,
+    },
+    /// The handler cannot take connections for a while (its circuit breaker is open): 503 with
+    /// `Retry-After`.
+    Unavailable {
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Completes an admission on the server's side: queues the 101 response with the chosen

@@ -121,6 +121,11 @@ impl Hub {
         true
     }
 
+    /// What the server keeps of a connection on this route, if it is on it.
+    pub fn info(&self, id: u64) -> Option<Arc<ConnInfo>> {
+        self.lock().members.get(&id).map(|m| m.info.clone())
+    }
+
     pub fn contains(&self, id: u64) -> bool {
         self.lock().members.contains_key(&id)
     }

@@ -7,6 +7,8 @@
 //!   implement; this layer knows nothing of Wasm.
 //! - [`budget`]: the server-wide memory budget every connection accounts against.
 //! - `connection`: one connection from handshake to close (drives `protocol::session`).
+//! - [`fairness`]: what one connection may use of its route (message and byte rates, a share of
+//!   the handler's time).
 //! - `outbound`: a connection's bounded outbound queue, and the one way bytes are written.
 //! - [`hub`]: a route's live connections and topics, and fan-out to their queues.
 //! - `routes`: which handler serves which path.
@@ -14,6 +16,7 @@
 
 pub mod budget;
 mod connection;
+pub mod fairness;
 pub mod handler;
 mod handshakes;
 pub mod hub;
@@ -109,7 +112,10 @@ impl Listener {
         Ok(Self {
             listener,
             slots: Arc::new(Semaphore::new(config.limits.max_connections)),
-            handshakes: handshakes::Handshakes::new(config.limits.max_handshakes),
+            handshakes: handshakes::Handshakes::new(
+                config.limits.max_handshakes,
+                config.limits.max_handshakes_per_address,
+            ),
             shared,
             shutdown_tx: Arc::new(shutdown_tx),
         })
@@ -143,8 +149,8 @@ impl Listener {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let Some(pass) = handshakes.enter() else {
-                            tracing::warn!(%peer, "handshake pool full of handshakes in progress: 503");
+                        let Some(pass) = handshakes.enter(peer.ip()) else {
+                            tracing::warn!(%peer, "no room for another handshake (the pool, or this address's share of it, is full of handshakes in progress): 503");
                             tokio::spawn(over_capacity(stream));
                             continue;
                         };

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::fairness::ConnectionLimits;
 use super::handler::EventRoute;
 use super::hub::Hub;
 use crate::protocol::CloseFrame;
@@ -31,6 +32,9 @@ pub struct Route {
     pub hub: Arc<Hub>,
     /// The file its handler was loaded from (normalized), for hot reload.
     plugin_file: Mutex<Option<PathBuf>>,
+    /// What one connection may use (taken by each connection when it opens; a config reload
+    /// replaces it for the connections that open after).
+    connection_limits: Mutex<Arc<ConnectionLimits>>,
 }
 
 impl Route {
@@ -39,7 +43,28 @@ impl Route {
             Handler::Events(e) => e.hub().clone(),
             Handler::Echo => Arc::new(Hub::new(&path)),
         };
-        Self { path, handler, subprotocols, hub, plugin_file: Mutex::new(plugin_file) }
+        Self {
+            path,
+            handler,
+            subprotocols,
+            hub,
+            plugin_file: Mutex::new(plugin_file),
+            connection_limits: Mutex::default(),
+        }
+    }
+
+    /// The route with these per-connection limits.
+    pub fn with_connection_limits(self, limits: ConnectionLimits) -> Self {
+        self.set_connection_limits(limits);
+        self
+    }
+
+    pub fn connection_limits(&self) -> Arc<ConnectionLimits> {
+        self.connection_limits.lock().expect("connection limits lock").clone()
+    }
+
+    pub(crate) fn set_connection_limits(&self, limits: ConnectionLimits) {
+        *self.connection_limits.lock().expect("connection limits lock") = Arc::new(limits);
     }
 
     /// The subprotocol to answer with: the route's most preferred one that the client offered.

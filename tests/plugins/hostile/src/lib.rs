@@ -11,13 +11,18 @@
 //! | `huge`      | answers with one 100 MiB binary `reply`                                  |
 //! | `foreign`   | `send`s to connection 0xFFFF_FFFF_FFFF (which does not exist), then replies `sent` |
 //! | `close-bad` | answers with a `close` action with code 1005 (not allowed on the wire)  |
+//! | `spin MS`   | runs for MS milliseconds of wall time, then replies `spun MS`            |
+//! | `keep X`    | adds X to its state (handed over by `snapshot`/`restore`), replies `kept N` |
+//! | `kept`      | replies with its state: the kept strings joined by `,`                   |
 //!
 //! and a connection whose query has `trap-open` (`/hostile?trap-open=1`) makes `on-open` panic.
 //!
 //! (Wasmtime 48 refuses to lift the `huge` answer by default: the list is more than a store's
 //! default "hostcall fuel" allows to be copied out of the guest, so the call fails like a trap.)
 
+use std::cell::RefCell;
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use wsplug_sdk::{Action, Admission, Connection, ConnectionId, Message, Plugin, Target};
 
@@ -29,6 +34,11 @@ const HUGE: usize = 100 << 20;
 const CHUNK: usize = 1 << 20;
 /// A connection id no connection has.
 const FOREIGN: ConnectionId = 0xFFFF_FFFF_FFFF;
+
+thread_local! {
+    /// What `keep` kept: the plugin's state, snapshotted by the host.
+    static KEPT: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The plugin.
 struct Hostile;
@@ -52,8 +62,35 @@ impl Plugin for Hostile {
                 vec![Action::send_text(Target::Connection(FOREIGN), "hello, nobody"), Action::reply_text("sent")]
             }
             Some("close-bad") => vec![Action::close(1005, "no status")],
+            Some("kept") => vec![Action::reply_text(KEPT.with_borrow(|k| k.join(",")))],
+            Some(text) if text.starts_with("spin ") => {
+                let ms: u64 = text[5..].parse().unwrap_or(0);
+                let until = Instant::now() + Duration::from_millis(ms);
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    n = black_box(n.wrapping_add(1));
+                }
+                vec![Action::reply_text(format!("spun {ms}"))]
+            }
+            Some(text) if text.starts_with("keep ") => {
+                let count = KEPT.with_borrow_mut(|k| {
+                    k.push(text[5..].to_owned());
+                    k.len()
+                });
+                vec![Action::reply_text(format!("kept {count}"))]
+            }
             _ => vec![Action::Reply(msg)],
         }
+    }
+
+    fn snapshot() -> Vec<u8> {
+        KEPT.with_borrow(|k| k.join("\n").into_bytes())
+    }
+
+    fn restore(snapshot: Vec<u8>) -> Result<(), String> {
+        let text = String::from_utf8(snapshot).map_err(|e| e.to_string())?;
+        KEPT.set(if text.is_empty() { Vec::new() } else { text.split('\n').map(str::to_owned).collect() });
+        Ok(())
     }
 }
 
