@@ -500,7 +500,16 @@ impl Connection {
         // Through `AsyncRead` rather than `try_read`: a short read clears the socket's readiness,
         // which saves a `recv` that would only say "would block" before the next wait.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let read = std::pin::pin!(self.reader.read_buf(&mut self.buf)).poll(&mut cx);
+        let allowance = self.fair.as_mut().and_then(|f| f.read_allowance(Instant::now()));
+        let read = match allowance {
+            // Under a byte rate: no more than its budget (at least MIN_READ), so a burst already
+            // in the socket is not read in one go.
+            Some(cap) => {
+                let mut limited = bytes::BufMut::limit(&mut self.buf, cap.max(MIN_READ));
+                std::pin::pin!(self.reader.read_buf(&mut limited)).poll(&mut cx)
+            }
+            None => std::pin::pin!(self.reader.read_buf(&mut self.buf)).poll(&mut cx),
+        };
         match read {
             Poll::Pending => true, // the readiness was stale: wait again
             Poll::Ready(Ok(0)) => false,

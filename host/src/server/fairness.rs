@@ -103,6 +103,13 @@ impl Fairness {
         self.messages.as_mut().is_none_or(|b| b.take(1.0, now))
     }
 
+    /// The most bytes the next read may take, under a byte rate.
+    pub fn read_allowance(&mut self, now: Instant) -> Option<usize> {
+        let bucket = self.bytes.as_mut()?;
+        bucket.refill(now);
+        Some(bucket.tokens.max(0.0) as usize)
+    }
+
     /// Counts `n` bytes read.
     pub fn read(&mut self, n: usize, now: Instant) {
         if let Some(b) = &mut self.bytes {
