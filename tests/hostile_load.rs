@@ -61,10 +61,13 @@ async fn connect_from(local: [u8; 4], server: SocketAddr, path: &str) -> Client 
     socket.bind(SocketAddr::from((local, 0))).unwrap();
     let stream = tokio::time::timeout(STEP, socket.connect(server)).await.expect("connect in time").unwrap();
     let url = format!("ws://{server}{path}");
-    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
+    let (ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
     ws
 }
 
@@ -81,7 +84,9 @@ async fn flooding_connections_are_closed_by_the_message_rate_and_the_others_are_
     const FLOODERS: usize = 1_000;
     let mut flooders = Vec::with_capacity(FLOODERS);
     for _ in 0..FLOODERS / 100 {
-        flooders.extend(futures_util::future::join_all((0..100).map(|_| RawClient::connect(server.addr, "/limited"))).await);
+        flooders.extend(
+            futures_util::future::join_all((0..100).map(|_| RawClient::connect(server.addr, "/limited"))).await,
+        );
     }
     // Each sends 200 one-byte messages at once: four times its burst.
     let flood: Vec<u8> = (0..200).flat_map(|_| encode_client_frame(true, 0x1, b"x", [1, 2, 3, 4])).collect();
@@ -100,7 +105,11 @@ async fn flooding_connections_are_closed_by_the_message_rate_and_the_others_are_
         }
     };
     let (codes, ()) = tokio::join!(codes, served);
-    assert!(codes.iter().all(|c| *c == Some(1008)), "{:?}", codes.iter().filter(|c| **c != Some(1008)).take(5).collect::<Vec<_>>());
+    assert!(
+        codes.iter().all(|c| *c == Some(1008)),
+        "{:?}",
+        codes.iter().filter(|c| **c != Some(1008)).take(5).collect::<Vec<_>>()
+    );
     assert_echo(&mut polite, Message::text("a polite client under the rate stays open")).await;
 }
 
@@ -218,7 +227,8 @@ async fn a_plugin_that_keeps_trapping_opens_its_circuit_breaker_which_closes_by_
 
 #[tokio::test]
 async fn a_memory_cap_trap_costs_only_the_events_since_the_last_checkpoint() {
-    let route = hostile_route("/hostile", "[routes.sandbox]\nmemory = \"16MiB\"\n[routes.checkpoint]\nevery = \"100ms\"");
+    let route =
+        hostile_route("/hostile", "[routes.sandbox]\nmemory = \"16MiB\"\n[routes.checkpoint]\nevery = \"100ms\"");
     let server = TestServer::start(&route).await;
     let mut ws = server.connect("/hostile").await;
     for (i, word) in ["ada", "grace", "edsger"].iter().enumerate() {
@@ -233,7 +243,10 @@ async fn a_memory_cap_trap_costs_only_the_events_since_the_last_checkpoint() {
     let mut after = server.connect("/hostile").await;
     say(&mut after, "kept").await;
     let kept = text(&mut after).await;
-    assert!(kept == "ada,grace,edsger" || kept == "ada,grace,edsger,lost-in-the-trap", "state after the trap: {kept:?}");
+    assert!(
+        kept == "ada,grace,edsger" || kept == "ada,grace,edsger,lost-in-the-trap",
+        "state after the trap: {kept:?}"
+    );
 }
 
 /// Not a test: the server process the trap-cost test measures, run when it re-executes this binary
@@ -299,12 +312,15 @@ impl Drop for ServerProcess {
 async fn traps_under_nine_thousand_connections_cost_little_and_the_probe_is_served() {
     let _heavy = HEAVY.lock().await;
     let plugin = plugin_path("hostile").display().to_string();
-    let server =
-        ServerProcess::start(&format!("[limits]\nmax_connections = 20000\n[[routes]]\npath = \"/hostile\"\nplugin = {plugin:?}\n"));
+    let server = ServerProcess::start(&format!(
+        "[limits]\nmax_connections = 20000\n[[routes]]\npath = \"/hostile\"\nplugin = {plugin:?}\n"
+    ));
     const IDLE: usize = 9_000;
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE / 100 {
-        idle.extend(futures_util::future::join_all((0..100).map(|_| RawClient::connect(server.addr, "/hostile"))).await);
+        idle.extend(
+            futures_util::future::join_all((0..100).map(|_| RawClient::connect(server.addr, "/hostile"))).await,
+        );
     }
     let mut culprits = Vec::new();
     for _ in 0..50 {
@@ -330,7 +346,9 @@ async fn traps_under_nine_thousand_connections_cost_little_and_the_probe_is_serv
     let per_trap = server.cpu().saturating_sub(before) / culprits.len() as u32;
     rtts.sort();
     let p99 = rtts[rtts.len() * 99 / 100 - 1];
-    eprintln!("{IDLE} connections: {per_trap:?} of server CPU per trap (with its probe round trips); probe p99 {p99:?}");
+    eprintln!(
+        "{IDLE} connections: {per_trap:?} of server CPU per trap (with its probe round trips); probe p99 {p99:?}"
+    );
     // O(1) per trap: re-attaching 9,000 connections at once cost about 40 ms (release build).
     assert!(per_trap <= Duration::from_millis(2), "{per_trap:?} of server CPU per trap");
     assert!(p99 <= Duration::from_millis(10), "probe p99 {p99:?}");

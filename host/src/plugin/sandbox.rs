@@ -24,7 +24,9 @@ pub struct SandboxLimits {
     pub memory: usize,
     /// Time budget of one call, enforced by epoch interruption (10 ms resolution). It bounds a
     /// runaway loop, not normal work: copying a 16 MiB message in and out fits with room to spare.
-    /// Default 1 s.
+    /// It is also how long one call can hold up the other connections of its instance, so it is
+    /// short by default: 100 ms. Interpreted guests (JavaScript, Python) handling large messages
+    /// may need more.
     #[serde(deserialize_with = "crate::config::de_duration")]
     pub cpu_deadline: Duration,
     /// Most actions one call may return; more closes the sender with 1011. Default 1024.
@@ -41,7 +43,7 @@ impl Default for SandboxLimits {
     fn default() -> Self {
         Self {
             memory: 64 << 20,
-            cpu_deadline: Duration::from_secs(1),
+            cpu_deadline: Duration::from_millis(100),
             max_actions: 1024,
             max_action_bytes: 16 << 20,
             max_topics_per_connection: 256,

@@ -14,7 +14,8 @@
 //!   it is closed with 1008.
 //!
 //! The state is boxed and made only when the route sets one of them, so connections on routes
-//! without these limits pay a pointer.
+//! without these limits pay a pointer. The message rate counts messages as they are decoded, so
+//! a burst within one read is judged message by message.
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 /// `[routes.connection]`: what one connection may use of its route. Every limit is off by
-/// default but the handler-time share.
+/// default: what is fair depends on the application (the example chat sets them).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionLimits {
@@ -37,7 +38,8 @@ pub struct ConnectionLimits {
     pub bytes_per_second: usize,
     /// The share of its plugin instance's time one connection may take over `cpu_window`
     /// (plugin routes). Over it → throttled until back under; the third time in a row → close
-    /// 1008. 1.0 turns it off. Default 0.5.
+    /// 1008. Default 1.0 (off: a single busy client on an otherwise idle route is not an abuser;
+    /// set it where many clients share an instance).
     pub cpu_share: f64,
     /// The window of `cpu_share`. Default 10 s.
     #[serde(deserialize_with = "crate::config::de_duration")]
@@ -46,7 +48,7 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { messages_per_second: 0, bytes_per_second: 0, cpu_share: 0.5, cpu_window: Duration::from_secs(10) }
+        Self { messages_per_second: 0, bytes_per_second: 0, cpu_share: 1.0, cpu_window: Duration::from_secs(10) }
     }
 }
 
@@ -243,13 +245,10 @@ mod tests {
 
     #[test]
     fn nothing_is_made_for_a_route_without_limits() {
-        let off = ConnectionLimits { cpu_share: 1.0, ..Default::default() };
-        assert!(off.state(true, Instant::now()).is_none());
-        assert!(
-            ConnectionLimits::default().state(false, Instant::now()).is_none(),
-            "native routes have no handler time"
-        );
-        assert!(ConnectionLimits::default().state(true, Instant::now()).is_some());
+        assert!(ConnectionLimits::default().state(true, Instant::now()).is_none());
+        let share = ConnectionLimits { cpu_share: 0.5, ..Default::default() };
+        assert!(share.state(false, Instant::now()).is_none(), "native routes have no handler time");
+        assert!(share.state(true, Instant::now()).is_some());
     }
 
     #[test]
