@@ -75,6 +75,9 @@ const HISTORY_LINES: usize = 50;
 const HISTORY_BYTES: usize = 64 * 1024;
 /// How many rooms without members keep their history (the most recently emptied ones).
 const IDLE_HISTORIES: usize = 32;
+/// The most bytes all rooms' histories keep together, so that many busy rooms cannot grow the
+/// instance to its memory cap (a trap): past it, the largest history gives up its oldest lines.
+const TOTAL_HISTORY_BYTES: usize = 8 << 20;
 
 /// One admitted connection.
 struct Member {
@@ -213,6 +216,18 @@ impl State {
         }
     }
 
+    /// Drops the oldest lines of the largest histories while all of them together hold more than
+    /// [`TOTAL_HISTORY_BYTES`].
+    fn bound_history(&mut self) {
+        let mut total: usize = self.history.values().map(|h| h.bytes).sum();
+        while total > TOTAL_HISTORY_BYTES {
+            let Some(largest) = self.history.values_mut().max_by_key(|h| h.bytes) else { break };
+            let Some(old) = largest.lines.pop_front() else { break };
+            largest.bytes -= old.size();
+            total -= old.size();
+        }
+    }
+
     /// Drops the histories of the longest empty rooms beyond [`IDLE_HISTORIES`].
     fn forget_idle(&mut self) {
         while self.idle.len() > IDLE_HISTORIES {
@@ -294,6 +309,7 @@ impl State {
         let line = Line { nick: member.nick.clone(), text: text.to_owned() };
         let room = member.room.clone();
         self.history.entry(room.clone()).or_default().push(line);
+        self.bound_history();
         vec![to_room(&room, json.finish())]
     }
 

@@ -472,3 +472,21 @@ fn lenient_snapshots_are_accepted() {
         json!({"version": 1, "members": [], "history": {}})
     );
 }
+
+#[test]
+fn all_histories_together_stay_under_their_total_bound() {
+    // 200 busy rooms of 64 KiB each would be 12.5 MiB: more than the total bound.
+    for room in 0..200u64 {
+        open(1000 + room, &format!("/chat?nick=n{room}&room=r{room}"));
+        for i in 0..16 {
+            say(1000 + room, &format!("{i:02}{}", "x".repeat(4000)));
+        }
+    }
+    STATE.with_borrow(|state| {
+        let total: usize = state.history.values().map(|h| h.bytes).sum();
+        assert!(total <= TOTAL_HISTORY_BYTES, "{total} bytes of history");
+        assert!(total > TOTAL_HISTORY_BYTES - 8192, "trimmed far more than needed: {total}");
+        // The latest line of every room is kept: only the oldest lines of the largest go.
+        assert!(state.history.values().all(|h| h.lines.back().is_some_and(|l| l.text.starts_with("15"))));
+    });
+}

@@ -103,9 +103,10 @@ pub use query::{percent_decode, query_param, query_params};
 /// over on reload (see [the crate docs](crate#state-hand-over-on-reload)).
 pub trait Plugin {
     /// A client asks to open a WebSocket on the plugin's route, or an open connection is being
-    /// re-attached to a fresh instance (`conn.resumed`: after a trap the plugin's state was lost;
-    /// after a reload it is whatever [`Plugin::restore`] made of the old version's snapshot; in
-    /// both cases a rejection now closes the connection with 1008).
+    /// re-attached to a fresh instance (`conn.resumed`: after a trap, just before the connection's
+    /// next message, the state is what [`Plugin::restore`] made of the last checkpoint, or empty;
+    /// after a reload it is what it made of the old version's snapshot; in both cases a rejection
+    /// now closes the connection with 1008).
     ///
     /// The default admits the connection without a subprotocol and without actions.
     fn on_open(conn: Connection) -> Admission {
