@@ -83,7 +83,7 @@ impl RouteSettings {
             sandbox: route.sandbox.clone(),
             max_message_size: limits.max_message_size,
             subprotocols: route.subprotocols.clone(),
-            checkpoints: route.checkpoint.clone(),
+            checkpoints: route.checkpoint,
         }
     }
 }

@@ -69,7 +69,7 @@ impl ConnectionLimits {
     pub fn state(&self, events: bool, now: Instant) -> Option<Box<Fairness>> {
         let messages = (self.messages_per_second > 0).then(|| Bucket::new(f64::from(self.messages_per_second), now));
         let bytes = (self.bytes_per_second > 0).then(|| Bucket::new(self.bytes_per_second as f64, now));
-        let cpu = (events && self.cpu_share < 1.0).then(|| CpuShare {
+        let cpu = (events && self.cpu_share < 1.0).then_some(CpuShare {
             window: self.cpu_window.as_secs_f64(),
             limit: self.cpu_share * self.cpu_window.as_secs_f64(),
             used: 0.0,
