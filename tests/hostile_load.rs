@@ -163,6 +163,41 @@ async fn a_connection_over_its_share_of_plugin_time_is_throttled_then_closed_and
     assert_echo(&mut bystander, Message::text("still served")).await;
 }
 
+/// README ("Waiting for an instance"): with one client at a time making calls run to the deadline
+/// (default 100 ms), a bystander's round trip on the same instance stays within 2 × the deadline
+/// (plus a rebuild); with the old default of 1 s it took a second.
+#[tokio::test]
+async fn calls_that_run_to_their_deadline_hold_a_bystander_up_for_at_most_about_the_deadline() {
+    let server = TestServer::start(&hostile_route("/hostile", "")).await;
+    let mut bystander = server.connect("/hostile").await;
+    let attack = async {
+        let mut traps = 0;
+        // Until the circuit breaker refuses it (after 5 failures) or 10 deadline runs.
+        while traps < 10 {
+            let Ok(mut attacker) = server.try_connect("/hostile").await else { break };
+            say(&mut attacker, "loop").await;
+            assert_eq!(close_code(&mut attacker).await, 1011);
+            traps += 1;
+        }
+        traps
+    };
+    let probe = async {
+        let mut rtts = Vec::new();
+        for i in 0..60 {
+            let sent = Instant::now();
+            assert_echo(&mut bystander, Message::text(format!("bystander {i}"))).await;
+            rtts.push(sent.elapsed());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        rtts
+    };
+    let (traps, mut rtts) = tokio::join!(attack, probe);
+    assert!(traps >= 5, "only {traps} deadline runs");
+    rtts.sort();
+    let worst = *rtts.last().unwrap();
+    assert!(worst <= Duration::from_millis(250), "a bystander waited {worst:?} (p50 {:?})", rtts[rtts.len() / 2]);
+}
+
 #[tokio::test]
 async fn five_thousand_silent_sockets_do_not_keep_real_clients_out() {
     let _heavy = HEAVY.lock().await;

@@ -546,14 +546,17 @@ impl InstanceSlot {
                 Some(old) if old.has_snapshot() => match old.snapshot().await {
                     Ok(bytes) => Some(bytes),
                     Err(e) => {
-                        // The old version's state is lost, not the new version's chance.
+                        // The old version's state since its last checkpoint is lost, not the new
+                        // version's chance.
                         tracing::warn!(
                             plugin = &*plugin.name,
-                            "snapshot of the running version {e}: the new version starts without its state"
+                            "snapshot of the running version {e}: the new version starts from the last checkpoint, if any"
                         );
-                        None
+                        self.checkpoint.clone()
                     }
                 },
+                // No instance since a failure: the last checkpoint is its state.
+                None => self.checkpoint.clone(),
                 _ => None,
             };
             if let Some(bytes) = snapshot {

@@ -369,8 +369,10 @@ impl Connection {
                 self.session.end_of_stream();
                 break;
             }
-            // Decode what is buffered, as far as the outbound side has room for.
-            while self.waiting.is_none() && !self.session.is_closed() && self.out.has_room() {
+            // Decode what is buffered, as far as the outbound side has room for (and not while
+            // throttled for its share of the handler's time: what it already sent waits too).
+            let throttled = self.fair.as_mut().is_some_and(|f| f.throttled(now));
+            while !throttled && self.waiting.is_none() && !self.session.is_closed() && self.out.has_room() {
                 let Some(output) = self.session.next_event(&mut self.buf, now.into_std()) else { break };
                 if let Flow::Finish = self.apply(output) {
                     break 'session;

@@ -127,6 +127,12 @@ impl Fairness {
         }
     }
 
+    /// Over its share of the handler's time: no more of its events go to the handler (not even
+    /// those already read) until this returns false.
+    pub fn throttled(&mut self, now: Instant) -> bool {
+        self.cpu.as_mut().is_some_and(|c| c.ready_at(now).is_some())
+    }
+
     /// When reading may go on, if it must wait (the byte budget is spent or handler time is over
     /// its share).
     pub fn paused_until(&mut self, now: Instant) -> Option<Instant> {
