@@ -7,20 +7,16 @@
 //! exceed the process's file limit together. The trap-cost test runs its server in a child
 //! process (this binary, re-executed with `child_server`), so that the server's CPU time is its own.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
-use wsplug::Server;
-use wsplug::config::Config;
 use wsplug::protocol::Event;
 use wsplug::protocol::frame::encode_client_frame;
-use wsplug_tests::{Client, RawClient, STEP, Seen, TempDir, TestServer, assert_echo, next_message, plugin_path};
+use wsplug_tests::{Client, RawClient, STEP, Seen, ServerProcess, TestServer, assert_echo, next_message, plugin_path};
 
 /// Taken by the tests that open thousands of sockets.
 static HEAVY: Mutex<()> = Mutex::const_new(());
@@ -285,60 +281,11 @@ async fn a_memory_cap_trap_costs_only_the_events_since_the_last_checkpoint() {
 }
 
 /// Not a test: the server process the trap-cost test measures, run when it re-executes this binary
-/// with `CHILD_ENV` naming a config file. Prints `listening ADDR`, then serves until killed.
+/// with `CHILD_ENV` naming a config file.
 #[tokio::test]
 #[ignore = "the child server process of the trap-cost test"]
 async fn child_server() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
-    let config = Config::from_file(std::path::Path::new(&path)).expect("child config");
-    let server = Server::bind(&config).await.expect("bind");
-    println!("listening {}", server.local_addr().unwrap());
-    server.run().await.expect("server run");
-}
-
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl ServerProcess {
-    fn start(config: &str) -> Self {
-        let dir = TempDir::new("hostile-load");
-        let path = dir.join("wsplug.toml");
-        std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\n{config}")).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["child_server", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the child server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next().expect("child server exited").unwrap();
-            if let Some((_, addr)) = line.split_once("listening ") {
-                break addr.trim().parse().unwrap();
-            }
-        };
-        Self { child, addr, _dir: dir }
-    }
-
-    /// User and system CPU time the server has used.
-    fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the command name (which ends with ')'): utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    wsplug_tests::run_child_server(CHILD_ENV).await;
 }
 
 /// 9,000 connections on one instance while 50 others make it trap: a trap costs the server O(1)
@@ -347,9 +294,11 @@ impl Drop for ServerProcess {
 async fn traps_under_nine_thousand_connections_cost_little_and_the_probe_is_served() {
     let _heavy = HEAVY.lock().await;
     let plugin = plugin_path("hostile").display().to_string();
-    let server = ServerProcess::start(&format!(
-        "[limits]\nmax_connections = 20000\n[[routes]]\npath = \"/hostile\"\nplugin = {plugin:?}\n"
-    ));
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n[limits]\nmax_connections = 20000\n\
+         [[routes]]\npath = \"/hostile\"\nplugin = {plugin:?}\n"
+    );
+    let server = ServerProcess::start(&config, CHILD_ENV);
     const IDLE: usize = 9_000;
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE / 100 {

@@ -6,18 +6,14 @@
 //! The server runs in a child process (this test binary, re-executed with `child_server`), so that
 //! its RSS is its own; like the `wsplug` binary it uses mimalloc.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
-use wsplug::Server;
-use wsplug::config::Config;
 use wsplug::protocol::Event;
 use wsplug::protocol::frame::encode_client_frame;
-use wsplug_tests::{RawClient, Seen, TempDir, assert_echo, plugin_path};
+use wsplug_tests::{RawClient, Seen, ServerProcess, assert_echo, plugin_path};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -32,77 +28,23 @@ const Q: usize = 256 << 10;
 const PER_CONNECTION: usize = (M + (512 << 10)) + (Q + M) + (16 << 10);
 
 /// Not a test: the server process the tests below measure, run when they re-execute this binary
-/// with `CHILD_ENV` naming a config file. Prints `listening ADDR`, then serves until killed.
+/// with `CHILD_ENV` naming a config file.
 #[tokio::test]
 #[ignore = "the child server process of the memory tests"]
 async fn child_server() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
-    let config = Config::from_file(std::path::Path::new(&path)).expect("child config");
-    let server = Server::bind(&config).await.expect("bind");
-    println!("listening {}", server.local_addr().unwrap());
-    server.run().await.expect("server run");
+    wsplug_tests::run_child_server(CHILD_ENV).await;
 }
 
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl ServerProcess {
-    fn start(limits: &str) -> Self {
-        let dir = TempDir::new("memory");
-        let config = format!(
-            "listen = \"127.0.0.1:0\"\n[limits]\nmax_message_size = \"1MiB\"\nmax_frame_size = \"1MiB\"\n\
-             outbound_queue_bytes = \"256KiB\"\nwrite_timeout = \"60s\"\n{limits}\n\
-             [[routes]]\npath = \"/native\"\nkind = \"echo\"\n\
-             [[routes]]\npath = \"/plugin\"\nplugin = {:?}\n",
-            plugin_path("echo").display().to_string()
-        );
-        let path = dir.join("wsplug.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["child_server", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the child server");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines.next().expect("child server exited").unwrap();
-            // libtest's "test child_server ... " precedes it on the same line.
-            if let Some((_, addr)) = line.split_once("listening ") {
-                break addr.trim().parse().unwrap();
-            }
-        };
-        Self { child, addr, _dir: dir }
-    }
-
-    fn rss(&self) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
-    }
-
-    /// The highest RSS seen over `span`.
-    async fn peak_rss(&self, span: Duration) -> usize {
-        let end = Instant::now() + span;
-        let mut peak = 0;
-        while Instant::now() < end {
-            peak = peak.max(self.rss());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        peak
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A server process with the limits every test here runs with, and `limits` added.
+fn start_server(limits: &str) -> ServerProcess {
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\n[limits]\nmax_message_size = \"1MiB\"\nmax_frame_size = \"1MiB\"\n\
+         outbound_queue_bytes = \"256KiB\"\nwrite_timeout = \"60s\"\n{limits}\n\
+         [[routes]]\npath = \"/native\"\nkind = \"echo\"\n\
+         [[routes]]\npath = \"/plugin\"\nplugin = {:?}\n",
+        plugin_path("echo").display().to_string()
+    );
+    ServerProcess::start(&config, CHILD_ENV)
 }
 
 /// A client that sends `count` messages of M bytes and never reads; returns the close code it was
@@ -168,7 +110,7 @@ async fn bystanders_are_served(addr: SocketAddr, rounds: usize) -> Duration {
 
 #[tokio::test]
 async fn hostile_clients_stay_within_the_per_connection_formula_and_memory_returns() {
-    let server = ServerProcess::start("message_timeout = \"2s\"");
+    let server = start_server("message_timeout = \"2s\"");
     bystanders_are_served(server.addr, 2).await;
     let baseline = server.rss();
 
@@ -227,7 +169,7 @@ async fn the_server_wide_budget_sheds_large_holders_and_serves_the_rest() {
     // (small holders are never paused), so together they must pass the budget (24 × 256 KiB =
     // 6 MiB) and some must be shed, however the reads interleave. (With 8 MiB, pausing at 6 MiB
     // could hold them all just under the budget, and whether any was shed depended on timing.)
-    let server = ServerProcess::start("memory_budget = \"4MiB\"");
+    let server = start_server("memory_budget = \"4MiB\"");
     bystanders_are_served(server.addr, 2).await;
     let baseline = server.rss();
     // 24 clients that would hold about 2 MiB each: 48 MiB against a budget of 4 MiB.
@@ -280,7 +222,7 @@ async fn the_server_wide_budget_sheds_large_holders_and_serves_the_rest() {
 #[tokio::test]
 async fn idle_connections_cost_a_few_kib_each() {
     const IDLE: usize = 4_000;
-    let server = ServerProcess::start("");
+    let server = start_server("");
     // Warm up the allocator and the runtime, then measure what idle connections add.
     let warm: Vec<_> =
         futures_util::future::join_all((0..50).map(|_| RawClient::connect(server.addr, "/native"))).await;

@@ -286,3 +286,83 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// A server in a child process, so that its memory and CPU time are its own: the calling test
+/// binary re-executed to run its `child_server` test (ignored otherwise), which calls
+/// [`run_child_server`] with the same `env` variable naming the config file.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl ServerProcess {
+    /// Starts the child with `config` (TOML; its `listen` should be "127.0.0.1:0"), passed through
+    /// the environment variable `env`, and waits until it listens.
+    pub fn start(config: &str, env: &str) -> Self {
+        use std::io::BufRead;
+        let dir = TempDir::new("child-server");
+        let path = dir.join("wsplug.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["child_server", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(env, &path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the child server");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("child server exited").unwrap();
+            // libtest's "test child_server ... " precedes it on the same line.
+            if let Some((_, addr)) = line.split_once("listening ") {
+                break addr.trim().parse().unwrap();
+            }
+        };
+        Self { child, addr, _dir: dir }
+    }
+
+    /// Its resident memory now.
+    pub fn rss(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
+    }
+
+    /// The highest RSS seen over `span`.
+    pub async fn peak_rss(&self, span: Duration) -> usize {
+        let end = std::time::Instant::now() + span;
+        let mut peak = 0;
+        while std::time::Instant::now() < end {
+            peak = peak.max(self.rss());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    }
+
+    /// The user and system CPU time it has used.
+    pub fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // After the command name (which ends with ')'), utime and stime are the 12th and 13th fields.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The body of a test binary's `child_server` test: when `env` names a config file, prints
+/// `listening ADDR` and serves until killed; otherwise returns at once.
+pub async fn run_child_server(env: &str) {
+    let Ok(path) = std::env::var(env) else { return };
+    let config = Config::from_file(std::path::Path::new(&path)).expect("child config");
+    let server = Server::bind(&config).await.expect("bind");
+    println!("listening {}", server.local_addr().unwrap());
+    server.run().await.expect("server run");
+}
