@@ -21,6 +21,15 @@ use wsplug_tests::{Client, RawClient, STEP, Seen, ServerProcess, TestServer, ass
 /// Taken by the tests that open thousands of sockets.
 static HEAVY: Mutex<()> = Mutex::const_new(());
 
+/// Takes [`HEAVY`], with the open-file limit raised as far as the system allows (a child server
+/// inherits it).
+async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = HEAVY.lock().await;
+    let fds = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
+    assert!(fds >= 10_000, "these tests need an open-file limit of 10,000 (ulimit -n is {fds})");
+    guard
+}
+
 const CHILD_ENV: &str = "WSPLUG_HOSTILE_LOAD_TEST_CONFIG";
 
 fn hostile_route(path: &str, extra: &str) -> String {
@@ -69,7 +78,7 @@ async fn connect_from(local: [u8; 4], server: SocketAddr, path: &str) -> Client 
 
 #[tokio::test]
 async fn flooding_connections_are_closed_by_the_message_rate_and_the_others_are_served() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = heavy().await;
     let server = TestServer::start(
         "[[routes]]\npath = \"/limited\"\nkind = \"echo\"\n[routes.connection]\nmessages_per_second = 50\n\
          [[routes]]\npath = \"/echo\"\nkind = \"echo\"\n",
@@ -196,7 +205,7 @@ async fn calls_that_run_to_their_deadline_hold_a_bystander_up_for_at_most_about_
 
 #[tokio::test]
 async fn five_thousand_silent_sockets_do_not_keep_real_clients_out() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = heavy().await;
     let server = TestServer::echo("").await;
     let mut silent = Vec::with_capacity(5_000);
     let mut real = Vec::new();
@@ -292,7 +301,7 @@ async fn child_server() {
 /// (lazy re-attachment), and a probe on the same instance is served throughout.
 #[tokio::test]
 async fn traps_under_nine_thousand_connections_cost_little_and_the_probe_is_served() {
-    let _heavy = HEAVY.lock().await;
+    let _heavy = heavy().await;
     let plugin = plugin_path("hostile").display().to_string();
     let config = format!(
         "listen = \"127.0.0.1:0\"\n[limits]\nmax_connections = 20000\n\
