@@ -18,7 +18,7 @@ use wsplug::protocol::Event;
 use wsplug::protocol::frame::encode_client_frame;
 use wsplug_tests::{Client, RawClient, STEP, Seen, ServerProcess, TestServer, assert_echo, next_message, plugin_path};
 
-/// Taken by the tests that open thousands of sockets.
+/// Taken by the tests that open thousands of sockets, and by the timing-sensitive ones.
 static HEAVY: Mutex<()> = Mutex::const_new(());
 
 /// Takes [`HEAVY`], with the open-file limit raised as far as the system allows (a child server
@@ -173,6 +173,7 @@ async fn a_connection_over_its_share_of_plugin_time_is_throttled_then_closed_and
 /// (plus a rebuild); with the old default of 1 s it took a second.
 #[tokio::test]
 async fn calls_that_run_to_their_deadline_hold_a_bystander_up_for_at_most_about_the_deadline() {
+    let _heavy = HEAVY.lock().await; // timing-sensitive: not beside the floods
     let server = TestServer::start(&hostile_route("/hostile", "")).await;
     let mut bystander = server.connect("/hostile").await;
     let attack = async {
@@ -237,6 +238,7 @@ async fn five_thousand_silent_sockets_do_not_keep_real_clients_out() {
 
 #[tokio::test]
 async fn a_plugin_that_keeps_trapping_opens_its_circuit_breaker_which_closes_by_itself() {
+    let _heavy = HEAVY.lock().await; // timing-sensitive: not beside the floods
     let server = TestServer::start(&hostile_route("/hostile", "")).await;
     let mut regular = server.connect("/hostile").await;
     let mut culprits = Vec::new();
