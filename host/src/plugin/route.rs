@@ -250,17 +250,17 @@ impl InstanceSlot {
                 && fresh.has_restore()
             {
                 let bytes = checkpoint.len();
-                match fresh.restore(checkpoint).await {
-                    Ok(Ok(())) => {
+                let failure = match fresh.restore(checkpoint).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(refusal)) => Some(format!("refused it: {refusal}")),
+                    Err(e) => Some(format!("{e}")),
+                };
+                match failure {
+                    None => {
                         tracing::info!(plugin = &*self.plugin.name, route = %self.settings.path, bytes, "instance rebuilt from its last checkpoint")
                     }
-                    failed => {
+                    Some(why) => {
                         // The checkpoint itself may be what breaks it: start empty, and forget it.
-                        let why = match failed {
-                            Ok(Err(refusal)) => format!("refused it: {refusal}"),
-                            Err(e) => format!("{e}"),
-                            Ok(Ok(())) => unreachable!(),
-                        };
                         tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, "restoring the last checkpoint {why}; the instance starts without state");
                         self.checkpoint = None;
                         fresh = PluginInstance::new(&self.plugin, &self.settings.sandbox).await?;
@@ -317,7 +317,7 @@ impl InstanceSlot {
             }
             Err(e) => {
                 self.failed("on-open", &e);
-                self.recover().await;
+                self.recover();
                 Admit::Rejected { status: 500, body: "plugin error\n".into() }
             }
         };
@@ -402,7 +402,7 @@ impl InstanceSlot {
             Err(e) => {
                 self.failed(call, &e);
                 self.detach(id);
-                self.recover().await;
+                self.recover();
             }
         }
     }
@@ -422,7 +422,7 @@ impl InstanceSlot {
             Ok(actions) => self.apply(None, actions),
             Err(e) => {
                 self.failed("on-close", &e);
-                self.recover().await;
+                self.recover();
             }
         }
         self.batch.flush();
@@ -455,7 +455,7 @@ impl InstanceSlot {
 
     /// Drops the failed instance: the next event rebuilds it (from the last checkpoint), and every
     /// connection is re-attached before its own next message.
-    async fn recover(&mut self) {
+    fn recover(&mut self) {
         self.instance = None;
         self.generation += 1;
     }
@@ -486,7 +486,7 @@ impl InstanceSlot {
             Err(e) => {
                 self.failed("on-open (resume)", &e);
                 self.detach(id);
-                self.recover().await;
+                self.recover();
             }
         }
     }
@@ -531,7 +531,7 @@ impl InstanceSlot {
             }
             Err(e) => {
                 self.failed("state.snapshot (checkpoint)", &e);
-                self.recover().await;
+                self.recover();
             }
         }
     }
