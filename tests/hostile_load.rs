@@ -269,26 +269,31 @@ async fn a_plugin_that_keeps_trapping_opens_its_circuit_breaker_which_closes_by_
 
 #[tokio::test]
 async fn a_memory_cap_trap_costs_only_the_events_since_the_last_checkpoint() {
-    let route =
-        hostile_route("/hostile", "[routes.sandbox]\nmemory = \"16MiB\"\n[routes.checkpoint]\nevery = \"100ms\"");
-    let server = TestServer::start(&route).await;
-    let mut ws = server.connect("/hostile").await;
-    for (i, word) in ["ada", "grace", "edsger"].iter().enumerate() {
-        say(&mut ws, &format!("keep {word}")).await;
-        assert_eq!(text(&mut ws).await, format!("kept {}", i + 1));
+    // By the timer, and by the event count (an admission and three messages make four events).
+    for checkpoint in ["every = \"100ms\"", "every = \"0s\"\nevery_events = 4"] {
+        let route = hostile_route(
+            "/hostile",
+            &format!("[routes.sandbox]\nmemory = \"16MiB\"\n[routes.checkpoint]\n{checkpoint}"),
+        );
+        let server = TestServer::start(&route).await;
+        let mut ws = server.connect("/hostile").await;
+        for (i, word) in ["ada", "grace", "edsger"].iter().enumerate() {
+            say(&mut ws, &format!("keep {word}")).await;
+            assert_eq!(text(&mut ws).await, format!("kept {}", i + 1));
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await; // a checkpoint is taken meanwhile
+        say(&mut ws, "keep lost-in-the-trap").await;
+        assert_eq!(text(&mut ws).await, "kept 4");
+        say(&mut ws, "alloc").await; // grows until the memory cap: a trap
+        assert_eq!(close_code(&mut ws).await, 1011);
+        let mut after = server.connect("/hostile").await;
+        say(&mut after, "kept").await;
+        let kept = text(&mut after).await;
+        assert!(
+            kept == "ada,grace,edsger" || kept == "ada,grace,edsger,lost-in-the-trap",
+            "{checkpoint}: state after the trap: {kept:?}"
+        );
     }
-    tokio::time::sleep(Duration::from_millis(400)).await; // a checkpoint is taken meanwhile
-    say(&mut ws, "keep lost-in-the-trap").await;
-    assert_eq!(text(&mut ws).await, "kept 4");
-    say(&mut ws, "alloc").await; // grows until the memory cap: a trap
-    assert_eq!(close_code(&mut ws).await, 1011);
-    let mut after = server.connect("/hostile").await;
-    say(&mut after, "kept").await;
-    let kept = text(&mut after).await;
-    assert!(
-        kept == "ada,grace,edsger" || kept == "ada,grace,edsger,lost-in-the-trap",
-        "state after the trap: {kept:?}"
-    );
 }
 
 /// Not a test: the server process the trap-cost test measures, run when it re-executes this binary

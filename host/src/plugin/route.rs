@@ -112,7 +112,8 @@ impl PluginRoute {
                     attached: HashMap::new(),
                     checkpoint: None,
                     events_since_checkpoint: 0,
-                    checkpoint_task: false,
+                    checkpoint_timer: false,
+                    checkpoint_due: false,
                     health: Health::default(),
                     this: this.clone(),
                 })
@@ -193,7 +194,7 @@ pub struct InstanceSlot {
     plugin: LoadedPlugin,
     settings: RouteSettings,
     hub: Arc<Hub>,
-    /// `None` after a failed rebuild; the next event tries again.
+    /// `None` after a failure (its store is poisoned) until the next event rebuilds it.
     instance: Option<PluginInstance>,
     /// Other connections' queues written to during one connection's batch of events, flushed
     /// before the slot is released (the sender's own queue is flushed by its session, after its
@@ -213,8 +214,10 @@ pub struct InstanceSlot {
     checkpoint: Option<Vec<u8>>,
     /// Events handled since that snapshot.
     events_since_checkpoint: u64,
-    /// The task that takes checkpoints is running.
-    checkpoint_task: bool,
+    /// The task that takes a checkpoint every `checkpoints.every` is running.
+    checkpoint_timer: bool,
+    /// A checkpoint made due by the event count is on its way.
+    checkpoint_due: bool,
     /// Failures, the circuit breaker and the rebuild backoff.
     health: Health,
     /// This slot's own lock, for the checkpoint task.
@@ -317,7 +320,6 @@ impl InstanceSlot {
             }
             Err(e) => {
                 self.failed("on-open", &e);
-                self.recover();
                 Admit::Rejected { status: 500, body: "plugin error\n".into() }
             }
         };
@@ -402,7 +404,6 @@ impl InstanceSlot {
             Err(e) => {
                 self.failed(call, &e);
                 self.detach(id);
-                self.recover();
             }
         }
     }
@@ -422,7 +423,6 @@ impl InstanceSlot {
             Ok(actions) => self.apply(None, actions),
             Err(e) => {
                 self.failed("on-close", &e);
-                self.recover();
             }
         }
         self.batch.flush();
@@ -440,8 +440,12 @@ impl InstanceSlot {
         self.detached.insert(id);
     }
 
-    /// Logs a failed call and counts it against the circuit breaker.
+    /// A call failed: logs it, counts it against the circuit breaker and drops the instance (the
+    /// store is poisoned). The next event rebuilds it from the last checkpoint, and every
+    /// connection is re-attached before its own next message.
     fn failed(&mut self, call: &str, error: &CallError) {
+        self.instance = None;
+        self.generation += 1;
         tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, call, "plugin {error}; rebuilding the instance");
         if let Some(open) = self.health.failed(tokio::time::Instant::now()) {
             tracing::error!(
@@ -451,13 +455,6 @@ impl InstanceSlot {
                 "plugin keeps failing: circuit breaker open for {open:?} (new connections get 503; open ones are still served)"
             );
         }
-    }
-
-    /// Drops the failed instance: the next event rebuilds it (from the last checkpoint), and every
-    /// connection is re-attached before its own next message.
-    fn recover(&mut self) {
-        self.instance = None;
-        self.generation += 1;
     }
 
     /// Re-attaches a connection (`on-open`, `resumed: true`) if the instance was rebuilt since it
@@ -486,7 +483,6 @@ impl InstanceSlot {
             Err(e) => {
                 self.failed("on-open (resume)", &e);
                 self.detach(id);
-                self.recover();
             }
         }
     }
@@ -501,29 +497,38 @@ impl InstanceSlot {
         }
     }
 
-    /// Counts handled events towards the next checkpoint, and starts the task that takes
-    /// checkpoints (on the first event of a plugin that has state to snapshot).
+    /// Counts handled events towards the next checkpoint of a plugin that has state to snapshot:
+    /// starts the checkpoint timer on its first event, and asks for a checkpoint (by a task of
+    /// its own, not the caller) when the count makes one due.
     fn counted(&mut self, events: u64) {
         self.events_since_checkpoint += events;
-        let stateful = self.instance.as_ref().is_some_and(|i| i.has_snapshot());
-        if !stateful || self.checkpoint_task {
+        if !self.instance.as_ref().is_some_and(|i| i.has_snapshot()) {
             return;
         }
         let every = self.settings.checkpoints;
-        let due_by_count = every.every_events > 0 && self.events_since_checkpoint >= every.every_events;
-        if due_by_count || !every.every.is_zero() {
-            self.checkpoint_task = true;
-            tokio::spawn(take_checkpoints(self.this.clone(), due_by_count));
+        if !every.every.is_zero() && !self.checkpoint_timer {
+            self.checkpoint_timer = true;
+            tokio::spawn(checkpoint_timer(self.this.clone(), every.every));
+        }
+        if every.every_events > 0 && self.events_since_checkpoint >= every.every_events && !self.checkpoint_due {
+            self.checkpoint_due = true;
+            let slot = self.this.clone();
+            tokio::spawn(async move {
+                let Some(slot) = slot.upgrade() else { return };
+                let mut slot = slot.lock().await;
+                slot.checkpoint_due = false;
+                slot.take_checkpoint().await;
+            });
         }
     }
 
     /// Snapshots the plugin's state as the checkpoint to recover from, if it had events since the
     /// last one. A failing snapshot is a failed instance.
     async fn take_checkpoint(&mut self) {
-        if self.events_since_checkpoint == 0 || self.instance.as_ref().is_none_or(|i| !i.has_snapshot()) {
+        let Some(instance) = self.instance.as_mut().filter(|i| i.has_snapshot()) else { return };
+        if self.events_since_checkpoint == 0 {
             return;
         }
-        let Ok(instance) = self.instance().await else { return };
         match instance.snapshot().await {
             Ok(bytes) => {
                 self.checkpoint = Some(bytes);
@@ -531,7 +536,6 @@ impl InstanceSlot {
             }
             Err(e) => {
                 self.failed("state.snapshot (checkpoint)", &e);
-                self.recover();
             }
         }
     }
@@ -699,35 +703,18 @@ fn action_bytes(action: &Action) -> usize {
     }
 }
 
-/// Takes a slot's checkpoints: at once if `now`, then every `checkpoints.every` while the slot
-/// has events, and whenever `every_events` have been handled. Ends with the route.
-async fn take_checkpoints(slot: Weak<Mutex<InstanceSlot>>, mut now: bool) {
+/// Takes a slot's checkpoint every `every` (when it had events since the last one), until the
+/// route is gone or a reload turns the timer off.
+async fn checkpoint_timer(slot: Weak<Mutex<InstanceSlot>>, mut every: Duration) {
     loop {
-        let every = {
-            let Some(slot) = slot.upgrade() else { return };
-            let mut slot = slot.lock().await;
-            if now {
-                slot.take_checkpoint().await;
-                slot.batch.flush();
-            }
-            let every = slot.settings.checkpoints;
-            if every.every.is_zero() && (every.every_events == 0 || slot.events_since_checkpoint < every.every_events) {
-                slot.checkpoint_task = false; // the next count that makes one due starts it again
-                return;
-            }
-            every
-        };
-        // Polls for the event count at a tenth of the period (or every 100 ms without a timer).
-        let poll = if every.every.is_zero() { Duration::from_millis(100) } else { every.every / 10 };
-        let mut waited = Duration::ZERO;
-        now = false;
-        while !now {
-            tokio::time::sleep(poll).await;
-            waited += poll;
-            let Some(strong) = slot.upgrade() else { return };
-            let events = strong.lock().await.events_since_checkpoint;
-            now = (!every.every.is_zero() && waited >= every.every && events > 0)
-                || (every.every_events > 0 && events >= every.every_events);
+        tokio::time::sleep(every).await;
+        let Some(slot) = slot.upgrade() else { return };
+        let mut slot = slot.lock().await;
+        slot.take_checkpoint().await;
+        every = slot.settings.checkpoints.every;
+        if every.is_zero() {
+            slot.checkpoint_timer = false;
+            return;
         }
     }
 }
