@@ -87,8 +87,7 @@ fn mount(config: &Config) -> anyhow::Result<Routes> {
             }
             (None, None) => anyhow::bail!("route {} has no handler", r.path),
         };
-        let route = Route::new(r.path.clone(), handler, r.subprotocols.clone(), file);
-        routes.push(Arc::new(route.with_connection_limits(r.connection.clone())));
+        routes.push(Arc::new(Route::configured(r, handler, file)));
     }
     Ok(Routes::from_routes(routes))
 }

@@ -283,8 +283,7 @@ impl Reloader {
                             },
                         ));
                     }
-                    let route = Route::new(r.path.clone(), handler, r.subprotocols.clone(), file);
-                    routes.push(Arc::new(route.with_connection_limits(r.connection.clone())));
+                    routes.push(Arc::new(Route::configured(r, handler, file)));
                 }
             }
         }

@@ -259,6 +259,13 @@ pub fn http_response(status: u16, extra_headers: &[(&str, &str)], content_type: 
     out
 }
 
+/// 503 with `Retry-After` (whole seconds, at least 1) and a one-line plain-text reason: the
+/// answer to a client that the server cannot take now but may later.
+pub fn unavailable_response(retry_after: std::time::Duration, reason: &str) -> Vec<u8> {
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0).to_string();
+    http_response(503, &[("Retry-After", &seconds)], "text/plain; charset=utf-8", format!("{reason}\n").as_bytes())
+}
+
 /// The standard reason phrase of the statuses this server sends.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {

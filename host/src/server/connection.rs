@@ -110,12 +110,7 @@ pub(crate) async fn serve(
     // A connection slot, held to the end of the connection.
     let Ok(_slot) = slots.try_acquire_owned() else {
         tracing::warn!(%peer, "connection limit reached: 503");
-        let resp = handshake::http_response(
-            503,
-            &[("Retry-After", "1")],
-            "text/plain; charset=utf-8",
-            b"server is at its connection limit\n",
-        );
+        let resp = handshake::unavailable_response(Duration::from_secs(1), "server is at its connection limit");
         return refuse(&stream, &resp).await;
     };
     let id = shared.next_connection_id();
@@ -180,12 +175,9 @@ pub(crate) async fn serve(
                 }
                 Admit::Unavailable { retry_after } => {
                     tracing::debug!(%peer, path = %request.target, "handler unavailable (its circuit breaker is open): 503");
-                    let seconds = retry_after.as_secs_f64().ceil().max(1.0).to_string();
-                    let response = handshake::http_response(
-                        503,
-                        &[("Retry-After", &seconds)],
-                        "text/plain; charset=utf-8",
-                        b"plugin unavailable: it keeps failing; try again later\n",
+                    let response = handshake::unavailable_response(
+                        retry_after,
+                        "plugin unavailable: it keeps failing; try again later",
                     );
                     return refuse((*writer).as_ref(), &response).await;
                 }

@@ -126,10 +126,6 @@ impl Hub {
         self.lock().members.get(&id).map(|m| m.info.clone())
     }
 
-    pub fn contains(&self, id: u64) -> bool {
-        self.lock().members.contains_key(&id)
-    }
-
     pub fn len(&self) -> usize {
         self.lock().members.len()
     }

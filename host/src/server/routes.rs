@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::fairness::ConnectionLimits;
 use super::handler::EventRoute;
 use super::hub::Hub;
+use crate::config::RouteConfig;
 use crate::protocol::CloseFrame;
 
 /// What serves a route's messages.
@@ -53,10 +54,11 @@ impl Route {
         }
     }
 
-    /// The route with these per-connection limits.
-    pub fn with_connection_limits(self, limits: ConnectionLimits) -> Self {
-        self.set_connection_limits(limits);
-        self
+    /// The route a config entry describes, served by `handler` (loaded from `plugin_file`).
+    pub fn configured(config: &RouteConfig, handler: Handler, plugin_file: Option<PathBuf>) -> Self {
+        let route = Self::new(config.path.clone(), handler, config.subprotocols.clone(), plugin_file);
+        route.set_connection_limits(config.connection.clone());
+        route
     }
 
     pub fn connection_limits(&self) -> Arc<ConnectionLimits> {
