@@ -3,8 +3,8 @@
 //!
 //! One `Engine` per process (compiled code is shared; an epoch ticker thread drives every
 //! instance's CPU deadline) and one `Linker` built once: WASI preview 2 (async) plus the `host`
-//! interface of the contract. Calls are async (see `instance`). Loading a file compiles it, type-checks its imports against the
-//! linker and its exports against the world, and yields a [`LoadedPlugin`] from which instances
+//! interface of the contract. Calls are async (see `instance`). Loading a file compiles it,
+//! type-checks its imports against the linker and its exports against the world, and yields a [`LoadedPlugin`] from which instances
 //! are made cheaply (no recompilation, no relinking).
 
 use std::path::{Path, PathBuf};

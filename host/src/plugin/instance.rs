@@ -74,8 +74,7 @@ impl PluginInstance {
             // resumes, so every other connection on this worker is served at each tick.
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
-        store.data_mut().ticks_left = deadline_ticks - 1;
-        store.set_epoch_deadline(1);
+        arm(&mut store, deadline_ticks);
         let instance =
             plugin.pre.instance_pre().instantiate_async(&mut store).await.map_err(|e| classify(&store, e))?;
         let bindings = Plugin::new(&mut store, &instance).map_err(|e| classify(&store, e))?;
@@ -120,10 +119,7 @@ impl PluginInstance {
     }
 
     fn arm(&mut self) {
-        // Reset before every call: a deadline set once would bound only the first one.
-        self.store.data_mut().ticks_left = self.deadline_ticks - 1;
-        self.store.set_epoch_deadline(1);
-        self.store.data_mut().limiter.hit = false;
+        arm(&mut self.store, self.deadline_ticks);
     }
 
     pub async fn on_open(&mut self, conn: Connection<'_>) -> Result<Admission, CallError> {
@@ -167,4 +163,12 @@ fn classify(store: &Store<PluginState>, error: wasmtime::Error) -> CallError {
         Some(trap) => CallError::Trap(trap.to_string()),
         None => CallError::Failed(format!("{error:#}").lines().next().unwrap_or_default().to_owned()),
     }
+}
+
+/// Gives the next call (or the instantiation) its CPU deadline and a clean memory-cap record.
+/// Reset before every call: a deadline set once would bound only the first one.
+fn arm(store: &mut Store<PluginState>, deadline_ticks: u64) {
+    store.data_mut().ticks_left = deadline_ticks - 1;
+    store.set_epoch_deadline(1);
+    store.data_mut().limiter.hit = false;
 }
