@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use wsplug::protocol::Event;
@@ -224,15 +223,7 @@ async fn five_thousand_silent_sockets_do_not_keep_real_clients_out() {
     }
     // The silent sockets churned only each other out: all but the address's quota (256) were
     // answered 408.
-    let answered = futures_util::future::join_all(silent.iter_mut().map(|s| async move {
-        let mut answer = Vec::new();
-        match tokio::time::timeout(Duration::from_millis(1500), s.read_to_end(&mut answer)).await {
-            Ok(_) => String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408 "),
-            Err(_) => false,
-        }
-    }))
-    .await;
-    let dropped = answered.iter().filter(|a| **a).count();
+    let dropped = wsplug_tests::dropped_with_408(silent, Duration::from_millis(1500)).await;
     assert!(dropped >= 5_000 - 256, "only {dropped} silent sockets were dropped");
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use wsplug_tests::{TestServer, assert_echo, http_exchange, status_of, upgrade_request};
 
@@ -53,16 +53,7 @@ async fn silent_sockets_cannot_lock_out_real_clients() {
     }
     // The silent sockets that made room were answered 408 and closed: all but the few (at most
     // `max_handshakes`) still waiting in the pool.
-    tokio::time::sleep(Duration::from_millis(200)).await; // the last 408s are written
-    let mut dropped = 0;
-    for mut socket in silent {
-        let mut answer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_millis(20), socket.read_to_end(&mut answer)).await;
-        if read.is_ok() {
-            assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408 "), "{answer:?}");
-            dropped += 1;
-        }
-    }
+    let dropped = wsplug_tests::dropped_with_408(silent, Duration::from_millis(300)).await;
     assert!(dropped >= 200 - 16, "only {dropped} silent sockets were dropped");
 }
 

@@ -366,3 +366,19 @@ pub async fn run_child_server(env: &str) {
     println!("listening {}", server.local_addr().unwrap());
     server.run().await.expect("server run");
 }
+
+/// How many of `sockets` (connected, never sent a byte) the server dropped with a 408 within
+/// `wait`; any other answer fails the test. The sockets are read concurrently.
+pub async fn dropped_with_408(sockets: Vec<TcpStream>, wait: Duration) -> usize {
+    let answers = futures_util::future::join_all(sockets.into_iter().map(|mut socket| async move {
+        let mut answer = Vec::new();
+        tokio::time::timeout(wait, socket.read_to_end(&mut answer)).await.ok().map(|_| answer)
+    }))
+    .await;
+    let mut dropped = 0;
+    for answer in answers.into_iter().flatten() {
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408 "), "{answer:?}");
+        dropped += 1;
+    }
+    dropped
+}
