@@ -54,6 +54,10 @@ async fn handshake_errors_get_their_statuses() {
     assert_eq!(status(&server, &good.replacen("GET", "POST", 1)).await, 405, "POST");
     assert_eq!(status(&server, &good.replacen("HTTP/1.1", "HTTP/1.0", 1)).await, 505, "HTTP/1.0");
     assert_eq!(status(&server, "\x16\x03\x01garbage\r\n\r\n").await, 400, "garbage");
+    assert_eq!(status(&server, &good.replace("\r\n", "\n")).await, 400, "bare LF line endings");
+    let with_body = |header: &str| good.replacen("\r\n\r\n", &format!("\r\n{header}\r\n\r\n"), 1);
+    assert_eq!(status(&server, &with_body("Content-Length: 2")).await, 400, "upgrade with a body");
+    assert_eq!(status(&server, &with_body("Transfer-Encoding: chunked")).await, 400, "upgrade with chunked body");
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ async fn messages_before_close_are_delivered_first() {
 #[tokio::test]
 async fn protocol_violations_get_their_close_codes() {
     let server = TestServer::echo("").await;
-    let cases: [(&str, Vec<u8>, u16); 8] = [
+    let cases: [(&str, Vec<u8>, u16); 10] = [
         ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
         (
             "reserved bit",
@@ -120,6 +120,13 @@ async fn protocol_violations_get_their_close_codes() {
         (
             "close with code 1006",
             wsplug::protocol::frame::encode_client_frame(true, 0x8, &[0x03, 0xEE], [1, 2, 3, 4]),
+            1002,
+        ),
+        // §5.2: lengths in their minimal encoding only (5 in the 16-bit form, 300 in the 64-bit form).
+        ("non-minimal 16-bit length", [&[0x81, 0xFE, 0, 5, 0, 0, 0, 0][..], b"hello"].concat(), 1002),
+        (
+            "non-minimal 64-bit length",
+            [&[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 1, 44, 0, 0, 0, 0][..], &[0; 300]].concat(),
             1002,
         ),
     ];

@@ -78,6 +78,8 @@ pub enum HeaderError {
     Unmasked,
     #[error("64-bit payload length with the most significant bit set")]
     LengthHighBit,
+    #[error("payload length {0} not in its minimal encoding")]
+    NonMinimalLength(u64),
 }
 
 impl FrameHeader {
@@ -109,7 +111,12 @@ impl FrameHeader {
                 let Some(ext) = buf.get(2..4) else {
                     return Ok(None);
                 };
-                (u64::from(u16::from_be_bytes([ext[0], ext[1]])), 4)
+                let len = u64::from(u16::from_be_bytes([ext[0], ext[1]]));
+                // §5.2: "the minimal number of bytes MUST be used to encode the length".
+                if len < 126 {
+                    return Err(HeaderError::NonMinimalLength(len));
+                }
+                (len, 4)
             }
             127 => {
                 let Some(ext) = buf.get(2..10) else {
@@ -118,6 +125,9 @@ impl FrameHeader {
                 let len = u64::from_be_bytes(ext.try_into().expect("8 bytes"));
                 if len >> 63 != 0 {
                     return Err(HeaderError::LengthHighBit);
+                }
+                if len <= u64::from(u16::MAX) {
+                    return Err(HeaderError::NonMinimalLength(len));
                 }
                 (len, 10)
             }
@@ -280,6 +290,18 @@ mod tests {
     #[test]
     fn rfc_5_2_64bit_length_high_bit_fails() {
         assert_eq!(parse(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0]), Err(HeaderError::LengthHighBit));
+    }
+
+    #[test]
+    fn rfc_5_2_lengths_must_use_the_minimal_encoding() {
+        // 16-bit form for a length that fits in 7 bits; 64-bit form for one that fits in 16.
+        assert_eq!(parse(&[0x82, 0xFE, 0, 125, 0, 0, 0, 0]), Err(HeaderError::NonMinimalLength(125)));
+        assert_eq!(parse(&[0x82, 0xFE, 0, 0, 0, 0, 0, 0]), Err(HeaderError::NonMinimalLength(0)));
+        assert_eq!(parse(&[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]), Err(HeaderError::NonMinimalLength(65535)));
+        assert_eq!(parse(&[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 5]), Err(HeaderError::NonMinimalLength(5)));
+        // The smallest lengths of each form are accepted.
+        assert_eq!(parse(&[0x82, 0xFE, 0, 126, 0, 0, 0, 0]).unwrap().unwrap().payload_len, 126);
+        assert_eq!(parse(&[0x82, 0xFF, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap().unwrap().payload_len, 65536);
     }
 
     #[test]

@@ -154,6 +154,11 @@ pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<(Request, 
     if head_len > limits.max_head_size {
         return Err(HandshakeError::HeadTooLarge(limits.max_head_size));
     }
+    // httparse tolerates bare LF line endings; HTTP/1.1 (RFC 9112 §2.2) lets a server reject
+    // them, and accepting what a front proxy might parse differently invites request smuggling.
+    if let Some(at) = bare_lf(&buf[..head_len]) {
+        return Err(HandshakeError::Malformed(format!("bare LF line ending at byte {at}: lines end with CRLF")));
+    }
     let request = Request {
         method: req.method.unwrap_or_default().to_owned(),
         target: req.path.unwrap_or_default().to_owned(),
@@ -165,6 +170,11 @@ pub fn parse_request(buf: &[u8], limits: HeadLimits) -> Result<Option<(Request, 
             .collect(),
     };
     Ok(Some((request, head_len)))
+}
+
+/// The offset of the first LF not preceded by CR, if any.
+fn bare_lf(head: &[u8]) -> Option<usize> {
+    head.iter().enumerate().position(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// Whether the request asks for a WebSocket upgrade at all (as opposed to a plain GET).
@@ -192,6 +202,14 @@ pub fn validate_upgrade(request: &Request) -> Result<Upgrade, HandshakeError> {
     }
     if !wants_upgrade(request) {
         return Err(HandshakeError::NotUpgrade);
+    }
+    // An upgrade request has no body (RFC 6455 §4.1 sends a bare GET). Were one announced, its
+    // bytes would be read as frames here while an intermediary skips them: refuse it.
+    if request.header_all("transfer-encoding").next().is_some() {
+        return Err(HandshakeError::Malformed("an upgrade request must not carry Transfer-Encoding".into()));
+    }
+    if request.header_all("content-length").any(|v| v.trim() != "0") {
+        return Err(HandshakeError::Malformed("an upgrade request must not carry a body (Content-Length)".into()));
     }
     if !request.header_tokens("connection").any(|t| t.eq_ignore_ascii_case("upgrade")) {
         return Err(HandshakeError::ConnectionNotUpgrade);
@@ -431,6 +449,29 @@ mod tests {
         let e = parse_request(RFC_REQUEST.as_bytes(), limits).unwrap_err();
         assert_eq!(e, HandshakeError::TooManyHeaders(4));
         assert_eq!(e.status(), 431);
+    }
+
+    #[test]
+    fn bare_lf_line_endings_are_400() {
+        let lf = RFC_REQUEST.replace("\r\n", "\n");
+        let e = parse_request(lf.as_bytes(), HeadLimits::default()).unwrap_err();
+        assert_eq!(e.status(), 400, "{e}");
+        // One bare LF among CRLFs is enough.
+        let one = RFC_REQUEST.replacen("Upgrade: websocket\r\n", "Upgrade: websocket\n", 1);
+        assert_eq!(parse_request(one.as_bytes(), HeadLimits::default()).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn upgrade_with_a_body_is_400() {
+        let with = |header: &str| {
+            RFC_REQUEST.replace("Sec-WebSocket-Version: 13\r\n", &format!("Sec-WebSocket-Version: 13\r\n{header}\r\n"))
+        };
+        for header in ["Content-Length: 5", "Transfer-Encoding: chunked", "Content-Length: 0\r\nContent-Length: 7"] {
+            let e = error_for(&with(header));
+            assert_eq!(e.status(), 400, "{header}: {e}");
+        }
+        // An explicit empty body is harmless.
+        assert!(validate_upgrade(&parse(&with("Content-Length: 0"))).is_ok());
     }
 
     #[test]
