@@ -21,7 +21,7 @@
 pub mod app;
 pub mod config;
 pub mod plugin;
-pub mod protocol;
+pub use wsplug_protocol as protocol;
 pub mod reload;
 pub mod server;
 

@@ -277,8 +277,8 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Limits;
-    use crate::protocol::frame::encode_client_frame;
+    use crate::Limits;
+    use crate::frame::encode_client_frame;
 
     const KEY: [u8; 4] = [1, 2, 3, 4];
 

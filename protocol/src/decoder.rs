@@ -259,7 +259,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::encode_client_frame;
+    use crate::frame::encode_client_frame;
 
     fn decode_all(decoder: &mut Decoder, bytes: &[u8]) -> Result<Vec<Event>, ProtocolError> {
         let mut buf = BytesMut::from(bytes);

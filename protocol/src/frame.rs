@@ -191,7 +191,7 @@ pub fn encode_client_frame(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) 
     buf.put_slice(&key);
     let start = buf.len();
     buf.put_slice(payload);
-    crate::protocol::mask::apply_mask(&mut buf[start..], key, 0);
+    crate::mask::apply_mask(&mut buf[start..], key, 0);
     buf.to_vec()
 }
 
