@@ -1,0 +1,135 @@
+//! What each fuzz target checks, as plain functions (the targets in `fuzz_targets/` only call
+//! them), so that a crash found by the fuzzer is a failed assertion with a reason, not only a panic.
+//!
+//! - [`frame_decoder`]: the server's frame decoder, fed a byte stream in fuzzer-chosen chunks,
+//!   must find the same events and the same close code as [`reference`], a whole-buffer decoder
+//!   written from RFC 6455 §5 with no state carried across reads; and chunking must not matter.
+//! - [`request_head`]: the request-head parser and upgrade validation never panic, every refusal
+//!   is a well-formed HTTP response with its status, an accepted head is strict (CRLF only, no
+//!   body) and its 101 response carries the right accept key.
+//! - [`utf8`]: the incremental validator agrees with `std::str::from_utf8` for every chunking,
+//!   and fails at the first chunk after which the bytes can no longer be valid.
+
+pub mod reference;
+
+use bytes::BytesMut;
+use wsplug_protocol::decoder::{Decoder, Event, Limits};
+use wsplug_protocol::handshake::{self, HeadLimits};
+use wsplug_protocol::utf8::Utf8Validator;
+
+/// Small limits, so that the fuzzer reaches the size checks with small inputs.
+pub const LIMITS: Limits = Limits { max_frame_size: 1024, max_message_size: 2048 };
+
+/// Chunk sizes from a seed byte: a deterministic sequence in 1..=max, max picked by the seed.
+fn chunks(seed: u8, data: &[u8]) -> Vec<&[u8]> {
+    let max = usize::from(seed % 64) + 1;
+    let mut state = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let n = (state as usize % max + 1).min(rest.len());
+        let (head, tail) = rest.split_at(n);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
+/// Runs the server decoder over `pieces` read one after another: the events, and the close code
+/// of the error that ended the stream, if any.
+pub fn decode_stream(pieces: &[&[u8]], limits: Limits) -> (Vec<Event>, Option<u16>) {
+    let mut decoder = Decoder::server(limits);
+    let mut buf = BytesMut::new();
+    let mut events = Vec::new();
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => break,
+                Err(e) => return (events, Some(e.close_code().0)),
+            }
+        }
+    }
+    (events, None)
+}
+
+/// Fuzz target: input byte 0 picks the chunking; the rest is what a client sends.
+pub fn frame_decoder(data: &[u8]) {
+    let Some((&seed, stream)) = data.split_first() else { return };
+    let whole = decode_stream(&[stream], LIMITS);
+    let chunked = decode_stream(&chunks(seed, stream), LIMITS);
+    assert_eq!(whole, chunked, "chunking changed the outcome");
+    let expected = reference::decode(stream, LIMITS);
+    assert_eq!(whole, expected, "the decoder disagrees with the reference decoder");
+}
+
+/// Fuzz target: a request head as a client sends it.
+pub fn request_head(data: &[u8]) {
+    let limits = HeadLimits { max_head_size: 1024, max_headers: 16 };
+    match handshake::parse_request(data, limits) {
+        Ok(None) => assert!(data.len() <= limits.max_head_size, "an oversized head must be refused, not awaited"),
+        Err(e) => check_refusal(&e),
+        Ok(Some((request, head_len))) => {
+            assert!(head_len <= data.len() && head_len <= limits.max_head_size);
+            let head = &data[..head_len];
+            assert_eq!(handshake::parse_request(head, limits), Ok(Some((request.clone(), head_len))));
+            assert_eq!(handshake::parse_request(&head[..head_len - 1], limits), Ok(None), "a cut head is incomplete");
+            for (i, &b) in head.iter().enumerate() {
+                assert!(b != b'\n' || (i > 0 && head[i - 1] == b'\r'), "bare LF accepted at {i}");
+            }
+            match handshake::validate_upgrade(&request) {
+                Err(e) => check_refusal(&e),
+                Ok(upgrade) => {
+                    assert!(request.header("transfer-encoding").is_none(), "upgrade with Transfer-Encoding");
+                    assert!(request.header_all("content-length").all(|v| v.trim() == "0"), "upgrade with a body");
+                    assert_eq!(request.method, "GET");
+                    let response = handshake::accept_response(&upgrade.key, upgrade.protocols.first().map(String::as_str));
+                    let mut headers = [httparse::EMPTY_HEADER; 8];
+                    let mut parsed = httparse::Response::new(&mut headers);
+                    assert!(parsed.parse(&response).expect("101 parses").is_complete());
+                    assert_eq!(parsed.code, Some(101));
+                    let accept = parsed.headers.iter().find(|h| h.name == "Sec-WebSocket-Accept").expect("accept");
+                    assert_eq!(accept.value, handshake::accept_key(&upgrade.key).as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// A refusal is a complete HTTP response with the error's status and a body of the announced length.
+fn check_refusal(e: &handshake::HandshakeError) {
+    let status = e.status();
+    assert!([400, 404, 405, 426, 431, 505].contains(&status), "unexpected status {status}");
+    let response = e.response();
+    let mut headers = [httparse::EMPTY_HEADER; 8];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head_len) = parsed.parse(&response).expect("refusal parses") else {
+        panic!("refusal head incomplete")
+    };
+    assert_eq!(parsed.code, Some(status));
+    let length = parsed.headers.iter().find(|h| h.name == "Content-Length").expect("Content-Length");
+    assert_eq!(std::str::from_utf8(length.value).unwrap().parse::<usize>().unwrap(), response.len() - head_len);
+}
+
+/// Fuzz target: input byte 0 picks the chunking; the rest is the text.
+pub fn utf8(data: &[u8]) {
+    let Some((&seed, text)) = data.split_first() else { return };
+    let mut validator = Utf8Validator::new();
+    let mut fed = 0;
+    for piece in chunks(seed, text) {
+        fed += piece.len();
+        let never_valid = std::str::from_utf8(&text[..fed]).is_err_and(|e| e.error_len().is_some());
+        match validator.feed(piece) {
+            Ok(()) => assert!(!never_valid, "accepted a prefix that can never be valid ({fed} bytes)"),
+            Err(_) => {
+                assert!(never_valid, "refused a valid prefix ({fed} bytes)");
+                return;
+            }
+        }
+    }
+    assert_eq!(validator.finish().is_ok(), std::str::from_utf8(text).is_ok());
+}
