@@ -27,13 +27,14 @@ fn main() {
     ] {
         watch_tree(&root.join(watched));
     }
-    if std::env::var_os("WSPLUG_SKIP_PLUGIN_BUILD").is_some_and(|v| v == "1") {
-        return;
-    }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let target_dir = if target_dir.is_absolute() { target_dir } else { root.join(target_dir) };
     let build_dir = target_dir.join("wasm-build");
     let out_dir = target_dir.join("plugins");
+    if std::env::var_os("WSPLUG_SKIP_PLUGIN_BUILD").is_some_and(|v| v == "1") {
+        embed_builtins(&out_dir);
+        return;
+    }
 
     ensure_wasm_target();
     for workspace in ["plugins/Cargo.toml", "tests/plugins/Cargo.toml"] {
@@ -45,6 +46,21 @@ fn main() {
         let from = release.join(format!("{name}.wasm"));
         let to = out_dir.join(format!("{name}.wasm"));
         copy_if_changed(&from, &to);
+    }
+    embed_builtins(&out_dir);
+}
+
+/// Copies the plugins the binary carries (`builtin:echo`, `builtin:chat`, see `src/builtin.rs`)
+/// into OUT_DIR for `include_bytes!`. A plugin that was not built is embedded empty, and the binary
+/// says so when a config asks for it.
+fn embed_builtins(plugins: &Path) {
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for name in ["echo", "chat"] {
+        let bytes = std::fs::read(plugins.join(format!("{name}.wasm"))).unwrap_or_default();
+        let to = out.join(format!("builtin-{name}.wasm"));
+        if std::fs::read(&to).ok() != Some(bytes.clone()) {
+            std::fs::write(&to, bytes).expect("write an embedded plugin");
+        }
     }
 }
 

@@ -218,9 +218,10 @@ impl Config {
         Self::parse(&text, &name, base)
     }
 
-    /// The embedded default config; relative paths resolve from the source checkout.
+    /// The embedded default config. It names only builtins (see [`crate::builtin`]), so the binary
+    /// needs no file beside it; its base directory is the working directory.
     pub fn embedded_default() -> Self {
-        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let base = std::env::current_dir().unwrap_or_default();
         Self::parse(DEFAULT_CONFIG, "embedded default config", base).expect("the embedded default config is valid")
     }
 
@@ -281,8 +282,13 @@ impl Config {
     }
 
     /// Resolves a path from this config relative to its directory.
+    /// A builtin (`builtin:NAME`) stays as it is.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
+        if path.is_absolute() || crate::builtin::name_of(path).is_some() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 
     fn check(&self) -> Result<(), (Option<std::ops::Range<usize>>, String)> {
@@ -318,6 +324,15 @@ impl Config {
             if value.is_zero() {
                 return Err((None, format!("limits.{name} must be longer than 0")));
             }
+        }
+        if let Some(name) = self.static_dir.as_deref().and_then(crate::builtin::name_of)
+            && name != crate::builtin::DEMO_PAGE
+        {
+            let known = format!("{}{}", crate::builtin::PREFIX, crate::builtin::DEMO_PAGE);
+            return Err((
+                None,
+                format!("static_dir: there is no {}{name} (built in: {known})", crate::builtin::PREFIX),
+            ));
         }
         if l.max_frame_size > l.max_message_size {
             return Err((None, "limits.max_frame_size must not exceed limits.max_message_size".into()));

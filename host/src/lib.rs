@@ -12,6 +12,7 @@
 //! | [`config`] | the TOML configuration, its defaults and checks | |
 //! | [`reload`] | watching plugin and config files, swapping changes in live | sockets, frames |
 //! | [`app`] | the whole server: routes mounted from the config, the listener, the reloader | |
+//! | [`builtin`] | the example plugins and the chat page, embedded in the binary | |
 //!
 //! Imports point one way: `protocol` ← `server` ← `plugin` (a route handler behind
 //! [`server::handler`]) ← `reload` ← `app` ← `main.rs`, the command line around them.
@@ -19,6 +20,7 @@
 #![deny(unsafe_code)]
 
 pub mod app;
+pub mod builtin;
 pub mod config;
 pub mod plugin;
 pub use wsplug_protocol as protocol;

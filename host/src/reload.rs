@@ -304,7 +304,7 @@ impl Reloader {
         }
         for (route, frame) in retired {
             tracing::info!(path = %route.path, reason = %frame.reason, "closing the route's connections");
-            route.close_all(frame);
+            route.retire(frame);
         }
         tracing::info!(config = ?self.config_path, "configuration reloaded");
         self.config = new;
@@ -360,7 +360,12 @@ async fn load_if_changed_checked<'a>(
     running: impl Iterator<Item = &'a PluginRoute>,
     cache: Option<PathBuf>,
 ) -> anyhow::Result<Option<LoadedPlugin>> {
-    let bytes = match tokio::fs::read(file).await {
+    let read = if crate::builtin::name_of(file).is_some() {
+        crate::plugin::engine::read_plugin(file).map(|b| b.into_owned()).map_err(std::io::Error::other)
+    } else {
+        tokio::fs::read(file).await
+    };
+    let bytes = match read {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::warn!(plugin = %file.display(), "plugin file removed: the last good version keeps serving");
@@ -382,12 +387,13 @@ async fn load_if_changed_checked<'a>(
     Ok(Some(loaded))
 }
 
-/// Every plugin file a config names, normalized.
+/// Every plugin file a config names, normalized (builtins are not files: they never change).
 fn plugin_files(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = config
         .routes
         .iter()
         .filter_map(|r| r.get_ref().plugin.as_ref())
+        .filter(|f| crate::builtin::name_of(f).is_none())
         .map(|f| normalize(&config.resolve(f)))
         .collect();
     files.sort();
@@ -398,6 +404,9 @@ fn plugin_files(config: &Config) -> Vec<PathBuf> {
 /// A path with its directory made canonical (the file itself may not exist right now), so that
 /// paths from the config and from the watcher compare equal.
 pub(crate) fn normalize(path: &Path) -> PathBuf {
+    if crate::builtin::name_of(path).is_some() {
+        return path.to_path_buf();
+    }
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return path.to_path_buf() };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     match dir.canonicalize() {

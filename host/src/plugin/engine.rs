@@ -99,7 +99,7 @@ impl PluginEngine {
     /// names the file and what is wrong.
     pub fn load(&self, path: &Path, cache_dir: Option<&Path>) -> anyhow::Result<LoadedPlugin> {
         let name = plugin_name(path);
-        let bytes = std::fs::read(path).with_context(|| format!("plugin {}: cannot read the file", path.display()))?;
+        let bytes = read_plugin(path)?;
         self.load_bytes(path, &name, &bytes, cache_dir)
     }
 
@@ -200,8 +200,20 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
+/// A plugin file's bytes; a builtin (`builtin:NAME`) comes from the binary itself.
+pub fn read_plugin(path: &Path) -> anyhow::Result<std::borrow::Cow<'static, [u8]>> {
+    if let Some(name) = crate::builtin::name_of(path) {
+        return crate::builtin::plugin(name).map(std::borrow::Cow::Borrowed).map_err(anyhow::Error::msg);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("plugin {}: cannot read the file", path.display()))?;
+    Ok(std::borrow::Cow::Owned(bytes))
+}
+
 /// The name a plugin's logs carry: the file stem.
 pub fn plugin_name(path: &Path) -> String {
+    if let Some(name) = crate::builtin::name_of(path) {
+        return name.to_owned();
+    }
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 

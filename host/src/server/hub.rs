@@ -80,6 +80,8 @@ pub enum SubscribeError {
 struct Inner {
     members: HashMap<u64, Member>,
     topics: HashMap<String, HashSet<u64>>,
+    /// Set once the route is removed or replaced: how late joiners are closed.
+    retired: Option<CloseFrame>,
 }
 
 /// Connections and topics of one route.
@@ -105,10 +107,23 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers an admitted connection.
+    /// Registers an admitted connection. On a retired route (removed or replaced by a reload
+    /// while this connection was being admitted) it is closed at once with the frame every other
+    /// connection got, instead of staying on a route nobody serves.
     pub fn join(&self, info: Arc<ConnInfo>, out: Outbound) {
         let id = info.id;
-        self.lock().members.insert(id, Member { info, out, topics: HashSet::new(), closing: false });
+        let mut inner = self.lock();
+        let closing = inner.retired.is_some();
+        if let Some(frame) = inner.retired.clone() {
+            out.close(Some(frame), false);
+        }
+        inner.members.insert(id, Member { info, out, topics: HashSet::new(), closing });
+    }
+
+    /// Retires the route: closes every connection with `frame`, and every later joiner too.
+    pub fn retire(&self, frame: CloseFrame) {
+        self.lock().retired = Some(frame.clone());
+        self.close_where(|_| true, frame);
     }
 
     /// Removes a connection and its subscriptions; false if it was not registered.
@@ -169,7 +184,7 @@ impl Hub {
     /// Queues an encoded frame for every subscriber of `topic`.
     pub fn publish(&self, topic: &str, encoded: &Bytes, sender: Option<u64>, batch: &mut Batch) {
         let mut inner = self.lock();
-        let Inner { members, topics } = &mut *inner;
+        let Inner { members, topics, .. } = &mut *inner;
         let Some(subscribers) = topics.get(topic) else { return };
         for id in subscribers {
             if let Some(member) = members.get_mut(id) {

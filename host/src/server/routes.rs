@@ -89,9 +89,10 @@ impl Route {
         *self.plugin_file.lock().expect("plugin file lock") = Some(file);
     }
 
-    /// Closes every connection on the route (after what is queued for each).
-    pub fn close_all(&self, frame: CloseFrame) {
-        self.hub.close_where(|_| true, frame);
+    /// Retires the route (removed or replaced): closes every connection on it, after what is
+    /// queued for each, and any connection that was being admitted to it meanwhile.
+    pub fn retire(&self, frame: CloseFrame) {
+        self.hub.retire(frame);
     }
 }
 

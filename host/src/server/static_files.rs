@@ -16,6 +16,14 @@ const MAX_FILE: u64 = 8 << 20;
 /// The full HTTP response for a GET on `request`'s path under `dir`.
 pub async fn respond(dir: &Path, request: &Request) -> Vec<u8> {
     let not_found = || http_response(404, &[], "text/plain; charset=utf-8", b"not found\n");
+    if let Some(builtin) = crate::builtin::name_of(dir) {
+        // The same path rules as on disk, then a lookup in what the binary carries.
+        let Some(path) = resolve(Path::new(""), request.path()) else { return not_found() };
+        let Some((name, body)) = path.to_str().and_then(|p| crate::builtin::static_file(builtin, p)) else {
+            return not_found();
+        };
+        return ok(Path::new(name), body);
+    }
     let Some(path) = resolve(dir, request.path()) else {
         return not_found();
     };
@@ -35,14 +43,18 @@ pub async fn respond(dir: &Path, request: &Request) -> Vec<u8> {
         _ => return not_found(),
     }
     match tokio::fs::read(&path).await {
-        Ok(body) => http_response(
-            200,
-            &[("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff")],
-            content_type(&path),
-            &body,
-        ),
+        Ok(body) => ok(&path, &body),
         Err(_) => not_found(),
     }
+}
+
+fn ok(path: &Path, body: &[u8]) -> Vec<u8> {
+    http_response(
+        200,
+        &[("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff")],
+        content_type(path),
+        body,
+    )
 }
 
 /// Maps a URL path to a file path under `dir`, or `None` if it tries to leave it.

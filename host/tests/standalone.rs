@@ -1,0 +1,149 @@
+//! The binary alone is the product: a copy of it in an empty directory, run by another user with a
+//! home of its own and no source checkout on the machine (see [`start`]), serves the chat page and
+//! the example plugins with no config and no files beside it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use wsplug::protocol::decoder::{Decoder, Event, Limits, Message};
+use wsplug::protocol::frame::encode_client_frame;
+
+struct Standalone {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Standalone {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Copies the binary into a fresh directory and starts it there. As root, it runs as `nobody` in
+/// a mount namespace where the source checkout and the build's target directory are hidden
+/// (empty), as on a machine that never saw them.
+fn start() -> Standalone {
+    let dir = std::env::temp_dir().join(format!("wsplug-standalone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("home")).unwrap();
+    let binary = dir.join("wsplug");
+    std::fs::copy(env!("CARGO_BIN_EXE_wsplug"), &binary).unwrap();
+    let as_root = std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    let isolate = as_root && ["/usr/bin/setpriv", "/usr/bin/unshare"].iter().all(|p| std::path::Path::new(p).exists());
+    let mut command = if isolate {
+        use std::os::unix::fs::PermissionsExt;
+        for path in [&dir, &dir.join("home")] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
+        let target = PathBuf::from(env!("CARGO_BIN_EXE_wsplug")).parent().unwrap().parent().unwrap().to_path_buf();
+        let mut c = Command::new("/usr/bin/unshare");
+        c.args([
+            "--mount",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs none "$2" && mount -t tmpfs none "$1" && shift 2 && exec "$@""#,
+            "sh",
+        ])
+        .arg(&checkout)
+        .arg(&target)
+        .args(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary);
+        c
+    } else {
+        eprintln!("not root: the copy runs as this user, with the checkout still visible");
+        Command::new(&binary)
+    };
+    // Only a port is chosen; no config, no plugin, no page is given.
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .env_clear()
+        .env("HOME", dir.join("home"))
+        .env("WSPLUG_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("start the copied binary");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else { panic!("the copied binary exited:\n{}", seen.join("\n")) };
+        if let Some((_, rest)) = line.split_once("listening addr=") {
+            break rest.trim().parse().unwrap();
+        }
+        seen.push(line);
+    };
+    // Keep draining its log so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Standalone { child, addr, dir }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// Opens a WebSocket on `path`, sends `text`, returns the first text message that comes back.
+fn exchange(addr: SocketAddr, path: &str, protocol: Option<&str>, text: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let protocol = protocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
+    )
+    .unwrap();
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed during the handshake");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let _ = buf.split_to(head_end);
+    stream.write_all(&encode_client_frame(true, 0x1, text.as_bytes(), [1, 2, 3, 4])).unwrap();
+    let mut decoder = Decoder::client(Limits::default());
+    loop {
+        match decoder.decode(&mut buf).unwrap() {
+            Some(Event::Message(Message::Text(t))) => return String::from_utf8(t.to_vec()).unwrap(),
+            Some(other) => panic!("expected a text message, got {other:?}"),
+            None => {}
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn a_copied_binary_alone_serves_the_demo() {
+    let server = start();
+    let page = http_get(server.addr, "/");
+    assert!(page.starts_with("HTTP/1.1 200 "), "{page}");
+    assert!(page.contains("text/html") && page.contains("<!doctype html"), "{page}");
+    let script = http_get(server.addr, "/app.js");
+    assert!(script.starts_with("HTTP/1.1 200 ") && script.contains("text/javascript"), "{script}");
+    assert!(http_get(server.addr, "/../Cargo.toml").starts_with("HTTP/1.1 404 "));
+
+    assert_eq!(exchange(server.addr, "/echo", None, "hello from nowhere"), "hello from nowhere");
+    // The chat plugin greets a new member with a JSON event of its own.
+    let first = exchange(server.addr, "/chat", Some("chat.v1"), r#"{"type":"join","nick":"ada","room":"lobby"}"#);
+    assert!(first.starts_with('{') && first.contains("\"type\""), "{first}");
+}
