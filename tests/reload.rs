@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use wsplug_tests::{
-    Client, TempDir, TestServer, assert_echo, next_message, plugin_path, probe_version, with_custom_section,
-    write_atomically,
+    Client, TempDir, TestServer, assert_echo, next_message, plugin_path, plugin_version, probe_version,
+    with_custom_section, write_atomically,
 };
 
 fn write_config(dir: &TempDir, body: &str) -> std::path::PathBuf {
@@ -282,4 +282,88 @@ async fn without_watching_changes_wait_for_an_explicit_reload() {
     assert_eq!(text(&mut ws).await, "v0001 x", "not watched: no swap yet");
     server.reload.as_ref().unwrap().reload_all(); // what SIGHUP does
     wait_for_tag(&mut ws, "v0002").await;
+}
+
+#[tokio::test]
+async fn a_file_written_beside_a_plugin_does_not_postpone_its_reload() {
+    let dir = TempDir::new("busy-dir");
+    let plugin = dir.join("probe.wasm");
+    std::fs::write(&plugin, probe_version(1)).unwrap();
+    let config = write_config(&dir, "[[routes]]\npath = \"/tag\"\nplugin = \"probe.wasm\"\n");
+    let server = TestServer::from_file(&config, true).await;
+    let mut ws = server.connect("/tag").await;
+    wait_for_tag(&mut ws, "v0001").await;
+
+    // A log beside the plugin, appended to every 10 ms for 15 s (well inside any debounce).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (log, stop) = (dir.join("server.log"), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(log).unwrap();
+            let end = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(f, "a line").unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (version, style) in [(2, 0), (3, 1), (4, 2)] {
+        replace(&plugin, &probe_version(version), style);
+        wait_for_tag(&mut ws, &format!("v{version:04}")).await;
+        assert!(!writer.is_finished(), "version {version} came into service only after the log writer stopped");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}
+
+/// Connections that between them reach every instance of a 2-instance route, each asked `tagged`.
+async fn tags(clients: &mut [Client]) -> Vec<String> {
+    let mut out = Vec::new();
+    for ws in clients.iter_mut() {
+        say(ws, "tagged").await;
+        out.push(text(ws).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_swap_is_all_or_nothing_across_instances() {
+    let dir = TempDir::new("all-or-nothing");
+    let plugin = dir.join("hostile.wasm");
+    std::fs::write(&plugin, plugin_version("hostile", 0)).unwrap();
+    let config = write_config(&dir, "[[routes]]\npath = \"/h\"\nplugin = \"hostile.wasm\"\ninstances = 2\n");
+    let server = TestServer::from_file(&config, true).await;
+    // Ids are handed out in order, so consecutive connections alternate between the instances.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(server.connect("/h").await);
+    }
+    assert_eq!(tags(&mut clients).await, ["v0000"; 4]);
+    // One instance's state will be refused by the next version's `restore`; the other's not.
+    say(&mut clients[0], "keep refuse-restore").await;
+    assert_eq!(text(&mut clients[0]).await, "kept 1");
+
+    write_atomically(&plugin, &plugin_version("hostile", 1));
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(tags(&mut clients).await, ["v0000"; 4], "a refused swap must leave every instance as it was");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Once the state is acceptable, the same file written again is tried again, and taken whole.
+    say(&mut clients[0], "forget").await;
+    assert_eq!(text(&mut clients[0]).await, "forgot");
+    write_atomically(&plugin, &plugin_version("hostile", 1));
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = tags(&mut clients).await;
+        if now == ["v0001"; 4] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "the new version never came into service: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -3,8 +3,11 @@
 //!
 //! - A watcher (crate `notify`) watches the directories that hold the config file and every plugin
 //!   file it names, so that every way a file really changes is seen: written in place, truncated then
-//!   written, written elsewhere then renamed over, deleted and recreated. Events are debounced: a
-//!   burst becomes one reload once the directory has been quiet for [`DEBOUNCE`].
+//!   written, written elsewhere then renamed over, deleted and recreated. Only events on the files
+//!   the config names count (a log written beside a plugin is ignored). A file renamed into place,
+//!   or closed by its writer, is complete: it is reloaded at once. Other events (a file created or
+//!   written and still open) wait until that file has been quiet for [`DEBOUNCE`], and never more
+//!   than [`MAX_DEBOUNCE`] after the first, so a file written without end cannot postpone reloads.
 //! - A plugin file whose content hash is unchanged is left alone. A changed one is compiled and
 //!   checked off the async workers; only a good version is handed to the route's instances, each
 //!   swapped while its slot is held (see `plugin::route`): events before it go to the old version,
@@ -33,16 +36,34 @@ use crate::plugin::{LoadedPlugin, PluginEngine, PluginRoute, RouteSettings};
 use crate::protocol::{CloseCode, CloseFrame};
 use crate::server::{Handler, Live, Route, Routes, Shared};
 
-/// How long a file's directory must be quiet before a burst of events becomes one reload.
+/// How long a file still being written must be quiet before it is reloaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest a reload waits for files being written, from the first event.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// What asks for a reload.
 #[derive(Debug)]
 pub(crate) enum Trigger {
-    /// These paths changed (from the watcher).
-    Changed(Vec<PathBuf>),
+    /// These paths changed (from the watcher); `complete`: the change is whole (renamed into
+    /// place, or closed by its writer), nothing more is coming.
+    Changed { paths: Vec<PathBuf>, complete: bool },
     /// Re-read the config and every plugin (SIGHUP).
     All,
+}
+
+/// The changes gathered for one reload.
+#[derive(Default)]
+struct Pending {
+    all: bool,
+    /// Changed files the config names, and whether each is complete.
+    files: HashMap<PathBuf, bool>,
+}
+
+impl Pending {
+    /// Whether a changed file may still be mid-write.
+    fn waiting(&self) -> bool {
+        !self.all && self.files.values().any(|complete| !complete)
+    }
 }
 
 /// Asks a running server to reload.
@@ -64,6 +85,9 @@ pub(crate) struct Reloader {
     tx: mpsc::UnboundedSender<Trigger>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
+    /// The files whose changes count: the config file and its plugin files, normalized (the
+    /// watcher reports paths under the canonical directories it watches, so they compare as is).
+    relevant: HashSet<PathBuf>,
 }
 
 impl Reloader {
@@ -80,6 +104,7 @@ impl Reloader {
             tx,
             watcher: None,
             watched: HashSet::new(),
+            relevant: HashSet::new(),
         }
     }
 
@@ -90,12 +115,22 @@ impl Reloader {
     /// Starts watching the config file's and the plugins' directories.
     pub fn watch(&mut self) -> anyhow::Result<()> {
         let tx = self.tx.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if !matches!(event.kind, notify::EventKind::Access(_)) => {
-                let _ = tx.send(Trigger::Changed(event.paths));
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            use notify::EventKind::{Access, Modify};
+            use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+            match event {
+                Ok(event) => {
+                    let complete = matches!(
+                        event.kind,
+                        Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+                            | Access(AccessKind::Close(AccessMode::Write))
+                    );
+                    if complete || !matches!(event.kind, Access(_)) {
+                        let _ = tx.send(Trigger::Changed { paths: event.paths, complete });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "file watcher error"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "file watcher error"),
         })?;
         self.watcher = Some(watcher);
         self.rewatch();
@@ -104,6 +139,7 @@ impl Reloader {
 
     /// Watches exactly the directories the current config needs.
     fn rewatch(&mut self) {
+        self.relevant = plugin_files(&self.config).into_iter().chain(self.config_path.clone()).collect();
         let Some(watcher) = self.watcher.as_mut() else { return };
         let mut wanted: HashSet<PathBuf> =
             plugin_files(&self.config).into_iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
@@ -126,29 +162,63 @@ impl Reloader {
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Trigger>) {
         while let Some(first) = rx.recv().await {
-            let mut all = false;
-            let mut paths = HashSet::new();
-            let mut add = |t: Trigger| match t {
-                Trigger::All => all = true,
-                Trigger::Changed(p) => paths.extend(p.iter().map(|p| normalize(p))),
-            };
-            add(first);
-            // Debounce: a burst of events (truncate + write, write + rename, ...) is one reload.
+            let mut pending = Pending::default();
+            if !self.gather(&mut pending, first) {
+                continue; // not a file the config names: no reload, no wait
+            }
+            let cap = tokio::time::Instant::now() + MAX_DEBOUNCE;
+            let mut quiet_at = tokio::time::Instant::now() + DEBOUNCE;
             loop {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(t)) => add(t),
+                // Take what is already queued (the rest of a rename's events) without waiting.
+                while let Ok(t) = rx.try_recv() {
+                    if self.gather(&mut pending, t) {
+                        quiet_at = tokio::time::Instant::now() + DEBOUNCE;
+                    }
+                }
+                if !pending.waiting() {
+                    break;
+                }
+                match tokio::time::timeout_at(quiet_at.min(cap), rx.recv()).await {
+                    Ok(Some(t)) => {
+                        if self.gather(&mut pending, t) {
+                            quiet_at = tokio::time::Instant::now() + DEBOUNCE;
+                        }
+                    }
                     Ok(None) => return,
-                    Err(_) => break,
+                    Err(_) => break, // quiet, or waited long enough
                 }
             }
-            if all || self.config_path.as_ref().is_some_and(|c| paths.contains(c)) {
+            if pending.all || self.config_path.as_ref().is_some_and(|c| pending.files.contains_key(c)) {
                 self.reload_config().await;
             } else {
                 let files: Vec<PathBuf> =
-                    plugin_files(&self.config).into_iter().filter(|f| paths.contains(f)).collect();
+                    plugin_files(&self.config).into_iter().filter(|f| pending.files.contains_key(f)).collect();
                 for file in files {
                     self.reload_plugin_file(&file).await;
                 }
+            }
+        }
+    }
+
+    /// Adds a trigger's changes to `pending`, keeping only the files the config names (the config
+    /// file and its plugins). True when it changed anything.
+    fn gather(&self, pending: &mut Pending, trigger: Trigger) -> bool {
+        match trigger {
+            Trigger::All => {
+                pending.all = true;
+                true
+            }
+            Trigger::Changed { paths, complete } => {
+                let mut relevant = false;
+                for path in paths {
+                    if self.relevant.contains(&path) {
+                        // The latest event decides: a file written again after a rename is not
+                        // complete until that writer is done too.
+                        pending.files.insert(path, complete);
+                        relevant = true;
+                    }
+                }
+                relevant
             }
         }
     }

@@ -273,9 +273,14 @@ impl Drop for TempDir {
 /// The probe test plugin with its version tag patched (`v0000` → `vNNNN`): distinguishable versions
 /// of one build, for hot-reload tests and benchmarks.
 pub fn probe_version(n: u32) -> Vec<u8> {
-    let mut bytes = std::fs::read(plugin_path("probe")).unwrap();
+    plugin_version("probe", n)
+}
+
+/// A test plugin that carries a version tag (`probe`, `hostile`) with the tag patched to `vNNNN`.
+pub fn plugin_version(name: &str, n: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(plugin_path(name)).unwrap();
     let marker = b"wsplug-tag:v0000";
-    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("probe.wasm carries its tag");
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("the plugin carries its tag");
     bytes[at + 11..at + 16].copy_from_slice(format!("v{n:04}").as_bytes());
     bytes
 }

@@ -57,7 +57,19 @@ pub struct PluginInstance {
 
 impl PluginInstance {
     /// Instantiates `plugin` in a fresh store with `limits`.
+    ///
+    /// Instantiation (memory set-up, data segments) and the guest's start-up code (a JavaScript or
+    /// Python runtime initialising itself) run on a blocking-pool thread, not on an async worker:
+    /// they can take milliseconds and, unlike calls, are not the price of any one connection's event.
     pub async fn new(plugin: &LoadedPlugin, limits: &SandboxLimits) -> Result<Self, CallError> {
+        let (plugin, limits) = (plugin.clone(), limits.clone());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || runtime.block_on(Self::instantiate(&plugin, &limits)))
+            .await
+            .map_err(|e| CallError::Failed(format!("instantiation task: {e}")))?
+    }
+
+    async fn instantiate(plugin: &LoadedPlugin, limits: &SandboxLimits) -> Result<Self, CallError> {
         let engine = &PluginEngine::global().engine;
         let mut store = Store::new(engine, PluginState::new(plugin.name.clone(), limits));
         store.limiter(|s| &mut s.limiter);

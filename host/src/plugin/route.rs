@@ -140,21 +140,30 @@ impl PluginRoute {
         self.instances.len()
     }
 
-    /// Swaps a checked new version (and optionally new settings) into every instance, each between
-    /// two events. Fails, leaving the old version serving, if an instance cannot instantiate or
-    /// restore the new one.
+    /// Swaps a checked new version (and optionally new settings) into every instance, all or none:
+    /// every slot is held (between two of its events) while the new version is built and handed
+    /// each instance's state; only when all succeeded do they all switch. A route never serves two
+    /// versions at once, and a refused version leaves `current` as it was, so that writing the same
+    /// file again is tried again.
     pub async fn swap(&self, plugin: LoadedPlugin, settings: Option<RouteSettings>) -> Result<(), String> {
         let settings = settings.unwrap_or_else(|| self.settings());
-        let mut errors = Vec::new();
-        for (i, slot) in self.instances.iter().enumerate() {
-            if let Err(e) = slot.lock().await.swap(plugin.clone(), settings.clone()).await {
-                errors.push(format!("instance {i}: {e}"));
+        // In index order; nothing else holds two slots, so this cannot deadlock.
+        let mut slots = Vec::with_capacity(self.instances.len());
+        for slot in &self.instances {
+            slots.push(slot.lock().await);
+        }
+        let mut prepared = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.iter_mut().enumerate() {
+            match slot.prepare(&plugin, &settings).await {
+                Ok(p) => prepared.push(p),
+                Err(e) => return Err(format!("instance {i} of {}: {e}; no instance changed", slots.len())),
             }
         }
-        if errors.len() < self.instances.len() {
-            *self.current.lock().expect("current plugin lock") = (plugin, settings);
+        for (slot, p) in slots.iter_mut().zip(prepared) {
+            slot.commit(p, plugin.clone(), settings.clone()).await;
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        *self.current.lock().expect("current plugin lock") = (plugin, settings);
+        Ok(())
     }
 }
 
@@ -184,6 +193,12 @@ impl HandlerInstance for InstanceSlot {
     fn closed<'a>(&'a mut self, id: u64, code: u16, reason: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(self.connection_closed(id, code, reason))
     }
+}
+
+/// A new version built and given an instance's state, ready to be put in service.
+struct Prepared {
+    instance: PluginInstance,
+    checkpoint: Option<Vec<u8>>,
 }
 
 /// One plugin instance and what it needs to serve its connections; taken by one connection's
@@ -540,11 +555,12 @@ impl InstanceSlot {
         }
     }
 
-    /// Hot reload: builds the new version, hands the old version's state over, and re-attaches the
-    /// live connections. On any failure the old version stays in service, untouched.
-    async fn swap(&mut self, plugin: LoadedPlugin, settings: RouteSettings) -> Result<(), String> {
+    /// Hot reload, first half: builds the new version and hands it the old version's state,
+    /// changing nothing here. On any failure the old version stays in service, untouched.
+    async fn prepare(&mut self, plugin: &LoadedPlugin, settings: &RouteSettings) -> Result<Prepared, String> {
         let mut next =
-            PluginInstance::new(&plugin, &settings.sandbox).await.map_err(|e| format!("instantiation {e}"))?;
+            PluginInstance::new(plugin, &settings.sandbox).await.map_err(|e| format!("instantiation {e}"))?;
+        let mut checkpoint = self.checkpoint.clone();
         if next.has_restore() {
             let snapshot = match self.instance.as_mut() {
                 Some(old) if old.has_snapshot() => match old.snapshot().await {
@@ -566,19 +582,25 @@ impl InstanceSlot {
             if let Some(bytes) = snapshot {
                 match next.restore(bytes.clone()).await {
                     // The new version accepts this state: it is its checkpoint until the next.
-                    Ok(Ok(())) => self.checkpoint = Some(bytes),
+                    Ok(Ok(())) => checkpoint = Some(bytes),
                     Ok(Err(refusal)) => return Err(format!("restore refused the snapshot: {refusal}")),
                     Err(e) => return Err(format!("restore {e}")),
                 }
             }
         }
+        Ok(Prepared { instance: next, checkpoint })
+    }
+
+    /// Hot reload, second half: puts a prepared version in service and re-attaches the live
+    /// connections.
+    async fn commit(&mut self, prepared: Prepared, plugin: LoadedPlugin, settings: RouteSettings) {
         self.plugin = plugin;
         self.settings = settings;
-        self.instance = Some(next);
+        self.instance = Some(prepared.instance);
+        self.checkpoint = prepared.checkpoint;
         self.generation += 1;
         self.reattach_all().await;
         self.batch.flush();
-        Ok(())
     }
 
     /// The subprotocol to answer with: the plugin's (which must have been offered), else the

@@ -307,4 +307,39 @@ mod tests {
         let none = ConnInfo { headers: HeaderBlock::default(), ..info };
         assert_eq!(none.headers().count(), 0);
     }
+
+    #[tokio::test]
+    async fn a_connection_admitted_to_a_retired_route_is_closed_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outbound = || async {
+            let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let limits = super::super::outbound::QueueLimits {
+                max_frames: 8,
+                max_bytes: 1000,
+                max_message_size: 1000,
+                max_in_flight: 4,
+            };
+            Outbound::new(Arc::new(server.into_split().1), limits)
+        };
+        let info = |id| {
+            Arc::new(ConnInfo {
+                id,
+                target: "/".into(),
+                headers: HeaderBlock::default(),
+                remote_addr: String::new(),
+                protocols: Vec::new(),
+            })
+        };
+        let hub = Hub::new("/old");
+        let early = outbound().await;
+        hub.join(info(1), early.clone());
+        assert!(!early.is_closing());
+        hub.retire(CloseFrame { code: CloseCode::SERVICE_RESTART, reason: "route reconfigured".into() });
+        assert!(early.is_closing(), "a member is closed by the retirement");
+        // Admitted while the reload ran: it joins after the route was retired.
+        let late = outbound().await;
+        hub.join(info(2), late.clone());
+        assert!(late.is_closing(), "a late joiner must not stay on a route nobody serves");
+    }
 }

@@ -14,6 +14,10 @@
 //! | `spin MS`   | runs for MS milliseconds of wall time, then replies `spun MS`            |
 //! | `keep X`    | adds X to its state (handed over by `snapshot`/`restore`), replies `kept N` |
 //! | `kept`      | replies with its state: the kept strings joined by `,`                   |
+//! | `forget`    | empties its state, replies `forgot`                                      |
+//! | `tagged`    | replies with this build's version tag (`v0000`; tests patch it, see [`TAG`]) |
+//!
+//! `restore` refuses a state that holds the string `refuse-restore`.
 //!
 //! and a connection whose query has `trap-open` (`/hostile?trap-open=1`) makes `on-open` panic.
 //!
@@ -32,6 +36,9 @@ const FLOOD: usize = 100_000;
 const HUGE: usize = 100 << 20;
 /// The chunk `alloc` allocates at a time.
 const CHUNK: usize = 1 << 20;
+/// A version tag that hot-reload tests patch in the compiled `.wasm` (same length) to make
+/// distinguishable versions of one build.
+static TAG: &str = "wsplug-tag:v0000";
 /// A connection id no connection has.
 const FOREIGN: ConnectionId = 0xFFFF_FFFF_FFFF;
 
@@ -63,6 +70,11 @@ impl Plugin for Hostile {
             }
             Some("close-bad") => vec![Action::close(1005, "no status")],
             Some("kept") => vec![Action::reply_text(KEPT.with_borrow(|k| k.join(",")))],
+            Some("forget") => {
+                KEPT.with_borrow_mut(Vec::clear);
+                vec![Action::reply_text("forgot")]
+            }
+            Some("tagged") => vec![Action::reply_text(&black_box(TAG)[11..])],
             Some(text) if text.starts_with("spin ") => {
                 let ms: u64 = text[5..].parse().unwrap_or(0);
                 let until = Instant::now() + Duration::from_millis(ms);
@@ -89,6 +101,9 @@ impl Plugin for Hostile {
 
     fn restore(snapshot: Vec<u8>) -> Result<(), String> {
         let text = String::from_utf8(snapshot).map_err(|e| e.to_string())?;
+        if text.split('\n').any(|kept| kept == "refuse-restore") {
+            return Err("this state asks to be refused".into());
+        }
         KEPT.set(if text.is_empty() { Vec::new() } else { text.split('\n').map(str::to_owned).collect() });
         Ok(())
     }
