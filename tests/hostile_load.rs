@@ -222,8 +222,8 @@ async fn five_thousand_silent_sockets_do_not_keep_real_clients_out() {
         assert_echo(ws, Message::text("all still served")).await;
     }
     // The silent sockets churned only each other out: all but the address's quota (256) were
-    // answered 408.
-    let dropped = wsplug_tests::dropped_with_408(silent, Duration::from_millis(1500)).await;
+    // answered 408 (or 503).
+    let dropped = wsplug_tests::dropped_silent(silent, Duration::from_millis(1500)).await;
     assert!(dropped >= 5_000 - 256, "only {dropped} silent sockets were dropped");
 }
 

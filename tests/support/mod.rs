@@ -155,7 +155,19 @@ pub enum Seen {
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr, path: &str) -> Self {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::handshake(stream, path).await
+    }
+
+    /// [`RawClient::connect`] from another loopback address (outside 127.0.0.1's per-address limits).
+    pub async fn connect_from(local: [u8; 4], addr: SocketAddr, path: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((local, 0))).unwrap();
+        let stream = tokio::time::timeout(STEP, socket.connect(addr)).await.expect("connect in time").unwrap();
+        Self::handshake(stream, path).await
+    }
+
+    async fn handshake(mut stream: TcpStream, path: &str) -> Self {
         stream.write_all(upgrade_request(path).as_bytes()).await.unwrap();
         let mut buf = BytesMut::new();
         let head_end = loop {
@@ -329,9 +341,17 @@ impl ServerProcess {
 
     /// Its resident memory now.
     pub fn rss(&self) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
+        (self.rss_reader())()
+    }
+
+    /// A function that reads its resident memory, for a task that samples it (0 once it is gone).
+    pub fn rss_reader(&self) -> impl Fn() -> usize + Send + 'static {
+        let path = format!("/proc/{}/status", self.child.id());
+        move || {
+            let Ok(status) = std::fs::read_to_string(&path) else { return 0 };
+            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() * 1024
+        }
     }
 
     /// The highest RSS seen over `span`.
@@ -372,9 +392,10 @@ pub async fn run_child_server(env: &str) {
     server.run().await.expect("server run");
 }
 
-/// How many of `sockets` (connected, never sent a byte) the server dropped with a 408 within
-/// `wait`; any other answer fails the test. The sockets are read concurrently.
-pub async fn dropped_with_408(sockets: Vec<TcpStream>, wait: Duration) -> usize {
+/// How many of `sockets` (connected, never sent a byte) the server dropped within `wait`: with
+/// 408, or with 503 and Retry-After when dropped from the handshake pool before it had been
+/// silent a second; any other answer fails the test. The sockets are read concurrently.
+pub async fn dropped_silent(sockets: Vec<TcpStream>, wait: Duration) -> usize {
     let answers = futures_util::future::join_all(sockets.into_iter().map(|mut socket| async move {
         let mut answer = Vec::new();
         tokio::time::timeout(wait, socket.read_to_end(&mut answer)).await.ok().map(|_| answer)
@@ -382,7 +403,9 @@ pub async fn dropped_with_408(sockets: Vec<TcpStream>, wait: Duration) -> usize 
     .await;
     let mut dropped = 0;
     for answer in answers.into_iter().flatten() {
-        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408 "), "{answer:?}");
+        let text = String::from_utf8_lossy(&answer);
+        let busy = text.starts_with("HTTP/1.1 503 ") && text.contains("\r\nRetry-After: ");
+        assert!(text.starts_with("HTTP/1.1 408 ") || busy, "{text:?}");
         dropped += 1;
     }
     dropped

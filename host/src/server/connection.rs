@@ -50,6 +50,9 @@ const MAX_READ: usize = 256 << 10;
 pub(crate) const MAX_IN_FLIGHT: usize = 16;
 /// Echo payloads up to this size are copied rather than shared with the read buffer.
 const SHARE_ABOVE: usize = 4 << 10;
+/// How long a socket dropped from the handshake pool must have sent nothing to be answered 408
+/// rather than 503.
+const SILENT_FOR: Duration = Duration::from_secs(1);
 /// How often a connection paused by memory pressure looks again.
 const PRESSURE_RETRY: Duration = Duration::from_millis(20);
 
@@ -63,28 +66,38 @@ pub(crate) async fn serve(
     slots: Arc<Semaphore>,
 ) {
     let _ = stream.set_nodelay(true);
+    let accepted = Instant::now();
     let limits = &shared.limits;
     let mut buf = BytesMut::with_capacity(1024);
     let head_limits = HeadLimits { max_head_size: limits.max_head_size, max_headers: limits.max_headers };
-    // `None`: not in time, or dropped from the handshake pool to make room (it had sent nothing).
+    // `Err(true)`: dropped from the handshake pool to make room (it had sent nothing that this task
+    // had read yet); `Err(false)`: not in time.
     let head = tokio::select! {
-        head = tokio::time::timeout(limits.handshake_timeout, read_head(&mut stream, &mut buf, head_limits, &pass)) => head.ok(),
-        _ = pass.evicted() => None,
+        head = tokio::time::timeout(limits.handshake_timeout, read_head(&mut stream, &mut buf, head_limits, &pass)) => head.map_err(|_| false),
+        _ = pass.evicted() => Err(true),
     };
     drop(pass);
     let (request, head_len) = match head {
-        None => {
-            tracing::debug!(%peer, "handshake timed out (or made room for a newer one)");
-            let resp =
-                handshake::http_response(408, &[], "text/plain; charset=utf-8", b"request head not received in time\n");
-            return refuse(&stream, &resp).await;
+        Err(evicted) => {
+            // 408 for a slow head, and for a socket dropped after a second of silence. One dropped
+            // with bytes waiting (sent, not read yet: a burst of handshakes from one address) or
+            // too young to judge was not slow: it gets "busy, retry".
+            let sent = evicted && (!buf.is_empty() || matches!(stream.try_read_buf(&mut buf), Ok(n) if n > 0));
+            let busy = evicted && (sent || accepted.elapsed() < SILENT_FOR);
+            tracing::debug!(%peer, evicted, busy, "handshake timed out, or made room for a newer one");
+            let resp = if busy {
+                handshake::unavailable_response(Duration::from_secs(1), "too many handshakes in progress: retry")
+            } else {
+                handshake::http_response(408, &[], "text/plain; charset=utf-8", b"request head not received in time\n")
+            };
+            return refuse(&shared, &stream, &resp).await;
         }
-        Some(Err(HeadError::Io)) => return,
-        Some(Err(HeadError::Handshake(e))) => {
+        Ok(Err(HeadError::Io)) => return,
+        Ok(Err(HeadError::Handshake(e))) => {
             tracing::debug!(%peer, status = e.status(), error = %e, "bad request head");
-            return refuse(&stream, &e.response()).await;
+            return refuse(&shared, &stream, &e.response()).await;
         }
-        Some(Ok(head)) => head,
+        Ok(Ok(head)) => head,
     };
     buf.advance(head_len);
 
@@ -95,23 +108,23 @@ pub(crate) async fn serve(
             && let Some(dir) = &live.static_dir
         {
             let resp = super::static_files::respond(dir, &request).await;
-            return refuse(&stream, &resp).await;
+            return refuse(&shared, &stream, &resp).await;
         }
-        return refuse(&stream, &HandshakeError::NotFound.response()).await;
+        return refuse(&shared, &stream, &HandshakeError::NotFound.response()).await;
     };
     drop(live);
     let upgrade = match handshake::validate_upgrade(&request) {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(%peer, path = %request.target, status = e.status(), error = %e, "handshake refused");
-            return refuse(&stream, &e.response()).await;
+            return refuse(&shared, &stream, &e.response()).await;
         }
     };
     // A connection slot, held to the end of the connection.
     let Ok(_slot) = slots.try_acquire_owned() else {
         tracing::warn!(%peer, "connection limit reached: 503");
         let resp = handshake::unavailable_response(Duration::from_secs(1), "server is at its connection limit");
-        return refuse(&stream, &resp).await;
+        return refuse(&shared, &stream, &resp).await;
     };
     let id = shared.next_connection_id();
     let (reader, writer) = stream.into_split();
@@ -171,7 +184,7 @@ pub(crate) async fn serve(
                 Admit::Rejected { status, body } => {
                     tracing::debug!(%peer, path = %request.target, status, "handler refused the connection");
                     let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
-                    return refuse((*writer).as_ref(), &response).await;
+                    return refuse(&shared, (*writer).as_ref(), &response).await;
                 }
                 Admit::Unavailable { retry_after } => {
                     tracing::debug!(%peer, path = %request.target, "handler unavailable (its circuit breaker is open): 503");
@@ -179,7 +192,7 @@ pub(crate) async fn serve(
                         retry_after,
                         "plugin unavailable: it keeps failing; try again later",
                     );
-                    return refuse((*writer).as_ref(), &response).await;
+                    return refuse(&shared, (*writer).as_ref(), &response).await;
                 }
             }
         }
@@ -296,12 +309,18 @@ fn half_close(socket: &TcpStream) {
 }
 
 /// Sends a final HTTP response and closes without resetting the connection under it (the request's
-/// remaining bytes are drained, bounded in time and size).
-async fn refuse(socket: &TcpStream, response: &[u8]) {
+/// remaining bytes are drained, bounded in time and size). Draining keeps the task alive for up to
+/// a second, so at most `max_handshakes` refusals drain at once: past that (a storm of refused
+/// handshakes), a refused socket is closed at once, at the risk of a reset under its response.
+async fn refuse(shared: &Shared, socket: &TcpStream, response: &[u8]) {
     let until = Instant::now() + Duration::from_secs(1);
     if let Ok(Ok(())) = tokio::time::timeout_at(until, write_all(socket, response)).await {
         half_close(socket);
-        drain(socket, until, 64 << 10).await;
+        let lingering = &shared.lingering;
+        if lingering.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < shared.limits.max_handshakes {
+            drain(socket, until, 64 << 10).await;
+        }
+        lingering.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     /// Flips to true when the server shuts down; sessions then close with 1001.
     pub shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
+    /// Refused sockets being drained before they close (see `connection::refuse`), at most
+    /// `limits.max_handshakes` at once.
+    pub lingering: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -108,6 +111,7 @@ impl Listener {
             live: RwLock::new(Arc::new(Live { routes, static_dir })),
             shutdown: shutdown_rx,
             next_id: AtomicU64::new(1),
+            lingering: std::sync::atomic::AtomicUsize::new(0),
         });
         Ok(Self {
             listener,
