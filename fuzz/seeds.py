@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Writes the fuzz targets' seed corpora (fuzz/corpus/<target>/), from the cases the tests use:
-RFC 6455's example frames, fragmented and control frames, close frames, the RFC's handshake and
-the malformed variants the handshake tests send, and UTF-8 edge cases. Run: python3 fuzz/seeds.py"""
+"""Writes the fuzz targets' seed corpora (fuzz/corpus/<target>/ and fuzz/host/corpus/<target>/),
+from the cases the tests use: RFC 6455's example frames, fragmented and control frames, close
+frames, the RFC's handshake and the malformed variants the handshake tests send, UTF-8 edge cases,
+the example configs, the static-file paths of the traversal tests, and plugin results of every
+action kind. Run: python3 fuzz/seeds.py"""
 import os, struct, sys
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
@@ -76,4 +78,22 @@ for target, seeds, prefix in [("frame_decoder", frames, True), ("request_head", 
             path = os.path.join(d, name if seed is None else f"{name}-{seed}")
             with open(path, "wb") as f:
                 f.write((bytes([seed]) if seed is not None else b"") + data)
-print(f"seed corpora written under {root}", file=sys.stderr)
+repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+host_root = os.path.join(repo, "fuzz", "host", "corpus")
+configs = {name: open(os.path.join(repo, path), "rb").read()
+           for name, path in [("example", "examples/wsplug.toml"), ("default", "host/src/default.toml")]}
+configs["bad_line"] = b"[limits]\nmax_frame_size = \"64MB\"\n"
+paths = {str(i): p.encode() for i, p in enumerate([
+    "/index.html", "/", "/../etc/passwd", "/a/%2e%2e/%2e%2e/etc/passwd", "/%2e%2e%2fetc", "/a%5c..%5cb",
+    "/.git/config", "/x%00y", "/bad%zz", "/app.js?x=1"])}
+# actions: [kind, len, 3*len bytes]... (see fuzz/host/src/lib.rs)
+actions = {f"kind{k}": bytes([k, 2]) + b"abcdef" for k in range(7)}
+actions["close_1000"] = bytes([6 + 7 * 0, 0]) + bytes([0x03, 0xE8])
+actions["mixed"] = b"".join(bytes([k, 1]) + b"xyz" for k in range(7))
+for target, seeds in [("config", configs), ("static_path", paths), ("actions", actions)]:
+    d = os.path.join(host_root, target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in seeds.items():
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+print(f"seed corpora written under {root} and {host_root}", file=sys.stderr)

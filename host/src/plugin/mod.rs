@@ -5,6 +5,7 @@
 //! - [`sandbox`]: what an instance may use (WASI without files, sockets or env), its memory cap and
 //!   per-call limits; plugin stdout/stderr and `log` into the host's log.
 //! - [`instance`]: one instantiated plugin; calls bounded by the CPU deadline; failures classified.
+//! - [`actions`]: the contract's rules on what a call returns (checked before anything is done).
 //! - [`recovery`]: checkpoints of a plugin's state, the rebuild backoff and the circuit breaker.
 //! - [`route`]: a plugin route's instances, each in a slot that the connections' tasks take in
 //!   turn to call it (no thread or queue of its own), validate and carry out its actions through
@@ -14,6 +15,7 @@
 //! sockets, frames or the handshake, and speaks to connections only through the hub and their
 //! outbound queues.
 
+pub mod actions;
 pub mod bindings;
 pub mod engine;
 pub mod instance;

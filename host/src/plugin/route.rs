@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
+use super::actions::{check_action, check_totals};
 use super::bindings::wsplug::plugin::types::{self as wit, Action, Admission, Target};
 use super::engine::LoadedPlugin;
 use super::instance::{CallError, PluginInstance};
@@ -40,9 +41,6 @@ use crate::protocol::{CloseCode, CloseFrame, Message};
 use crate::server::handler::{Accept, Admit, BoxFuture, EventRoute, HandlerInstance, SharedInstance};
 use crate::server::hub::{ConnInfo, Hub};
 use crate::server::{Batch, Outbound};
-
-/// Longest topic name accepted.
-const MAX_TOPIC: usize = 256;
 
 /// A route served by a plugin: its instances' slots and its hub.
 pub struct PluginRoute {
@@ -630,30 +628,22 @@ impl InstanceSlot {
     /// returned actions are per event).
     fn apply_for(&mut self, sender: Sender, actions: Vec<Action>, count: usize) {
         let limits = &self.settings.sandbox;
-        let max_actions = limits.max_actions.saturating_mul(count);
-        if actions.len() > max_actions {
-            let what = format!("returned {} actions (limit {max_actions})", actions.len());
-            return self.violation(sender, &what);
-        }
-        let bytes: usize = actions.iter().map(action_bytes).sum();
-        let max_bytes = limits.max_action_bytes.saturating_mul(count);
-        if bytes > max_bytes {
-            let what = format!("returned {bytes} message bytes (limit {max_bytes})");
+        if let Err(what) = check_totals(&actions, limits, count) {
             return self.violation(sender, &what);
         }
         let max_topics = limits.max_topics_per_connection;
         let id = sender.map(|(id, _)| id);
         for action in actions {
+            if let Err(what) = check_action(&action, self.settings.max_message_size) {
+                self.violation(sender, &what);
+                continue;
+            }
             match action {
                 Action::Reply(m) => self.send(sender, Target::Sender, m),
                 Action::Broadcast(m) => self.send(sender, Target::Everyone, m),
                 Action::Send(o) => self.send(sender, o.to, o.message),
                 Action::Subscribe(topic) => {
                     let Some(id) = id else { continue };
-                    if topic.len() > MAX_TOPIC {
-                        self.violation(sender, &format!("topic name of {} bytes (limit {MAX_TOPIC})", topic.len()));
-                        continue;
-                    }
                     if let Err(e) = self.hub.subscribe(id, &topic, max_topics) {
                         tracing::warn!(plugin = &*self.plugin.name, id, "subscribe {topic:?} refused: {e}");
                     }
@@ -666,10 +656,6 @@ impl InstanceSlot {
                 Action::Close(frame) => {
                     let Some(id) = id else { continue };
                     let code = CloseCode(frame.code);
-                    if !code.is_allowed_on_wire() {
-                        self.violation(sender, &format!("close with code {} (not allowed on the wire)", frame.code));
-                        continue;
-                    }
                     let reason = crate::protocol::close::truncate_reason(&frame.reason).to_owned();
                     self.hub.close(id, CloseFrame { code, reason });
                 }
@@ -682,10 +668,6 @@ impl InstanceSlot {
             wit::MessageResult::Text(s) => (OpCode::Text, Bytes::from(s.into_bytes())),
             wit::MessageResult::Binary(b) => (OpCode::Binary, Bytes::from(b)),
         };
-        if payload.len() > self.settings.max_message_size {
-            let max = self.settings.max_message_size;
-            return self.violation(sender, &format!("message of {} bytes (limit {max})", payload.len()));
-        }
         let id = sender.map(|(id, _)| id);
         match to {
             // Straight onto the sender's own queue: no hub lookup. A full queue closes itself
@@ -709,19 +691,6 @@ impl InstanceSlot {
             Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), id, id, &mut self.batch),
             Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload), id, &mut self.batch),
         }
-    }
-}
-
-fn action_bytes(action: &Action) -> usize {
-    let size = |m: &wit::MessageResult| match m {
-        wit::MessageResult::Text(s) => s.len(),
-        wit::MessageResult::Binary(b) => b.len(),
-    };
-    match action {
-        Action::Reply(m) | Action::Broadcast(m) => size(m),
-        Action::Send(o) => size(&o.message),
-        Action::Subscribe(t) | Action::Unsubscribe(t) => t.len(),
-        Action::Close(f) => f.reason.len(),
     }
 }
 

@@ -22,7 +22,7 @@ mod handshakes;
 pub mod hub;
 mod outbound;
 mod routes;
-mod static_files;
+pub mod static_files;
 
 pub use outbound::{Batch, Outbound, QueueError, QueueLimits};
 pub use routes::{Handler, Route, Routes};
