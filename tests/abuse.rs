@@ -43,8 +43,7 @@ static HEAVY: Mutex<()> = Mutex::const_new(());
 
 async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     let guard = HEAVY.lock().await;
-    let fds = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
-    assert!(fds >= 12_000, "these tests need an open-file limit of 12,000 (ulimit -n is {fds})");
+    wsplug_tests::raise_file_limit(12_000);
     guard
 }
 
@@ -146,6 +145,12 @@ async fn peak_during<T>(server: &ServerProcess, attack: impl std::future::Future
     (result, peak.load(Ordering::Relaxed).max(server.rss()))
 }
 
+/// Reports a peak of RSS and checks it against `bound` above `base`.
+fn check_rss(attack: &str, base: usize, peak: usize, bound: usize) {
+    eprintln!("{attack}: RSS {} → peak {} KiB (bound +{} KiB)", base / KIB, peak / KIB, bound / KIB);
+    assert!(peak <= base + bound, "{attack}: RSS grew by {} KiB, bound {} KiB", (peak - base) / KIB, bound / KIB);
+}
+
 /// Reads a socket to its end (bounded by `wait`); the bytes the server sent.
 async fn read_to_end(mut socket: TcpStream, wait: Duration) -> Option<Vec<u8>> {
     let mut all = Vec::new();
@@ -182,8 +187,7 @@ async fn five_thousand_request_heads_that_never_finish() {
     }
     // At most max_handshakes (1024) are held at once, and as many refused ones drain at once.
     let bound = 2 * 1024 * PER_HANDSHAKE + SLACK;
-    eprintln!("5,000 slow heads: RSS {} → peak {} KiB (bound +{} KiB)", base / KIB, peak / KIB, bound / KIB);
-    assert!(peak <= base + bound, "RSS grew by {} KiB, bound {} KiB", (peak - base) / KIB, bound / KIB);
+    check_rss("5,000 slow heads", base, peak, bound);
     bystander.check(20);
 }
 
@@ -219,8 +223,7 @@ async fn frames_announcing_2_pow_63_bytes_are_refused_from_the_header() {
     }
     // Nothing of the announced payload is buffered: each holds at most one read's worth.
     let bound = 1_000 * (16 * KIB) + SLACK;
-    eprintln!("1,000 × 2^63: RSS {} → peak {} KiB (bound +{} KiB)", base / KIB, peak / KIB, bound / KIB);
-    assert!(peak <= base + bound, "RSS grew by {} KiB, bound {} KiB", (peak - base) / KIB, bound / KIB);
+    check_rss("1,000 × 2^63", base, peak, bound);
     bystander.check(5);
 }
 
@@ -249,8 +252,7 @@ async fn a_message_of_100_000_one_byte_fragments_is_joined_and_echoed() {
     .await;
     // Two connections, one after the other, each within the per-connection bound.
     let bound = 2 * PER_CONNECTION + SLACK;
-    eprintln!("100,000 fragments: RSS {} → peak {} KiB (bound +{} KiB)", base / KIB, peak / KIB, bound / KIB);
-    assert!(peak <= base + bound, "RSS grew by {} KiB, bound {} KiB", (peak - base) / KIB, bound / KIB);
+    check_rss("100,000 fragments", base, peak, bound);
     bystander.check(1);
 }
 
@@ -299,14 +301,8 @@ async fn ping_floods_from_clients_that_never_read_the_pongs() {
         );
     }
     let bound = FLOODERS * PER_CONNECTION + SLACK;
-    eprintln!(
-        "{FLOODERS} ping flooders: at most {} KiB written each; RSS {} → peak {} KiB (bound +{} KiB)",
-        written.iter().map(|w| w.0).max().unwrap() / KIB,
-        base / KIB,
-        peak / KIB,
-        bound / KIB
-    );
-    assert!(peak <= base + bound, "RSS grew by {} KiB, bound {} KiB", (peak - base) / KIB, bound / KIB);
+    let most = written.iter().map(|w| w.0).max().unwrap() / KIB;
+    check_rss(&format!("{FLOODERS} ping flooders (at most {most} KiB written each)"), base, peak, bound);
     drop(written);
     bystander.check(5);
 }
@@ -340,13 +336,7 @@ async fn a_connection_storm_past_max_connections_gets_503_within_bounds() {
     assert_eq!(refused, statuses.len(), "every handshake past the cap gets 503: {:?}", &statuses[..20]);
     // At most max_handshakes (1024) in progress, and as many refused ones draining, at once.
     let bound = 2 * 1024 * PER_HANDSHAKE + SLACK;
-    eprintln!(
-        "5,000 handshakes past the cap: RSS {} → peak {} KiB (bound +{} KiB)",
-        base / KIB,
-        peak / KIB,
-        bound / KIB
-    );
-    assert!(peak <= base + bound, "RSS grew by {} KiB, bound {} KiB", (peak - base) / KIB, bound / KIB);
+    check_rss("5,000 handshakes past the cap", base, peak, bound);
     // The connections already in are still served.
     for raw in held.iter_mut().take(10) {
         raw.send_frame(true, 0x1, b"still here").await;
@@ -399,8 +389,7 @@ async fn readers_that_never_read_during_a_broadcast_are_shed() {
         assert_eq!(u16::from_be_bytes([answer[close + 2], answer[close + 3]]), 1013);
     }
     let bound = STALLED * (Q + 2 * 64 * KIB) + 2 * PER_CONNECTION + SLACK;
-    eprintln!("{STALLED} stalled readers: RSS {} → peak {} KiB (bound +{} KiB)", base / KIB, peak / KIB, bound / KIB);
-    assert!(peak <= base + bound, "RSS grew by {} KiB, bound {} KiB", (peak - base) / KIB, bound / KIB);
+    check_rss(&format!("{STALLED} stalled readers"), base, peak, bound);
     bystander.check(5);
 }
 

@@ -24,8 +24,7 @@ static HEAVY: Mutex<()> = Mutex::const_new(());
 /// inherits it).
 async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     let guard = HEAVY.lock().await;
-    let fds = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
-    assert!(fds >= 10_000, "these tests need an open-file limit of 10,000 (ulimit -n is {fds})");
+    wsplug_tests::raise_file_limit(10_000);
     guard
 }
 

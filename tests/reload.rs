@@ -71,6 +71,19 @@ async fn wait_for_tag(ws: &mut Client, want: &str) {
     }
 }
 
+/// A server watching a directory that holds `probe.wasm` (version 1) on route `/tag`, and a client
+/// that has seen version 1 answer.
+async fn probe_route(tag: &str) -> (TempDir, std::path::PathBuf, TestServer, Client) {
+    let dir = TempDir::new(tag);
+    let plugin = dir.join("probe.wasm");
+    std::fs::write(&plugin, probe_version(1)).unwrap();
+    let config = write_config(&dir, "[[routes]]\npath = \"/tag\"\nplugin = \"probe.wasm\"\n");
+    let server = TestServer::from_file(&config, true).await;
+    let mut ws = server.connect("/tag").await;
+    wait_for_tag(&mut ws, "v0001").await;
+    (dir, plugin, server, ws)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_swaps_under_load_lose_and_reorder_nothing() {
     let dir = TempDir::new("swap");
@@ -161,13 +174,7 @@ async fn plugin_swaps_under_load_lose_and_reorder_nothing() {
 
 #[tokio::test]
 async fn unchanged_content_does_not_swap_and_a_deleted_file_keeps_serving() {
-    let dir = TempDir::new("touch");
-    let plugin = dir.join("probe.wasm");
-    std::fs::write(&plugin, probe_version(1)).unwrap();
-    let config = write_config(&dir, "[[routes]]\npath = \"/tag\"\nplugin = \"probe.wasm\"\n");
-    let server = TestServer::from_file(&config, true).await;
-    let mut ws = server.connect("/tag").await;
-    wait_for_tag(&mut ws, "v0001").await;
+    let (dir, plugin, server, mut ws) = probe_route("touch").await;
 
     // Same bytes written again: no swap, so no re-attach notice.
     replace(&plugin, &probe_version(1), 1);
@@ -286,13 +293,7 @@ async fn without_watching_changes_wait_for_an_explicit_reload() {
 
 #[tokio::test]
 async fn a_file_written_beside_a_plugin_does_not_postpone_its_reload() {
-    let dir = TempDir::new("busy-dir");
-    let plugin = dir.join("probe.wasm");
-    std::fs::write(&plugin, probe_version(1)).unwrap();
-    let config = write_config(&dir, "[[routes]]\npath = \"/tag\"\nplugin = \"probe.wasm\"\n");
-    let server = TestServer::from_file(&config, true).await;
-    let mut ws = server.connect("/tag").await;
-    wait_for_tag(&mut ws, "v0001").await;
+    let (dir, plugin, server, mut ws) = probe_route("busy-dir").await;
 
     // A log beside the plugin, appended to every 10 ms for 15 s (well inside any debounce).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -505,6 +505,29 @@ mod tests {
     }
 
     #[test]
+    fn zero_timeouts_are_refused() {
+        for key in [
+            "handshake_timeout",
+            "ping_interval",
+            "idle_timeout",
+            "close_timeout",
+            "write_timeout",
+            "message_timeout",
+            "shutdown_timeout",
+        ] {
+            for zero in ["0", "\"0ms\"", "\"0s\""] {
+                let e = parse(&format!("[limits]\n{key} = {zero}\n")).unwrap_err().to_string();
+                assert!(e.contains(key) && e.contains("longer than 0"), "{key} = {zero}: {e}");
+            }
+        }
+        let route = "[[routes]]\npath = \"/p\"\nplugin = \"p.wasm\"\n";
+        let e = parse(&format!("{route}[routes.sandbox]\ncpu_deadline = \"0ms\"\n")).unwrap_err().to_string();
+        assert!(e.contains("cpu_deadline"), "{e}");
+        let e = parse(&format!("{route}[routes.connection]\ncpu_window = \"0s\"\n")).unwrap_err().to_string();
+        assert!(e.contains("cpu_window"), "{e}");
+    }
+
+    #[test]
     fn route_args() {
         let mut c = Config::empty();
         c.add_route_arg("/e=echo").unwrap();

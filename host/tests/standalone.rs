@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -36,7 +36,15 @@ fn start() -> Standalone {
     let binary = dir.join("wsplug");
     std::fs::copy(env!("CARGO_BIN_EXE_wsplug"), &binary).unwrap();
     let as_root = std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-    let isolate = as_root && ["/usr/bin/setpriv", "/usr/bin/unshare"].iter().all(|p| std::path::Path::new(p).exists());
+    // Mount namespaces need root and a kernel and container that allow them: try one first.
+    let isolate = as_root
+        && Path::new("/usr/bin/setpriv").exists()
+        && Command::new("/usr/bin/unshare")
+            .args(["--mount", "sh", "-c", r#"mount -t tmpfs none "$1""#, "sh"])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
     let mut command = if isolate {
         use std::os::unix::fs::PermissionsExt;
         for path in [&dir, &dir.join("home")] {
@@ -58,7 +66,7 @@ fn start() -> Standalone {
         .arg(&binary);
         c
     } else {
-        eprintln!("not root: the copy runs as this user, with the checkout still visible");
+        eprintln!("no root or no mount namespace: the copy runs as this user, with the checkout still visible");
         Command::new(&binary)
     };
     // Only a port is chosen; no config, no plugin, no page is given.

@@ -392,6 +392,13 @@ pub async fn run_child_server(env: &str) {
     server.run().await.expect("server run");
 }
 
+/// Raises the open-file limit as far as the system allows (a child server inherits it); panics if
+/// that is below `needed`.
+pub fn raise_file_limit(needed: u64) {
+    let fds = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
+    assert!(fds >= needed, "these tests need an open-file limit of {needed} (ulimit -n is {fds})");
+}
+
 /// How many of `sockets` (connected, never sent a byte) the server dropped within `wait`: with
 /// 408, or with 503 and Retry-After when dropped from the handshake pool before it had been
 /// silent a second; any other answer fails the test. The sockets are read concurrently.
