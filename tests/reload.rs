@@ -174,7 +174,7 @@ async fn plugin_swaps_under_load_lose_and_reorder_nothing() {
 
 #[tokio::test]
 async fn unchanged_content_does_not_swap_and_a_deleted_file_keeps_serving() {
-    let (dir, plugin, server, mut ws) = probe_route("touch").await;
+    let (_dir, plugin, server, mut ws) = probe_route("touch").await;
 
     // Same bytes written again: no swap, so no re-attach notice.
     replace(&plugin, &probe_version(1), 1);
@@ -293,7 +293,7 @@ async fn without_watching_changes_wait_for_an_explicit_reload() {
 
 #[tokio::test]
 async fn a_file_written_beside_a_plugin_does_not_postpone_its_reload() {
-    let (dir, plugin, server, mut ws) = probe_route("busy-dir").await;
+    let (dir, plugin, _server, mut ws) = probe_route("busy-dir").await;
 
     // A log beside the plugin, appended to every 10 ms for 15 s (well inside any debounce).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
