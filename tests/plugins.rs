@@ -473,6 +473,35 @@ async fn hostile_foreign_connection_id_is_dropped_and_the_sender_served() {
     assert_echo(&mut ws, Message::text("fine")).await;
 }
 
+/// A failure's reason is the plugin's own words (its stderr: the panic message) with the trap: in
+/// the log always, and in the client's close reason and 500 body on a `dev` route only.
+#[tokio::test]
+async fn a_dev_route_tells_the_client_why_the_plugin_failed() {
+    let route = |path: &str, dev: bool| {
+        format!("[[routes]]\npath = \"{path}\"\nplugin = \"target/plugins/hostile.wasm\"\ndev = {dev}\n")
+    };
+    let server = TestServer::start(&(route("/dev", true) + &route("/prod", false))).await;
+
+    let mut ws = server.connect("/dev").await;
+    say(&mut ws, "panic").await;
+    let (code, reason) = expect_close(&mut ws).await;
+    assert_eq!(code, 1011);
+    assert!(reason.starts_with("plugin error: ") && reason.contains("hostile: panic"), "{reason}");
+    assert!(reason.len() <= 123, "a close reason fits its frame");
+    let mut ws = server.connect("/dev").await;
+    say(&mut ws, "close-bad").await;
+    let (_, reason) = expect_close(&mut ws).await;
+    assert!(reason.contains("1005") && reason.contains("not allowed"), "{reason}");
+    let refused = http_exchange(server.addr, upgrade_request("/dev?trap-open=1").as_bytes()).await;
+    assert!(status_of(&refused) == 500 && refused.contains("hostile: trap-open"), "{refused}");
+
+    let mut ws = server.connect("/prod").await;
+    say(&mut ws, "panic").await;
+    assert_eq!(expect_close(&mut ws).await, (1011, "plugin error".to_owned()));
+    let refused = http_exchange(server.addr, upgrade_request("/prod?trap-open=1").as_bytes()).await;
+    assert!(refused.ends_with("\r\n\r\nplugin error\n"), "{refused}");
+}
+
 #[tokio::test]
 async fn hostile_trap_in_on_open_refuses_with_500_and_keeps_serving() {
     let server = server().await;
@@ -579,4 +608,26 @@ fn compile_cache_serves_a_version_seen_before_and_survives_a_bad_entry() {
     let third = engine.load(&echo, Some(&dir.0)).unwrap();
     assert!(!third.from_cache, "a bad entry is recompiled");
     wsplug::plugin::instance::PluginInstance::new_blocking(&third, &Default::default()).expect("recompiled code runs");
+}
+
+/// A plugin built against another version of the contract is refused in words that say so, not
+/// with the linker's "import not found".
+#[test]
+fn a_plugin_built_for_another_contract_version_is_refused_by_name() {
+    let mut bytes = std::fs::read(wsplug_tests::plugin_path("probe")).unwrap();
+    let (from, to) = (b"wsplug:plugin/", b"@0.1.0");
+    // Every `wsplug:plugin/NAME@0.1.0` becomes `@0.2.0`: the same component, built for 0.2.0.
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from) {
+        let start = at + i;
+        if let Some(j) = bytes[start..].iter().take(64).position(|&b| b == b'@')
+            && bytes[start + j..].starts_with(to)
+        {
+            bytes[start + j + 3] = b'2';
+        }
+        at = start + from.len();
+    }
+    let file = std::path::Path::new("probe-0.2.0.wasm");
+    let error = wsplug::plugin::PluginEngine::global().load_bytes(file, "probe", &bytes, None).unwrap_err().to_string();
+    assert!(error.contains("built for the plugin contract wsplug:plugin@0.2.0; this server speaks 0.1.0"), "{error}");
 }

@@ -178,6 +178,11 @@ pub struct RouteConfig {
     /// (`[routes.checkpoint]`).
     #[serde(default)]
     pub checkpoint: crate::plugin::Checkpoints,
+    /// For development: the reason a plugin failed (its trap and stderr, or the contract rule it
+    /// broke) goes into the 1011 close reason and the 500 body the client gets. Default false:
+    /// clients then see only "plugin error".
+    #[serde(default)]
+    pub dev: bool,
 }
 
 fn one() -> usize {
@@ -265,6 +270,7 @@ impl Config {
             sandbox: Default::default(),
             connection: Default::default(),
             checkpoint: Default::default(),
+            dev: false,
         };
         self.routes.push(Spanned::new(0..0, route));
         self.check().map_err(|(_, msg)| err(msg))
@@ -392,24 +398,34 @@ pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error
     }
     match Raw::deserialize(d)? {
         Raw::Int(n) => usize::try_from(n).map_err(serde::de::Error::custom),
-        Raw::Text(s) => parse_size(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid size {s:?} (e.g. 65536, \"64KiB\", \"16MiB\")"))),
+        Raw::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
     }
 }
 
-fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
+/// The forms a size takes, for error messages.
+const SIZE_FORMS: &str = "a number of bytes, or a string like \"512B\", \"64KiB\", \"16MiB\", \"1GiB\"";
+
+/// A size string: digits and a binary unit, nothing between them. "KB", "MB" and "GB" are refused
+/// rather than guessed (10^3 or 2^10?).
+fn parse_size(s: &str) -> Result<usize, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: usize = num.parse().ok()?;
-    let mult = match unit.trim() {
+    let invalid = || format!("invalid size {s:?}: use {SIZE_FORMS}");
+    let n: usize = num.parse().map_err(|_| invalid())?;
+    let mult = match unit {
         "" | "B" => 1,
-        "KiB" | "K" | "KB" => 1 << 10,
-        "MiB" | "M" | "MB" => 1 << 20,
-        "GiB" | "G" | "GB" => 1 << 30,
-        _ => return None,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "K" | "KB" | "kB" | "k" | "M" | "MB" | "G" | "GB" => {
+            let binary = format!("{}iB", unit.trim_end_matches('B').to_uppercase());
+            return Err(format!(
+                "ambiguous size {s:?}: {unit} could mean powers of 10 or of 2; write \"{n}{binary}\" (powers of 2) or a number of bytes"
+            ));
+        }
+        _ => return Err(invalid()),
     };
-    n.checked_mul(mult)
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// A duration: a string like "250ms", "10s", "2m", or an integer of milliseconds.
@@ -423,17 +439,18 @@ pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
     match Raw::deserialize(d)? {
         Raw::Millis(n) => Ok(Duration::from_millis(n)),
         Raw::Text(s) => parse_duration(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("invalid duration {s:?} (e.g. \"250ms\", \"10s\", \"2m\")"))
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: use a number of milliseconds, or digits and a unit with nothing between, like \"250ms\", \"10s\", \"2m\""
+            ))
         }),
     }
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().ok()?;
-    Some(match unit.trim() {
+    Some(match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60)?),
@@ -502,6 +519,22 @@ mod tests {
     fn zero_limits_are_refused() {
         let e = parse("[limits]\nmax_connections = 0\n").unwrap_err().to_string();
         assert!(e.contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn ambiguous_units_are_refused_with_the_accepted_forms() {
+        let e = parse("[limits]\nmax_message_size = \"64MB\"\n").unwrap_err().to_string();
+        assert!(e.contains("ambiguous") && e.contains("\"64MiB\"") && e.contains("line 2"), "{e}");
+        let e = parse("[limits]\nmax_message_size = \"64 MiB\"\n").unwrap_err().to_string();
+        assert!(e.contains("invalid size") && e.contains("\"16MiB\""), "{e}");
+        let e = parse("[limits]\nidle_timeout = \"1 s\"\n").unwrap_err().to_string();
+        assert!(e.contains("invalid duration") && e.contains("\"10s\""), "{e}");
+        let e = parse("[limits]\nidle_timeout = \"1h\"\n").unwrap_err().to_string();
+        assert!(e.contains("invalid duration"), "{e}");
+        assert_eq!(
+            parse("[limits]\nmax_message_size = \"2KiB\"\nmax_frame_size = 1024\n").unwrap().limits.max_message_size,
+            2048
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | [`reload`] | watching plugin and config files, swapping changes in live | sockets, frames |
 //! | [`app`] | the whole server: routes mounted from the config, the listener, the reloader | |
 //! | [`builtin`] | the example plugins and the chat page, embedded in the binary | |
+//! | [`connect`] | `wsplug connect`: a line-based client for trying a route | the server |
 //!
 //! Imports point one way: `protocol` ← `server` ← `plugin` (a route handler behind
 //! [`server::handler`]) ← `reload` ← `app` ← `main.rs`, the command line around them.
@@ -22,6 +23,7 @@
 pub mod app;
 pub mod builtin;
 pub mod config;
+pub mod connect;
 pub mod plugin;
 pub use wsplug_protocol as protocol;
 pub mod reload;

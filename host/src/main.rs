@@ -42,9 +42,20 @@ struct Cli {
 enum Cmd {
     /// Check that a file is a plugin wsplug can run: that it implements the world, what it
     /// imports and how the sandbox treats each import, its size and compile time. Exits 1 if not.
+    /// The compiled plugin is stored in the default compile cache, for the server to reuse.
     Check {
         /// The component to check.
         file: PathBuf,
+    },
+    /// Talk to a WebSocket route: each line of stdin is sent as a text message, each message
+    /// received is printed as a line; end stdin (Ctrl-D) to close. E.g.
+    /// `wsplug connect ws://127.0.0.1:8080/echo`.
+    Connect {
+        /// The route's URL: ws://HOST:PORT/PATH?QUERY.
+        url: String,
+        /// Offer this subprotocol (repeatable), e.g. --protocol chat.v1.
+        #[arg(long = "protocol", value_name = "NAME")]
+        protocols: Vec<String>,
     },
 }
 
@@ -67,12 +78,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Cmd::Check { file }) = &cli.command {
-        let plugin = wsplug::plugin::PluginEngine::global().load(file, None)?;
+        // The compiled artefact goes to the same cache the server uses by default, so that the
+        // server does not compile this file again.
+        let cache = wsplug::plugin::engine::default_cache_dir();
+        let plugin = wsplug::plugin::PluginEngine::global().load(file, cache.as_deref())?;
         // Instantiating runs the component's start-up code under the default sandbox too.
         wsplug::plugin::instance::PluginInstance::new_blocking(&plugin, &Default::default())
             .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", file.display()))?;
         print!("{}", wsplug::plugin::check_report(&plugin));
         return Ok(());
+    }
+    if let Some(Cmd::Connect { url, protocols }) = &cli.command {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(wsplug::connect::run(url, protocols));
     }
     let mut config = match (&cli.config, cli.routes.is_empty()) {
         (Some(path), _) => Config::from_file(path)?,

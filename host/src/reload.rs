@@ -225,6 +225,7 @@ impl Reloader {
 
     /// Swaps a changed plugin file into every route that uses it.
     async fn reload_plugin_file(&self, file: &Path) {
+        let picked_up = Instant::now();
         let live = self.shared.live();
         let routes: Vec<&Arc<Route>> =
             live.routes.iter().filter(|r| r.plugin_file().is_some_and(|f| f == file)).collect();
@@ -239,7 +240,7 @@ impl Reloader {
         };
         for route in routes {
             let plugin = plugin_of(route).expect("plugin route");
-            swap(&route.path, plugin, loaded.clone(), None).await;
+            swap(&route.path, plugin, loaded.clone(), None, picked_up).await;
         }
     }
 
@@ -267,6 +268,7 @@ impl Reloader {
 
         // Plan against the running routes: keep, swap, replace, mount, remove. Every plugin the new
         // config names is loaded (compiled, checked) before anything changes.
+        let picked_up = Instant::now();
         let live = self.shared.live();
         let mut loaded: HashMap<PathBuf, Option<LoadedPlugin>> = HashMap::new();
         for route in &new.routes {
@@ -368,7 +370,7 @@ impl Reloader {
         self.shared.set_live(Live { routes: Routes::from_routes(routes), static_dir });
         for (route, plugin, settings, file) in swaps {
             let plugin_route = plugin_of(&route).expect("plugin route");
-            if swap(&route.path, plugin_route, plugin, Some(settings)).await {
+            if swap(&route.path, plugin_route, plugin, Some(settings), picked_up).await {
                 route.set_plugin_file(file);
             }
         }
@@ -387,13 +389,23 @@ pub(crate) fn plugin_of(route: &Route) -> Option<&PluginRoute> {
     route.events()?.as_any().downcast_ref::<PluginRoute>()
 }
 
-/// Hands a checked plugin to a route's instances; logs the outcome. True when every instance took it.
-async fn swap(path: &str, route: &PluginRoute, plugin: LoadedPlugin, settings: Option<RouteSettings>) -> bool {
+/// Hands a checked plugin to a route's instances; logs the outcome, with the time since the change
+/// was picked up (`ms`: compiling included) and the swap's own share. True when every instance
+/// took it.
+async fn swap(
+    path: &str,
+    route: &PluginRoute,
+    plugin: LoadedPlugin,
+    settings: Option<RouteSettings>,
+    picked_up: Instant,
+) -> bool {
     let started = Instant::now();
     let file = plugin.path.display().to_string();
+    let compile_ms = plugin.compile_time.as_millis() as u64;
     match route.swap(plugin, settings).await {
         Ok(()) => {
-            tracing::info!(route = path, plugin = %file, ms = started.elapsed().as_millis() as u64, "plugin reloaded: new version in service");
+            let (ms, swap_ms) = (picked_up.elapsed().as_millis() as u64, started.elapsed().as_millis() as u64);
+            tracing::info!(route = path, plugin = %file, ms, compile_ms, swap_ms, "plugin reloaded: new version in service");
             true
         }
         Err(e) => {
@@ -451,6 +463,8 @@ async fn load_if_changed_checked<'a>(
     }
     let file = file.to_path_buf();
     let name = crate::plugin::engine::plugin_name(&file);
+    // Compiling can take seconds (a JavaScript or Python component): say so before, not only after.
+    tracing::info!(plugin = %file.display(), bytes = bytes.len(), "new version: compiling (or loading it from the compile cache)");
     let loaded =
         tokio::task::spawn_blocking(move || PluginEngine::global().load_bytes(&file, &name, &bytes, cache.as_deref()))
             .await??;

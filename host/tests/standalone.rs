@@ -30,7 +30,9 @@ impl Drop for Standalone {
 /// a mount namespace where the source checkout and the build's target directory are hidden
 /// (empty), as on a machine that never saw them.
 fn start() -> Standalone {
-    let dir = std::env::temp_dir().join(format!("wsplug-standalone-{}", std::process::id()));
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wsplug-standalone-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("home")).unwrap();
     let binary = dir.join("wsplug");
@@ -154,4 +156,41 @@ fn a_copied_binary_alone_serves_the_demo() {
     // The chat plugin greets a new member with a JSON event of its own.
     let first = exchange(server.addr, "/chat", Some("chat.v1"), r#"{"type":"join","nick":"ada","room":"lobby"}"#);
     assert!(first.starts_with('{') && first.contains("\"type\""), "{first}");
+}
+
+/// `wsplug connect URL` relays stdin lines as text messages and prints what comes back, one line
+/// each, then closes cleanly at the end of stdin; a refused handshake is an error that says why.
+#[test]
+fn wsplug_connect_talks_to_a_route() {
+    let server = start();
+    let connect = |url: String, input: &str, protocols: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsplug"))
+            .arg("connect")
+            .arg(url)
+            .args(protocols.iter().flat_map(|p| ["--protocol", p]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = connect(format!("ws://{}/echo", server.addr), "hello\nworld\n", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "hello\nworld\n");
+    assert!(err.contains("connected to") && err.contains("closed by the server: 1000"), "{err}");
+
+    let (ok, out, err) = connect(format!("ws://{}/chat?nick=ada", server.addr), "hi all\n", &["chat.v1"]);
+    assert!(ok && err.contains("subprotocol chat.v1"), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("\"welcome\"") && lines[1].contains("\"hi all\""), "{out}");
+
+    let (ok, _, err) = connect(format!("ws://{}/nowhere", server.addr), "", &[]);
+    assert!(!ok && err.contains("404"), "{err}");
 }

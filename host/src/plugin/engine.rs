@@ -23,6 +23,18 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The WIT world every plugin implements.
 pub const WORLD: &str = "wsplug:plugin/plugin@0.1.0";
+/// The version of the plugin contract (`wit/`, package `wsplug:plugin`) this server speaks.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// The contract version a component was built for, when it names `wsplug:plugin` interfaces of
+/// another version than [`CONTRACT_VERSION`] (the linker would only say an import is missing).
+fn contract_mismatch(component: &Component, engine: &Engine) -> Option<String> {
+    let ty = component.component_type();
+    let names = ty.imports(engine).map(|(n, _)| n).chain(ty.exports(engine).map(|(n, _)| n));
+    names
+        .filter_map(|name| name.strip_prefix("wsplug:plugin/")?.split_once('@').map(|(_, v)| v.to_owned()))
+        .find(|version| version != CONTRACT_VERSION)
+}
 
 /// The shared engine and linker.
 pub struct PluginEngine {
@@ -125,6 +137,13 @@ impl PluginEngine {
         let (component, from_cache) =
             self.compile(bytes, cache_dir).map_err(|e| anyhow::anyhow!("{}: invalid component: {e:#}", what()))?;
         let compile_time = started.elapsed();
+        if let Some(version) = contract_mismatch(&component, &self.engine) {
+            anyhow::bail!(
+                "{}: built for the plugin contract wsplug:plugin@{version}; this server speaks {CONTRACT_VERSION} \
+                 (rebuild the plugin against this server's wit/, or run a server that speaks {version})",
+                what()
+            );
+        }
         let pre = self
             .linker
             .instantiate_pre(&component)

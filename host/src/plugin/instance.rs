@@ -170,10 +170,14 @@ fn classify(store: &Store<PluginState>, error: wasmtime::Error) -> CallError {
     if store.data().limiter.hit {
         return CallError::OutOfMemory;
     }
+    // What the plugin said on stderr during the call is usually the real reason (a panic message,
+    // a traceback, an exception): the report carries it.
+    let said = store.data().stderr_tail.joined();
+    let with_stderr = |what: String| if said.is_empty() { what } else { format!("{what}; plugin stderr: {said}") };
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => CallError::Deadline,
-        Some(trap) => CallError::Trap(trap.to_string()),
-        None => CallError::Failed(format!("{error:#}").lines().next().unwrap_or_default().to_owned()),
+        Some(trap) => CallError::Trap(with_stderr(trap.to_string())),
+        None => CallError::Failed(with_stderr(format!("{error:#}").lines().next().unwrap_or_default().to_owned())),
     }
 }
 
@@ -183,4 +187,5 @@ fn arm(store: &mut Store<PluginState>, deadline_ticks: u64) {
     store.data_mut().ticks_left = deadline_ticks - 1;
     store.set_epoch_deadline(1);
     store.data_mut().limiter.hit = false;
+    store.data().stderr_tail.clear();
 }

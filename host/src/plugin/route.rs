@@ -71,6 +71,8 @@ pub struct RouteSettings {
     pub subprotocols: Vec<String>,
     /// When a stateful plugin's state is checkpointed for recovery.
     pub checkpoints: Checkpoints,
+    /// Failure reasons go to the client (`dev = true`), not only to the log.
+    pub dev: bool,
 }
 
 impl RouteSettings {
@@ -82,6 +84,7 @@ impl RouteSettings {
             max_message_size: limits.max_message_size,
             subprotocols: route.subprotocols.clone(),
             checkpoints: route.checkpoint,
+            dev: route.dev,
         }
     }
 }
@@ -113,6 +116,7 @@ impl PluginRoute {
                     checkpoint_timer: false,
                     checkpoint_due: false,
                     health: Health::default(),
+                    last_failure: String::new(),
                     this: this.clone(),
                 })
             }));
@@ -233,6 +237,8 @@ pub struct InstanceSlot {
     checkpoint_due: bool,
     /// Failures, the circuit breaker and the rebuild backoff.
     health: Health,
+    /// What the last failed call reported (for `dev` routes' clients).
+    last_failure: String,
     /// This slot's own lock, for the checkpoint task.
     this: Weak<Mutex<InstanceSlot>>,
 }
@@ -319,7 +325,7 @@ impl InstanceSlot {
                     self.violation(None, &msg);
                     // Admitted by the plugin, refused by the host: the plugin still hears of it.
                     self.connection_closed(info.id, 1006, "").await;
-                    Admit::Rejected { status: 500, body: "plugin error\n".into() }
+                    Admit::Rejected { status: 500, body: format!("{}\n", self.client_reason(&msg)) }
                 }
             },
             Ok(Admission::Reject(rejection)) => {
@@ -333,7 +339,7 @@ impl InstanceSlot {
             }
             Err(e) => {
                 self.failed("on-open", &e);
-                Admit::Rejected { status: 500, body: "plugin error\n".into() }
+                Admit::Rejected { status: 500, body: format!("{}\n", self.client_reason(&self.last_failure)) }
             }
         };
         self.batch.flush();
@@ -443,7 +449,20 @@ impl InstanceSlot {
 
     /// Closes the connection whose event made the plugin fail, and forgets it.
     fn detach(&mut self, id: u64) {
-        self.detach_with(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin error".into() });
+        let reason = self.client_reason(&self.last_failure);
+        self.detach_with(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason });
+    }
+
+    /// What a client is told of a plugin failure: "plugin error", and on a `dev` route what failed,
+    /// the plugin's own words first (a close reason is cut at 123 bytes by the encoder).
+    fn client_reason(&self, what: &str) -> String {
+        if !self.settings.dev || what.is_empty() {
+            return "plugin error".into();
+        }
+        match what.split_once("; plugin stderr: ") {
+            Some((error, said)) => format!("plugin error: {said} ({error})"),
+            None => format!("plugin error: {what}"),
+        }
     }
 
     /// Closes a connection with `frame` and forgets it: its later events are dropped.
@@ -457,6 +476,7 @@ impl InstanceSlot {
     /// store is poisoned). The next event rebuilds it from the last checkpoint, and every
     /// connection is re-attached before its own next message.
     fn failed(&mut self, call: &str, error: &CallError) {
+        self.last_failure = format!("{call} {error}");
         self.instance = None;
         self.generation += 1;
         tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, call, "plugin {error}; rebuilding the instance");
@@ -615,7 +635,7 @@ impl InstanceSlot {
         let connection = sender.map(|(id, _)| id);
         tracing::warn!(plugin = &*self.plugin.name, route = %self.settings.path, connection = ?connection, "plugin contract violation: {what}");
         if let Some(id) = connection {
-            self.hub.close(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: "plugin error".into() });
+            self.hub.close(id, CloseFrame { code: CloseCode::INTERNAL_ERROR, reason: self.client_reason(what) });
         }
     }
 

@@ -59,20 +59,33 @@ pub struct PluginState {
     pub limiter: MemoryLimiter,
     /// Epoch ticks the current call may still run before it is interrupted (its CPU deadline).
     pub ticks_left: u64,
+    /// The last lines the plugin wrote to stderr during the current call: what a failure
+    /// report quotes (a Rust panic message, a Python traceback, a JavaScript exception).
+    pub stderr_tail: StderrTail,
 }
 
 impl PluginState {
     pub fn new(plugin: Arc<str>, limits: &SandboxLimits) -> Self {
         // Nothing is granted beyond clocks and random: no preopened directories, no environment,
         // no arguments, no network (TCP, UDP and name lookup are off by default; say so anyway).
+        let stderr_tail = StderrTail::default();
+        let mut stderr = LogSink::new(plugin.clone(), "stderr");
+        stderr.tail = Some(stderr_tail.clone());
         let wasi = WasiCtxBuilder::new()
             .stdout(LogSink::new(plugin.clone(), "stdout"))
-            .stderr(LogSink::new(plugin.clone(), "stderr"))
+            .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Self { plugin, wasi, table: ResourceTable::new(), limiter: MemoryLimiter::new(limits.memory), ticks_left: 0 }
+        Self {
+            plugin,
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(limits.memory),
+            ticks_left: 0,
+            stderr_tail,
+        }
     }
 }
 
@@ -151,12 +164,42 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// The last [`TAIL_LINES`] lines a plugin wrote to stderr (each at most [`TAIL_LINE`] bytes), and
+/// the start of an unfinished one. Cleared before every call.
+#[derive(Clone, Default)]
+pub struct StderrTail(Arc<Mutex<std::collections::VecDeque<String>>>);
+
+const TAIL_LINES: usize = 8;
+const TAIL_LINE: usize = 300;
+
+impl StderrTail {
+    fn push(&self, line: &str) {
+        let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(crate::protocol::close::truncate_utf8(line, TAIL_LINE).to_owned());
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The lines, joined with " | "; empty when the plugin wrote nothing.
+    pub fn joined(&self) -> String {
+        let lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().map(String::as_str).collect::<Vec<_>>().join(" | ")
+    }
+}
+
 /// A plugin's stdout or stderr: complete lines go to the log, tagged with the plugin's name.
 #[derive(Clone)]
 struct LogSink {
     plugin: Arc<str>,
     stream: &'static str,
     pending: Arc<Mutex<Vec<u8>>>,
+    /// stderr only: where the recent lines are kept for failure reports.
+    tail: Option<StderrTail>,
 }
 
 /// Longest line kept; a longer one is logged in pieces.
@@ -164,7 +207,7 @@ const MAX_LINE: usize = 4096;
 
 impl LogSink {
     fn new(plugin: Arc<str>, stream: &'static str) -> Self {
-        Self { plugin, stream, pending: Arc::default() }
+        Self { plugin, stream, pending: Arc::default(), tail: None }
     }
 
     fn emit(&self, line: &[u8]) {
@@ -172,6 +215,9 @@ impl LogSink {
         let text = text.trim_end();
         if !text.is_empty() {
             tracing::info!(plugin = &*self.plugin, stream = self.stream, "{text}");
+            if let Some(tail) = &self.tail {
+                tail.push(text);
+            }
         }
     }
 }
