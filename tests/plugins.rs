@@ -631,3 +631,28 @@ fn a_plugin_built_for_another_contract_version_is_refused_by_name() {
     let error = wsplug::plugin::PluginEngine::global().load_bytes(file, "probe", &bytes, None).unwrap_err().to_string();
     assert!(error.contains("built for the plugin contract wsplug:plugin@0.2.0; this server speaks 0.1.0"), "{error}");
 }
+
+/// A plugin that cannot be loaded at start-up is reported with the path as resolved (from the
+/// config file's directory) and the config line that named it.
+#[tokio::test]
+async fn a_missing_plugin_is_reported_with_its_resolved_path_and_config_line() {
+    let dir = wsplug_tests::TempDir::new("missing-plugin");
+    let config = dir.join("wsplug.toml");
+    std::fs::write(
+        &config,
+        "[[routes]]\npath = \"/e\"\nkind = \"echo\"\n\n[[routes]]\npath = \"/p\"\nplugin = \"plugins/nope.wasm\"\n",
+    )
+    .unwrap();
+    // A relative config path, as a user types it.
+    let relative =
+        config.strip_prefix(std::env::current_dir().unwrap()).map(|p| p.to_path_buf()).unwrap_or(config.clone());
+    let config = wsplug::config::Config::from_file(&relative).unwrap();
+    let error = match wsplug::Server::bind(&config).await {
+        Ok(_) => panic!("a missing plugin must stop start-up"),
+        Err(e) => format!("{e:#}"),
+    };
+    let resolved = dir.join("plugins/nope.wasm");
+    assert!(error.contains(&resolved.display().to_string()), "{error}");
+    assert!(error.contains("plugin = \"plugins/nope.wasm\"") && error.contains("wsplug.toml line 5"), "{error}");
+    assert!(error.contains("cannot read the file"), "{error}");
+}

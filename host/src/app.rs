@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, RouteKind};
@@ -74,13 +75,19 @@ impl Server {
 /// every plugin. Blocking: call it off the async workers.
 fn mount(config: &Config) -> anyhow::Result<Routes> {
     let mut routes = Vec::new();
-    for route in &config.routes {
+    for (index, route) in config.routes.iter().enumerate() {
         let r = route.get_ref();
         let file = r.plugin.as_ref().map(|f| crate::reload::normalize(&config.resolve(f)));
         let handler = match (&r.kind, &file) {
             (Some(RouteKind::Echo), _) => Handler::Echo,
             (None, Some(file)) => {
-                let plugin = PluginEngine::global().load(file, config.effective_cache_dir().as_deref())?;
+                // The error names the file as resolved, and where the config asked for it.
+                let origin = || {
+                    let named = r.plugin.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                    format!("route {} (plugin = {named:?}, {})", r.path, config.route_origin(index))
+                };
+                let plugin =
+                    PluginEngine::global().load(file, config.effective_cache_dir().as_deref()).with_context(origin)?;
                 tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, cached = plugin.from_cache, "plugin loaded");
                 let settings = RouteSettings::new(r, &config.limits);
                 Handler::Events(Arc::new(PluginRoute::start_blocking(plugin, settings)?))

@@ -48,6 +48,12 @@ pub struct Config {
     /// Where relative paths in this config are resolved from (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// Where this config came from (its file, or what stood for one), for error messages.
+    #[serde(skip)]
+    pub source_name: String,
+    /// The 1-based line each route starts on in that source (0: from the command line).
+    #[serde(skip)]
+    pub route_lines: Vec<usize>,
 }
 
 /// Per-connection and server-wide limits. Each has a default suited to a public server; the comment
@@ -219,7 +225,9 @@ impl Config {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError { source_name: name.clone(), message: format!("cannot read: {e}") })?;
+        // Absolute, so that every path resolved from it reads the same from anywhere.
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = std::path::absolute(&base).unwrap_or(base);
         Self::parse(&text, &name, base)
     }
 
@@ -240,6 +248,8 @@ impl Config {
         let err = |message: String| ConfigError { source_name: source_name.to_owned(), message };
         let mut config: Config = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
         config.base_dir = base_dir;
+        config.source_name = source_name.to_owned();
+        config.route_lines = config.routes.iter().map(|r| line_of(text, r.span().start)).collect();
         config.check().map_err(|(span, msg)| match span {
             Some(span) => err(format!("line {}: {msg}", line_of(text, span.start))),
             None => err(msg),
@@ -273,6 +283,7 @@ impl Config {
             dev: false,
         };
         self.routes.push(Spanned::new(0..0, route));
+        self.route_lines.push(0);
         self.check().map_err(|(_, msg)| err(msg))
     }
 
@@ -284,6 +295,14 @@ impl Config {
         match &self.cache_dir {
             Some(dir) => Some(self.resolve(dir)),
             None => crate::plugin::engine::default_cache_dir(),
+        }
+    }
+
+    /// Where route `index` was configured: "FILE line N", or the command line.
+    pub fn route_origin(&self, index: usize) -> String {
+        match self.route_lines.get(index) {
+            Some(&line) if line > 0 => format!("{} line {line}", self.source_name),
+            _ => "the command line".to_owned(),
         }
     }
 
