@@ -82,9 +82,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // server does not compile this file again.
         let cache = wsplug::plugin::engine::default_cache_dir();
         let plugin = wsplug::plugin::PluginEngine::global().load(file, cache.as_deref())?;
-        // Instantiating runs the component's start-up code under the default sandbox too.
-        wsplug::plugin::instance::PluginInstance::new_blocking(&plugin, &Default::default())
-            .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", file.display()))?;
+        // Instantiating runs the component's start-up code under the default sandbox too, and each
+        // export is called once, as a short connection would.
+        wsplug::plugin::instance::PluginInstance::probe_blocking(&plugin, &Default::default()).map_err(|e| {
+            anyhow::anyhow!(
+                "plugin {}: {e} (called once as a connection that opens, says one line and closes)",
+                file.display()
+            )
+        })?;
         print!("{}", wsplug::plugin::check_report(&plugin));
         return Ok(());
     }

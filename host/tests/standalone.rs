@@ -194,3 +194,34 @@ fn wsplug_connect_talks_to_a_route() {
     let (ok, _, err) = connect(format!("ws://{}/nowhere", server.addr), "", &[]);
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+/// `wsplug check` reports on a good plugin (after calling each export once) and stores it in the
+/// compile cache; a file that is not a component fails with the reason.
+#[test]
+fn wsplug_check_reports_probes_and_caches() {
+    let dir = std::env::temp_dir().join(format!("wsplug-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let plugin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/chat.wasm");
+    let check = |file: &Path| {
+        let output = Command::new(env!("CARGO_BIN_EXE_wsplug"))
+            .arg("check")
+            .arg(file)
+            .env("WSPLUG_CACHE_DIR", &dir)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = check(&plugin);
+    assert!(ok, "{err}");
+    assert!(out.contains(": ok") && out.contains("state hand-over on reload: yes"), "{out}");
+    assert!(std::fs::read_dir(&dir).is_ok_and(|d| d.count() > 0), "the compiled plugin is cached");
+    let (_, out, _) = check(&plugin);
+    assert!(out.contains("loaded from the compile cache"), "{out}");
+    let (ok, _, err) = check(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml").as_path());
+    assert!(!ok && err.contains("not a WebAssembly file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

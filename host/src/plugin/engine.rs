@@ -135,7 +135,15 @@ impl PluginEngine {
         }
         let started = Instant::now();
         let (component, from_cache) =
-            self.compile(bytes, cache_dir).map_err(|e| anyhow::anyhow!("{}: invalid component: {e:#}", what()))?;
+            self.compile(bytes, cache_dir).map_err(|e| {
+                let hint = if format!("{e:#}").contains("component model async") {
+                    // What componentize-qjs builds without --sync.
+                    " (this server runs synchronous components: a JavaScript plugin built with componentize-qjs needs --sync)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("{}: invalid component: {e:#}{hint}", what())
+            })?;
         let compile_time = started.elapsed();
         if let Some(version) = contract_mismatch(&component, &self.engine) {
             anyhow::bail!(

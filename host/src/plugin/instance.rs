@@ -106,6 +106,28 @@ impl PluginInstance {
         wasmtime_wasi::runtime::in_tokio(Self::new(plugin, limits))
     }
 
+    /// `wsplug check`'s probe: calls every export of the world once on a scratch instance, as a
+    /// connection that opens, sends one text message and closes would, so that an export the
+    /// component lacks or that fails on first use (a JavaScript plugin without `onClose`) is found
+    /// before a server runs it. The first failing call, named.
+    pub fn probe_blocking(plugin: &LoadedPlugin, limits: &SandboxLimits) -> Result<(), String> {
+        wasmtime_wasi::runtime::in_tokio(async {
+            let mut instance = Self::new(plugin, limits).await.map_err(|e| format!("instantiation {e}"))?;
+            let conn = Connection {
+                id: 1,
+                path: "/wsplug-check",
+                headers: &[("host", "127.0.0.1")],
+                remote_addr: "127.0.0.1:1",
+                protocols: &[],
+                resumed: false,
+            };
+            instance.on_open(conn).await.map_err(|e| format!("on-open {e}"))?;
+            instance.on_message(1, MessageParam::Text("wsplug check")).await.map_err(|e| format!("on-message {e}"))?;
+            instance.on_close(1, 1000, "").await.map_err(|e| format!("on-close {e}"))?;
+            Ok(())
+        })
+    }
+
     pub fn has_snapshot(&self) -> bool {
         self.snapshot.is_some()
     }
