@@ -6,7 +6,7 @@
 //!
 //! | module | owns | knows nothing of |
 //! | --- | --- | --- |
-//! | [`protocol`] | RFC 6455 as pure functions and state machines over byte slices | sockets, plugins |
+//! | [`protocol`] | RFC 6455 as pure functions and state machines over byte slices (the crate `wsplug-protocol`, in `protocol/`) | sockets, plugins |
 //! | [`server`] | the listener, connection tasks, outbound queues, the hub, shutdown, routes | Wasm |
 //! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and the slots connections call them through | sockets, frames |
 //! | [`config`] | the TOML configuration, its defaults and checks | |
