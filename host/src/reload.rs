@@ -141,11 +141,8 @@ impl Reloader {
     fn rewatch(&mut self) {
         self.relevant = plugin_files(&self.config).into_iter().chain(self.config_path.clone()).collect();
         let Some(watcher) = self.watcher.as_mut() else { return };
-        let mut wanted: HashSet<PathBuf> =
-            plugin_files(&self.config).into_iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
-        if let Some(dir) = self.config_path.as_ref().and_then(|p| p.parent()) {
-            wanted.insert(dir.to_path_buf());
-        }
+        // The directories of exactly those files.
+        let wanted: HashSet<PathBuf> = self.relevant.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
         for dir in self.watched.difference(&wanted) {
             let _ = watcher.unwatch(dir);
         }

@@ -188,6 +188,9 @@ impl PluginInstance {
     }
 }
 
+/// Separates a failure from the plugin's stderr lines in a [`CallError`]'s text.
+pub const STDERR_MARK: &str = "; plugin stderr: ";
+
 fn classify(store: &Store<PluginState>, error: wasmtime::Error) -> CallError {
     if store.data().limiter.hit {
         return CallError::OutOfMemory;
@@ -195,7 +198,7 @@ fn classify(store: &Store<PluginState>, error: wasmtime::Error) -> CallError {
     // What the plugin said on stderr during the call is usually the real reason (a panic message,
     // a traceback, an exception): the report carries it.
     let said = store.data().stderr_tail.joined();
-    let with_stderr = |what: String| if said.is_empty() { what } else { format!("{what}; plugin stderr: {said}") };
+    let with_stderr = |what: String| if said.is_empty() { what } else { format!("{what}{STDERR_MARK}{said}") };
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => CallError::Deadline,
         Some(trap) => CallError::Trap(with_stderr(trap.to_string())),

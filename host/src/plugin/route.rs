@@ -459,7 +459,7 @@ impl InstanceSlot {
         if !self.settings.dev || what.is_empty() {
             return "plugin error".into();
         }
-        match what.split_once("; plugin stderr: ") {
+        match what.split_once(super::instance::STDERR_MARK) {
             Some((error, said)) => format!("plugin error: {said} ({error})"),
             None => format!("plugin error: {what}"),
         }

@@ -86,7 +86,7 @@ pub(crate) async fn serve(
             let busy = evicted && (sent || accepted.elapsed() < SILENT_FOR);
             tracing::debug!(%peer, evicted, busy, "handshake timed out, or made room for a newer one");
             let resp = if busy {
-                handshake::unavailable_response(Duration::from_secs(1), "too many handshakes in progress: retry")
+                super::handshakes::busy_response()
             } else {
                 handshake::http_response(408, &[], "text/plain; charset=utf-8", b"request head not received in time\n")
             };

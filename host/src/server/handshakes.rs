@@ -20,6 +20,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+/// The answer to a handshake the pool has no room for (refused on arrival, or dropped to make room
+/// before it had been silent long enough to count as slow): busy, retry in a second.
+pub(crate) fn busy_response() -> Vec<u8> {
+    crate::protocol::handshake::unavailable_response(
+        std::time::Duration::from_secs(1),
+        "server is busy: too many handshakes in progress; retry",
+    )
+}
+
 /// The handshakes in progress, oldest first.
 pub struct Handshakes {
     max: usize,

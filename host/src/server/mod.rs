@@ -38,7 +38,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::{Config, Limits};
-use crate::protocol::handshake::unavailable_response;
 
 /// What hot reload can change, swapped as a whole.
 pub(crate) struct Live {
@@ -198,8 +197,7 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 /// Answers a connection the handshake pool has no room for with 503 and closes it.
 async fn over_capacity(mut stream: TcpStream) {
-    let resp =
-        unavailable_response(std::time::Duration::from_secs(1), "server is busy: too many handshakes in progress");
+    let resp = handshakes::busy_response();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         stream.write_all(&resp).await?;
         stream.shutdown().await
