@@ -344,3 +344,40 @@ async fn traps_under_nine_thousand_connections_cost_little_and_the_probe_is_serv
     assert!(p99 <= Duration::from_millis(10), "probe p99 {p99:?}");
     drop(idle);
 }
+
+#[tokio::test]
+async fn a_chat_join_storm_costs_the_server_bytes_linear_in_its_members() {
+    let _heavy = heavy().await;
+    let server = TestServer::start("[[routes]]\npath = \"/chat\"\nplugin = \"target/plugins/chat.wasm\"\n").await;
+    // 3,000 joins into one room, back to back; nobody reads until the end (the kernel's socket
+    // buffers hold what each is sent, since it is little).
+    const JOINS: usize = 3_000;
+    let mut clients = Vec::with_capacity(JOINS + 1);
+    for i in 0..JOINS {
+        clients.push(RawClient::connect(server.addr, &format!("/chat?nick=n{i}")).await);
+    }
+    // A second on, the next join brings out the count of everyone.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    clients.push(RawClient::connect(server.addr, "/chat?nick=last").await);
+    let mut readers = tokio::task::JoinSet::new();
+    for mut client in clients {
+        readers.spawn(async move { client.texts_until_quiet(Duration::from_millis(500)).await });
+    }
+    let (mut bytes, mut counts) = (0, Vec::new());
+    while let Some(texts) = readers.join_next().await {
+        let texts = texts.unwrap();
+        assert!(texts.iter().any(|t| t.contains(r#""type":"welcome""#)), "no welcome: {:?}", texts.first());
+        bytes += texts.iter().map(String::len).sum::<usize>();
+        // What each member last heard of the room's size.
+        let last = texts
+            .iter()
+            .rev()
+            .find_map(|t| t.split_once(r#""count":"#))
+            .map(|(_, n)| n.trim_end_matches('}').split(',').next().unwrap().parse::<usize>().unwrap());
+        counts.push(last);
+    }
+    assert!(counts.iter().all(|c| *c == Some(JOINS + 1)), "members disagree on the count: {:?}", &counts[..5]);
+    // Naming every joiner to every member cost 438 MB for such a storm (issue 9); now a few KiB each.
+    let per_member = bytes / (JOINS + 1);
+    assert!(per_member < 8 * 1024, "{bytes} bytes sent for {JOINS} joins: {per_member} per member");
+}

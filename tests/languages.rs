@@ -1,6 +1,7 @@
 //! The example plugins in other languages (built by `plugins/build-all.sh`, which `.ci/run` runs
 //! first): each echo plugin round-trips text, binary and a 1 MiB message and never sees invalid
-//! UTF-8; each chat plugin broadcasts to its room.
+//! UTF-8; each chat plugin broadcasts to its room and counts, rather than names, the members of a
+//! large room.
 //!
 //! These tests are `#[ignore]`d in a plain `cargo test` (the toolchains are not part of the two
 //! README commands); `.ci/run` runs them with `--include-ignored` after building, and there a
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
-use wsplug_tests::{TestServer, assert_echo, next_message, plugin_path};
+use wsplug_tests::{TestServer, assert_echo, check_chat_large_rooms, next_message, plugin_path};
 
 async fn server_for(lang: &str, kinds: &[&str]) -> TestServer {
     for kind in kinds {
@@ -68,6 +69,7 @@ macro_rules! language {
             echo_round_trips(&server).await;
             invalid_utf8_never_reaches_the_plugin(&server).await;
             chat_broadcasts(&server, $lang).await;
+            check_chat_large_rooms(&server, $lang).await;
         }
     };
 }

@@ -12,7 +12,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use wsplug_tests::{Client, TestServer, assert_echo, http_exchange, next_message, status_of, upgrade_request};
+use wsplug_tests::{
+    Client, TestServer, assert_echo, check_chat_large_rooms, http_exchange, next_message, status_of, upgrade_request,
+};
 
 const CONFIG: &str = r#"
 static_dir = "examples/static"
@@ -308,6 +310,11 @@ async fn chat_broadcasts_to_the_room() {
     // Another room hears nothing: its next message is its own.
     say(&mut eve, "only here").await;
     assert!(text(&mut eve).await.contains("only here"));
+}
+
+#[tokio::test]
+async fn chat_counts_rather_than_names_the_members_of_a_large_room() {
+    check_chat_large_rooms(&server().await, "rust").await;
 }
 
 #[tokio::test]

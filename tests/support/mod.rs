@@ -205,6 +205,22 @@ impl RawClient {
         }
     }
 
+    /// The text messages that arrive until none has for `quiet` (or the server closes TCP).
+    pub async fn texts_until_quiet(&mut self, quiet: Duration) -> Vec<String> {
+        let mut texts = Vec::new();
+        loop {
+            while let Some(e) = self.decoder.decode(&mut self.buf).expect("server sent an invalid frame") {
+                if let Event::Message(wsplug::protocol::Message::Text(t)) = e {
+                    texts.push(String::from_utf8(t.to_vec()).expect("text is UTF-8"));
+                }
+            }
+            match tokio::time::timeout(quiet, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return texts,
+            }
+        }
+    }
+
     /// Reads until the server's close frame; returns its code (None: no code), and checks that the
     /// server then closes TCP.
     pub async fn expect_close(&mut self) -> Option<u16> {
@@ -416,4 +432,63 @@ pub async fn dropped_silent(sockets: Vec<TcpStream>, wait: Duration) -> usize {
         dropped += 1;
     }
     dropped
+}
+
+/// The chat protocol's large rooms (`plugins/chat/src/lib.rs`, "Large rooms"), checked against the
+/// chat plugin at `/chat` of `server`, in any language: joins are named up to 50 members, then only
+/// counted (`presence`: at once when the room turns large or the count moved by an eighth, else at
+/// most once a second, with the next event); a `welcome` lists 50 members and counts them all;
+/// shrinking back to 50 sends the whole list as `members`.
+pub async fn check_chat_large_rooms(server: &TestServer, lang: &str) {
+    let field = |t: &str, key: &str| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(t).unwrap_or_else(|e| panic!("{lang}: bad JSON {t:?}: {e}"));
+        v.get(key).map(|f| f.as_str().map(str::to_owned).unwrap_or_else(|| f.to_string()))
+    };
+    let kind = |t: &str| field(t, "type").unwrap_or_default();
+    let quiet = Duration::from_millis(300);
+    let mut members = Vec::new();
+    for i in 0..60 {
+        members.push(server.raw(&format!("/chat?nick=m{i:02}&room=big")).await);
+    }
+    // The last one's welcome: the first 50 nicks, and the count of all.
+    let last = members[59].texts_until_quiet(quiet).await;
+    let welcome: serde_json::Value = serde_json::from_str(&last[0]).unwrap();
+    assert_eq!(welcome["type"], "welcome", "{lang}: {last:?}");
+    assert_eq!(welcome["count"], 60, "{lang}: {welcome}");
+    assert_eq!(welcome["members"].as_array().map(Vec::len), Some(50), "{lang}: {welcome}");
+    // The first one heard m01..m49 join by name, then counts only, the first being 51.
+    let first = members[0].texts_until_quiet(quiet).await;
+    let joined: Vec<String> = first.iter().filter(|t| kind(t) == "join").filter_map(|t| field(t, "nick")).collect();
+    let expected: Vec<String> = (1..50).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(joined, expected, "{lang}: joins named");
+    let counts: Vec<String> =
+        first.iter().filter(|t| kind(t) == "presence").filter_map(|t| field(t, "count")).collect();
+    assert_eq!(counts.first().map(String::as_str), Some("51"), "{lang}: {first:?}");
+    assert!(counts.len() < 10, "{lang}: a presence per join: {counts:?}");
+    // A second on, the next event brings the count out; `/who` lists everyone.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    members[0].send_frame(true, 0x1, b"/who").await;
+    let after = members[0].texts_until_quiet(quiet).await;
+    let who =
+        after.iter().find(|t| kind(t) == "members").unwrap_or_else(|| panic!("{lang}: no /who answer: {after:?}"));
+    let listed: serde_json::Value = serde_json::from_str(who).unwrap();
+    assert_eq!(listed["members"].as_array().map(Vec::len), Some(60), "{lang}: {who}");
+    let heard = members[1].texts_until_quiet(quiet).await;
+    let last_count = heard.iter().rev().find_map(|t| (kind(t) == "presence").then(|| field(t, "count")).flatten());
+    assert_eq!(last_count.as_deref(), Some("60"), "{lang}: {heard:?}");
+    // Ten leave: at 50 the room hears its whole list again; then leaves are named.
+    for mut gone in members.drain(50..) {
+        gone.send_frame(true, 0x8, &1000u16.to_be_bytes()).await;
+        let _ = gone.texts_until_quiet(quiet).await;
+    }
+    let shrunk = members[0].texts_until_quiet(quiet).await;
+    let list = shrunk.iter().rev().find(|t| kind(t) == "members").unwrap_or_else(|| panic!("{lang}: {shrunk:?}"));
+    let list: serde_json::Value = serde_json::from_str(list).unwrap();
+    assert_eq!(list["members"].as_array().map(Vec::len), Some(50), "{lang}: {list}");
+    members[49].send_frame(true, 0x8, &1000u16.to_be_bytes()).await;
+    let named = members[0].texts_until_quiet(quiet).await;
+    assert!(
+        named.iter().any(|t| kind(t) == "leave" && field(t, "nick").as_deref() == Some("m49")),
+        "{lang}: {named:?}"
+    );
 }

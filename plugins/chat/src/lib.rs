@@ -11,20 +11,30 @@
 //!
 //! | `type`    | fields                              | sent to                             |
 //! |-----------|-------------------------------------|-------------------------------------|
-//! | `welcome` | `nick`, `room`, `members`, `history` (or `resumed`) | the connection that joined a room |
-//! | `join`    | `nick`, `room`                      | the room, but the one who joined    |
-//! | `leave`   | `nick`, `room`                      | the room, but the one who left      |
+//! | `welcome` | `nick`, `room`, `members`, `count`, `history` (or `resumed`) | the connection that joined a room |
+//! | `join`    | `nick`, `room`                      | the room, but the one who joined (small rooms) |
+//! | `leave`   | `nick`, `room`                      | the room, but the one who left (small rooms) |
+//! | `presence`| `room`, `count`                     | the room (large rooms, see below)   |
 //! | `message` | `nick`, `room`, `text`              | the room, the sender included       |
 //! | `nick`    | `old`, `new`, `room`                | the room, the renamed one included  |
-//! | `members` | `room`, `members`                   | the sender of `/who`                |
+//! | `members` | `room`, `members`                   | the sender of `/who`; the room when it becomes small again |
 //! | `error`   | `text`                              | the sender of what failed           |
 //!
-//! `members` lists are sorted nicks. Limits: a nick is 1 to 32 characters, a room name 1 to 64,
+//! `members` lists are sorted nicks; `count` is the room's number of members. Limits: a nick is 1 to 32 characters, a room name 1 to 64,
 //! neither with whitespace or control characters; a message is at most 4096 bytes. Binary
 //! messages are answered with an error (the connection stays open).
 //!
 //! Rooms are topics of the host: a member is subscribed to its room's topic, and messages to the
 //! room are sent to that topic.
+//!
+//! **Large rooms.** Announcing every join to every member costs O(members²) when many join at once
+//! (a join storm: 3,000 joins made the server send 438 MB). So a room of more than 50 members
+//! ([`LARGE_ROOM`]) names nobody: instead of `join` and `leave`, its members get `presence` with
+//! the new `count`, at most once a second, or at once when the count moved by an eighth since the
+//! last one; a change not announced yet goes out with the instance's next event. A `welcome` there
+//! lists only the first 50 members (`count` says how many there are; `/who` lists them all). When
+//! a room shrinks back to 50, its members get the whole list again as `members`. A join storm of
+//! n connections then costs O(n) messages of constant size, plus one `welcome` each.
 //!
 //! **History.** Each room keeps its last 50 messages (fewer when they are long: at most 64 KiB of
 //! nicks and text). A `welcome` for a connection that joins a room, on opening or with `/join`,
@@ -54,6 +64,7 @@ mod snapshot;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wsplug_sdk::{Action, Admission, Connection, ConnectionId, Message, Plugin, log};
@@ -78,6 +89,12 @@ const IDLE_HISTORIES: usize = 32;
 /// The most bytes all rooms' histories keep together, so that many busy rooms cannot grow the
 /// instance to its memory cap (a trap): past it, the largest history gives up its oldest lines.
 const TOTAL_HISTORY_BYTES: usize = 8 << 20;
+
+/// A room of more than this many members announces presence as counts (`presence`), not nicks,
+/// and its `welcome` lists only this many members.
+const LARGE_ROOM: usize = 50;
+/// How often a large room's `presence` goes out, at most (unless the count moved by an eighth).
+const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// One admitted connection.
 struct Member {
@@ -155,6 +172,11 @@ struct State {
     /// The rooms with a history but without members, the longest empty first; at most
     /// [`IDLE_HISTORIES`].
     idle: VecDeque<String>,
+    /// Large rooms: the member count last announced and when (not in the snapshot: a restored
+    /// large room announces its next change at once).
+    announced: BTreeMap<String, (usize, Instant)>,
+    /// Large rooms whose count changed since it was last announced.
+    unannounced: BTreeSet<String>,
 }
 
 thread_local! {
@@ -249,7 +271,7 @@ impl State {
         self.add(id, nick.clone(), room.to_owned());
         let mut actions = Vec::with_capacity(3);
         if !resumed {
-            actions.push(to_room(room, join_event("join", &nick, room)));
+            actions.extend(self.presence_changed(room, "join", &nick, Instant::now()));
         }
         actions.push(Action::subscribe(room));
         actions.push(Action::reply_text(self.welcome(&nick, room, resumed)));
@@ -270,7 +292,9 @@ impl State {
         let mut json = JsonObject::new("welcome");
         json.str("nick", nick);
         json.str("room", room);
-        json.list("members", &self.members_of(room));
+        let members = self.members_of(room);
+        json.list("members", &members[..members.len().min(LARGE_ROOM)]);
+        json.number("count", members.len());
         if resumed {
             json.bool("resumed", true);
         } else {
@@ -363,13 +387,58 @@ impl State {
         self.enter_room(room, &nick);
         self.leave_room(&old, &nick);
         self.members.get_mut(&id).expect("member").room = room.to_owned();
-        vec![
-            Action::unsubscribe(old.as_str()),
-            to_room(&old, join_event("leave", &nick, &old)),
-            to_room(room, join_event("join", &nick, room)),
-            Action::subscribe(room),
-            Action::reply_text(self.welcome(&nick, room, false)),
-        ]
+        let now = Instant::now();
+        let mut actions = vec![Action::unsubscribe(old.as_str())];
+        actions.extend(self.presence_changed(&old, "leave", &nick, now));
+        actions.extend(self.presence_changed(room, "join", &nick, now));
+        actions.push(Action::subscribe(room));
+        actions.push(Action::reply_text(self.welcome(&nick, room, false)));
+        actions
+    }
+
+    /// What tells `room` that `nick` joined or left it (`kind`), the change already made: `join`
+    /// or `leave` in a small room; in a large one, `presence` when due (see [`State::due_presence`]);
+    /// for a room that just shrank to [`LARGE_ROOM`], its whole member list.
+    fn presence_changed(&mut self, room: &str, kind: &str, nick: &str, now: Instant) -> Vec<Action> {
+        let count = self.rooms.get(room).map_or(0, BTreeSet::len);
+        if count > LARGE_ROOM {
+            self.announced.entry(room.to_owned()).or_insert((0, now - PRESENCE_EVERY));
+            self.unannounced.insert(room.to_owned());
+            return self.due_presence(now);
+        }
+        if self.announced.remove(room).is_some() || (kind == "leave" && count == LARGE_ROOM) {
+            self.unannounced.remove(room);
+            let mut json = JsonObject::new("members");
+            json.str("room", room);
+            json.list("members", &self.members_of(room));
+            return vec![to_room(room, json.finish())];
+        }
+        vec![to_room(room, join_event(kind, nick, room))]
+    }
+
+    /// A `presence` for each large room whose count changed since it was last announced, if a
+    /// second has passed since then or the count moved by an eighth of what was announced.
+    fn due_presence(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let rooms = &self.rooms;
+        self.unannounced.retain(|room| {
+            let count = rooms.get(room).map_or(0, BTreeSet::len);
+            let Some((announced, at)) = self.announced.get_mut(room) else { return false };
+            if count == *announced {
+                return false;
+            }
+            if now.duration_since(*at) < PRESENCE_EVERY && count.abs_diff(*announced) * 8 < *announced {
+                return true;
+            }
+            *announced = count;
+            *at = now;
+            let mut json = JsonObject::new("presence");
+            json.str("room", room);
+            json.number("count", count);
+            actions.push(to_room(room, json.finish()));
+            false
+        });
+        actions
     }
 
     fn who(&self, id: ConnectionId) -> Vec<Action> {
@@ -451,6 +520,11 @@ impl JsonObject {
         self.0.push_str(json);
     }
 
+    fn number(&mut self, key: &str, value: usize) {
+        self.key(key);
+        let _ = write!(self.0, "{value}");
+    }
+
     fn bool(&mut self, key: &str, value: bool) {
         self.key(key);
         self.0.push_str(if value { "true" } else { "false" });
@@ -518,7 +592,8 @@ impl Plugin for Chat {
             Err(e) => return Admission::reject(400, e),
         };
         let actions = STATE.with_borrow_mut(|state| {
-            let actions = state.admit(conn.id, &nick, &room, conn.resumed);
+            let mut actions = state.admit(conn.id, &nick, &room, conn.resumed);
+            actions.extend(state.due_presence(Instant::now()));
             let nick = &state.members[&conn.id].nick;
             let how = if conn.resumed { "is back in" } else { "joined" };
             log::info(&format!("{nick} {how} {room}"));
@@ -541,6 +616,7 @@ impl Plugin for Chat {
                 Message::Text(text) => actions.extend(state.on_text(conn, &text)),
                 Message::Binary(_) => actions.push(error("binary messages are not supported")),
             }
+            actions.extend(state.due_presence(Instant::now()));
             actions
         })
     }
@@ -549,9 +625,12 @@ impl Plugin for Chat {
         STATE.with_borrow_mut(|state| match state.remove(conn) {
             Some(Member { nick, room }) => {
                 log::info(&format!("{nick} left {room}"));
-                vec![to_room(&room, join_event("leave", &nick, &room))]
+                let now = Instant::now();
+                let mut actions = state.presence_changed(&room, "leave", &nick, now);
+                actions.extend(state.due_presence(now));
+                actions
             }
-            None => Vec::new(),
+            None => state.due_presence(Instant::now()),
         })
     }
 

@@ -85,7 +85,7 @@ fn join_talk_rename_move_leave() {
             pair("subscribe", json!("lobby")),
             pair(
                 "reply",
-                json!({"type": "welcome", "nick": "ada", "room": "lobby", "members": ["ada"], "history": []})
+                json!({"type": "welcome", "nick": "ada", "room": "lobby", "members": ["ada"], "count": 1, "history": []})
             ),
         ]
     );
@@ -93,7 +93,7 @@ fn join_talk_rename_move_leave() {
         open(2, "/chat?nick=bob&room=lobby")[2],
         pair(
             "reply",
-            json!({"type": "welcome", "nick": "bob", "room": "lobby", "members": ["ada", "bob"], "history": []})
+            json!({"type": "welcome", "nick": "bob", "room": "lobby", "members": ["ada", "bob"], "count": 2, "history": []})
         )
     );
     assert_eq!(
@@ -116,7 +116,10 @@ fn join_talk_rename_move_leave() {
             pair("topic:lobby", json!({"type": "leave", "nick": "ada", "room": "lobby"})),
             pair("topic:rust", json!({"type": "join", "nick": "ada", "room": "rust"})),
             pair("subscribe", json!("rust")),
-            pair("reply", json!({"type": "welcome", "nick": "ada", "room": "rust", "members": ["ada"], "history": []})),
+            pair(
+                "reply",
+                json!({"type": "welcome", "nick": "ada", "room": "rust", "members": ["ada"], "count": 1, "history": []})
+            ),
         ]
     );
     assert_eq!(
@@ -199,7 +202,7 @@ fn resumed_connections_are_registered_silently() {
             pair("subscribe", json!("rust")),
             pair(
                 "reply",
-                json!({"type": "welcome", "nick": "ada", "room": "rust", "members": ["ada"],
+                json!({"type": "welcome", "nick": "ada", "room": "rust", "members": ["ada"], "count": 1,
                        "resumed": true})
             ),
         ]
@@ -389,7 +392,7 @@ fn resumed_connections_keep_their_nick_and_room() {
             pair("subscribe", json!("rust")),
             pair(
                 "reply",
-                json!({"type": "welcome", "nick": "cyril", "room": "rust", "members": ["cyril"], "resumed": true})
+                json!({"type": "welcome", "nick": "cyril", "room": "rust", "members": ["cyril"], "count": 1, "resumed": true})
             ),
         ]
     );
@@ -407,7 +410,7 @@ fn resumed_connections_keep_their_nick_and_room() {
             pair("subscribe", json!("rust")),
             pair(
                 "reply",
-                json!({"type": "welcome", "nick": "ada-2", "room": "rust", "members": ["ada-2", "cyril"],
+                json!({"type": "welcome", "nick": "ada-2", "room": "rust", "members": ["ada-2", "cyril"], "count": 2,
                        "resumed": true})
             ),
         ]
@@ -489,4 +492,77 @@ fn all_histories_together_stay_under_their_total_bound() {
         // The latest line of every room is kept: only the oldest lines of the largest go.
         assert!(state.history.values().all(|h| h.lines.back().is_some_and(|l| l.text.starts_with("15"))));
     });
+}
+
+/// Opens `/chat?nick=u{id}` for each id, returning the actions of the last one.
+fn open_many(ids: std::ops::RangeInclusive<ConnectionId>) -> Vec<(String, Value)> {
+    let mut last = Vec::new();
+    for id in ids {
+        last = open(id, &format!("/chat?nick=u{id:04}"));
+    }
+    last
+}
+
+fn presence(count: usize) -> (String, Value) {
+    pair("topic:lobby", json!({"type": "presence", "room": "lobby", "count": count}))
+}
+
+#[test]
+fn large_rooms_announce_counts_not_nicks() {
+    // Up to LARGE_ROOM members, every join is named.
+    let fiftieth = open_many(1..=50);
+    assert_eq!(fiftieth[0], pair("topic:lobby", json!({"type": "join", "nick": "u0050", "room": "lobby"})));
+    // The 51st makes the room large: its count goes out at once, and nobody is named.
+    let joined = open(51, "/chat?nick=u0051");
+    assert_eq!(joined[0], presence(51));
+    assert_eq!(joined[1], pair("subscribe", json!("lobby")));
+    let welcome = &joined[2].1;
+    assert_eq!(welcome["count"], 51);
+    assert_eq!(welcome["members"].as_array().unwrap().len(), LARGE_ROOM, "a welcome lists the first 50");
+    // Within the second, a small change waits...
+    assert_eq!(open(52, "/chat?nick=u0052").len(), 2, "subscribe and welcome only");
+    assert!(say(1, "hello")[1..].is_empty(), "nothing due yet");
+    // ... until a second has passed (it goes out with the next event then) ...
+    let later = Instant::now() + PRESENCE_EVERY;
+    assert_eq!(shown(STATE.with_borrow_mut(|s| s.due_presence(later))), [presence(52)]);
+    // ... or the count has moved by an eighth of the last one announced (52 → 59).
+    open_many(53..=58);
+    assert_eq!(open(59, "/chat?nick=u0059")[0], presence(59));
+    // `/who` lists everyone.
+    assert_eq!(say(1, "/who")[0].1["members"].as_array().unwrap().len(), 59);
+    // Leaving is counted the same way; shrinking back to 50 gives the room its whole list.
+    for id in 51..=58 {
+        Chat::on_close(id, 1000, String::new());
+    }
+    let members = shown(Chat::on_close(59, 1000, String::new()));
+    assert_eq!(members.len(), 1);
+    assert_eq!((members[0].0.as_str(), &members[0].1["type"]), ("topic:lobby", &json!("members")));
+    assert_eq!(members[0].1["members"].as_array().unwrap().len(), 50);
+    // Small again: leaves are named.
+    assert_eq!(
+        shown(Chat::on_close(50, 1000, String::new())),
+        [pair("topic:lobby", json!({"type": "leave", "nick": "u0050", "room": "lobby"}))]
+    );
+}
+
+#[test]
+fn a_join_storm_costs_linear_bytes() {
+    // 3,000 joins in one room, as fast as they come: count every byte the server would deliver
+    // (a message to the room reaches each of its members at that moment).
+    let joins = 3_000u64;
+    let mut delivered = 0usize;
+    for id in 1..=joins {
+        for (to, value) in open(id, &format!("/chat?nick=user-{id}")) {
+            let size = value.to_string().len();
+            delivered += match to.as_str() {
+                "topic:lobby" => size * (id as usize - 1), // the members before this one
+                "reply" => size,
+                _ => 0,
+            };
+        }
+    }
+    // Naming every joiner to every member would be about n²/2 × 45 B ≈ 200 MB, and a full member
+    // list in every welcome about n²/2 × 12 B ≈ 54 MB. Linear: a few KiB per member.
+    let per_member = delivered / joins as usize;
+    assert!(per_member < 8 * 1024, "{delivered} bytes delivered for {joins} joins: {per_member} per member");
 }
