@@ -74,4 +74,7 @@ macro_rules! language {
     };
 }
 
+language!(javascript_echo_and_chat, "js");
+language!(python_echo_and_chat, "python");
+language!(c_echo_and_chat, "c");
 language!(go_echo_and_chat, "go");
