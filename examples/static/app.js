@@ -16,6 +16,7 @@
     nick: params.get("nick") || localStorage.getItem("wsplug.nick") || "",
     room: params.get("room") || localStorage.getItem("wsplug.room") || "lobby",
     members: new Set(),
+    count: 0, // the room's members, as the server last counted them (a large room names only some)
     seen: [], // the last messages shown in this room, {nick, text}, to skip them in a history
     socket: null,
     wanted: false, // whether the user wants to be connected
@@ -67,7 +68,20 @@
       if (nick === state.nick) li.className = "me";
       membersEl.append(li);
     }
-    $("count").textContent = state.members.size ? `(${state.members.size})` : "";
+    // A large room's lists are partial (a welcome names 50): the count is the server's.
+    const count = Math.max(state.count, state.members.size);
+    if (count > state.members.size) {
+      const li = document.createElement("li");
+      li.className = "more";
+      li.textContent = `and ${count - state.members.size} more (/who lists all)`;
+      membersEl.append(li);
+    }
+    $("count").textContent = count ? `(${count})` : "";
+  }
+
+  /** Nicks for a log line: all of a small list, a count for a long one. */
+  function named(nicks) {
+    return nicks.length <= 20 ? nicks.join(", ") : `${nicks.slice(0, 20).join(", ")} and ${nicks.length - 20} more`;
   }
 
   function setStatus(kind, text) {
@@ -122,6 +136,7 @@
       // After a server-side restart ("resumed") the list holds only those back so far: merge.
       if (!(ev.resumed && sameRoom)) state.members.clear();
       for (const m of ev.members) state.members.add(m);
+      state.count = typeof ev.count === "number" ? ev.count : state.members.size;
       renderMembers();
       const again = state.attempt > 0;
       state.attempt = 0;
@@ -137,21 +152,30 @@
       }
       if (!ev.resumed) {
         const others = ev.members.filter((m) => m !== ev.nick);
+        const more = Math.max(0, state.count - ev.members.length);
         addLine("event", `${again ? "Reconnected: you are in" : "You joined"} #${ev.room} as ${ev.nick}. ` +
-          (others.length ? `Here: ${others.join(", ")}.` : "Nobody else is here yet."));
+          (others.length ? `Here: ${named(others)}${more ? ` and ${more} more` : ""}.` : "Nobody else is here yet."));
       }
     },
     join(ev) {
       if (ev.room !== state.room) return;
       state.members.add(ev.nick);
+      state.count = Math.max(state.count + 1, state.members.size);
       renderMembers();
       addLine("event", `${ev.nick} joined`);
     },
     leave(ev) {
       if (ev.room !== state.room) return;
       state.members.delete(ev.nick);
+      state.count = Math.max(state.count - 1, state.members.size);
       renderMembers();
       addLine("event", `${ev.nick} left`);
+    },
+    // A large room (over 50) counts its members instead of naming who comes and goes.
+    presence(ev) {
+      if (ev.room !== state.room) return;
+      state.count = ev.count;
+      renderMembers();
     },
     message(ev) {
       addLine("message", ev.text, ev.nick);
@@ -169,8 +193,9 @@
     },
     members(ev) {
       state.members = new Set(ev.members);
+      state.count = ev.members.length;
       renderMembers();
-      addLine("event", `In #${ev.room}: ${ev.members.join(", ")}`);
+      addLine("event", `In #${ev.room} (${ev.members.length}): ${named(ev.members)}`);
     },
     error(ev) {
       addLine("error", ev.text);
@@ -256,6 +281,7 @@
     localStorage.setItem("wsplug.nick", state.nick);
     localStorage.setItem("wsplug.room", state.room);
     state.members.clear();
+    state.count = 0;
     renderMembers();
     state.wanted = true;
     state.attempt = 0;
