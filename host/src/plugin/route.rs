@@ -183,18 +183,69 @@ impl EventRoute for PluginRoute {
     }
 }
 
+/// Every entry point is supervised: a panic of the host's own code during an event (in wasmtime,
+/// in a host function, in carrying out actions) is caught here and handled like a failed call. The
+/// instance is dropped (its store may be mid-call) and rebuilt for the next event, the connection
+/// whose event it was is closed with 1011, and the route goes on serving everyone else.
 impl HandlerInstance for InstanceSlot {
     fn open<'a>(&'a mut self, info: Arc<ConnInfo>, accept: Accept<'a>) -> BoxFuture<'a, Admit> {
-        Box::pin(self.admit(info, accept))
+        Box::pin(async move {
+            let id = info.id;
+            match supervised(Box::pin(self.admit(info, accept))).await {
+                Ok(admit) => admit,
+                Err(panic) => {
+                    self.panicked("on-open", &panic);
+                    if self.hub.info(id).is_none() {
+                        return Admit::Rejected { status: 500, body: format!("{}\n", self.client_reason(&panic)) };
+                    }
+                    // Its 101 is queued already: it is closed like any connection whose event failed.
+                    self.detach(id);
+                    Admit::Accepted
+                }
+            }
+        })
     }
 
     fn messages<'a>(&'a mut self, id: u64, messages: &'a mut Vec<Message>, out: &'a Outbound) -> BoxFuture<'a, ()> {
-        Box::pin(self.handle_messages(id, messages, out))
+        Box::pin(async move {
+            if let Err(panic) = supervised(Box::pin(self.handle_messages(id, messages, out))).await {
+                self.panicked("on-message", &panic);
+                self.detach(id);
+                for message in messages.drain(..) {
+                    out.end_event(message.payload().len());
+                }
+                self.batch.flush();
+            }
+        })
     }
 
     fn closed<'a>(&'a mut self, id: u64, code: u16, reason: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(self.connection_closed(id, code, reason))
+        Box::pin(async move {
+            if let Err(panic) = supervised(Box::pin(self.connection_closed(id, code, reason))).await {
+                self.panicked("on-close", &panic);
+                self.detached.remove(&id);
+                self.attached.remove(&id);
+                self.batch.flush();
+            }
+        })
     }
+}
+
+/// Runs `call`, turning a panic in any of its polls into `Err` with the panic's message.
+async fn supervised<T>(mut call: BoxFuture<'_, T>) -> Result<T, String> {
+    std::future::poll_fn(|cx| match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+        Ok(std::task::Poll::Ready(value)) => std::task::Poll::Ready(Ok(value)),
+        Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            std::task::Poll::Ready(Err(text))
+        }
+    })
+    .await
 }
 
 /// A new version built and given an instance's state, ready to be put in service.
@@ -364,6 +415,8 @@ impl InstanceSlot {
                 out.end_event(len);
                 continue; // closing after a plugin failure: its messages no longer count
             }
+            #[cfg(test)]
+            tests::inject_panic(&message);
             // Lent to the call, copied once: straight into the guest's memory.
             let param = match &message {
                 Message::Text(b) => {
@@ -488,6 +541,13 @@ impl InstanceSlot {
                 "plugin keeps failing: circuit breaker open for {open:?} (new connections get 503; open ones are still served)"
             );
         }
+    }
+
+    /// The host's own code panicked during a call ([`supervised`]): a failure like a trap, but a
+    /// bug of ours, so it is logged as one.
+    fn panicked(&mut self, call: &str, panic: &str) {
+        tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, call, "host panic during a plugin call (a wsplug bug, please report it): {panic}");
+        self.failed(call, &CallError::Failed(format!("host panic: {panic}")));
     }
 
     /// Re-attaches a connection (`on-open`, `resumed: true`) if the instance was rebuilt since it
@@ -743,4 +803,74 @@ async fn on_open(instance: &mut PluginInstance, info: &ConnInfo, resumed: bool) 
         resumed,
     };
     instance.on_open(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::QueueLimits;
+    use crate::server::hub::HeaderBlock;
+
+    /// A text message that makes the host panic while handling it (test builds only).
+    const PANIC_TEXT: &[u8] = b"wsplug-test: host panic";
+
+    pub(super) fn inject_panic(message: &Message) {
+        if matches!(message, Message::Text(b) if &b[..] == PANIC_TEXT) {
+            panic!("injected host panic");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_host_panic_during_a_call_closes_only_its_connection_and_the_instance_is_rebuilt() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/echo.wasm");
+        let plugin = crate::plugin::engine::PluginEngine::global().load(&path, None).expect("echo plugin built");
+        let settings = RouteSettings {
+            path: "/echo".into(),
+            instances: 1,
+            sandbox: SandboxLimits::default(),
+            max_message_size: 1 << 20,
+            subprotocols: Vec::new(),
+            checkpoints: Checkpoints::default(),
+            dev: false,
+        };
+        let route = PluginRoute::start(plugin, settings).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut clients = Vec::new();
+        let mut open = async |id: u64| {
+            clients.push(tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap());
+            let (socket, _) = listener.accept().await.unwrap();
+            let limits =
+                QueueLimits { max_frames: 64, max_bytes: 1 << 20, max_message_size: 1 << 20, max_in_flight: 16 };
+            let out = Outbound::new(Arc::new(socket.into_split().1), limits);
+            let info = Arc::new(ConnInfo {
+                id,
+                target: "/echo".into(),
+                headers: HeaderBlock::default(),
+                remote_addr: "127.0.0.1:1".into(),
+                protocols: Vec::new(),
+            });
+            let hub = route.hub.clone();
+            let mut accept = |_: Option<&str>| {
+                hub.join(info.clone(), out.clone());
+                Some(out.clone())
+            };
+            let admit = route.instance_for(id).lock().await.open(info.clone(), &mut accept).await;
+            assert_eq!(admit, Admit::Accepted);
+            out
+        };
+        let (first, second) = (open(1).await, open(2).await);
+        let slot = route.instances[0].clone();
+        let text = |t: &'static [u8]| vec![Message::Text(Bytes::from_static(t))];
+        // The panic is caught: only its connection is closed, and the instance is dropped.
+        slot.lock().await.messages(1, &mut text(PANIC_TEXT), &first).await;
+        assert!(first.is_closing(), "the connection whose event it was is closed (1011)");
+        assert!(slot.lock().await.instance.is_none(), "the instance (maybe mid-call) is dropped");
+        // The other connection is served by a rebuilt instance.
+        slot.lock().await.messages(2, &mut text(b"still served"), &second).await;
+        assert!(!second.is_closing());
+        let slot = slot.lock().await;
+        assert!(slot.instance.is_some(), "rebuilt for the next event");
+        assert_eq!(slot.generation, 1);
+        assert_eq!(slot.attached.get(&2), Some(&1), "re-attached to the new instance");
+    }
 }
