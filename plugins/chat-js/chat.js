@@ -4,8 +4,16 @@
 //
 // Connect as `/chat?nick=ada&room=lobby` (both optional: `guest-<id>` and `lobby`). Send text
 // lines: `/nick NEW`, `/join ROOM`, `/who`, or anything else to say it to the room. The server
-// answers with JSON events `welcome`, `join`, `leave`, `message`, `nick`, `members`, `error`.
-// Rooms are topics of the host; each keeps its last 50 messages (at most 64 KiB) as history.
+// answers with JSON events `welcome`, `join`, `leave`, `presence`, `message`, `nick`, `members`,
+// `error`. Rooms are topics of the host; each keeps its last 50 messages (at most 64 KiB; all
+// rooms together at most 8 MiB) as history.
+//
+// Large rooms: naming every joiner to every member costs O(members²) in a join storm, so a room
+// of more than 50 members names nobody. Instead of `join` and `leave`, its members get `presence`
+// with the room's `count`, at most once a second, or at once when the count moved by an eighth
+// since the last one; a change not announced yet goes out with the instance's next event. A
+// `welcome` lists only the first 50 members (`count` says how many there are; `/who` lists them
+// all). When the room shrinks back to 50, its members get the whole list again as `members`.
 //
 // Unlike the Rust plugin this one does not hand its state over on reload (it targets the world
 // `plugin`, not `stateful-plugin`): after a reload or a trap, each open connection is re-attached
@@ -33,6 +41,18 @@ const HISTORY_LINES = 50;
 const HISTORY_BYTES = 64 * 1024;
 /** How many rooms without members keep their history (the most recently emptied ones). */
 const IDLE_HISTORIES = 32;
+/**
+ * The most bytes all rooms' histories keep together, so that many busy rooms cannot grow the
+ * instance to its memory cap (a trap): past it, the largest history gives up its oldest lines.
+ */
+const TOTAL_HISTORY_BYTES = 8 << 20;
+/**
+ * A room of more than this many members announces presence as counts (`presence`), not nicks,
+ * and its `welcome` lists only this many members.
+ */
+const LARGE_ROOM = 50;
+/** How often a large room's `presence` goes out, at most (unless the count moved by an eighth), in ms. */
+const PRESENCE_EVERY = 1000;
 
 // ---- State: one instance sees every connection of its route, one call at a time. ----
 
@@ -46,6 +66,13 @@ const rooms = new Map();
 const histories = new Map();
 /** Rooms with a history but without members, the longest empty first. */
 let idle = [];
+/** Large rooms: the member count last announced and when: room -> { count, at }. */
+const announced = new Map();
+/** Large rooms whose count changed since it was last announced. */
+const unannounced = new Set();
+
+/** Milliseconds on a monotonic clock (QuickJS's `performance.now()`, WASI's monotonic clock). */
+const now = () => performance.now();
 
 // ---- Text helpers ----
 
@@ -254,6 +281,9 @@ function membersOf(room) {
   return [...(rooms.get(room) ?? [])].sort(byCodePoint);
 }
 
+/** What a history line counts for against HISTORY_BYTES and TOTAL_HISTORY_BYTES. */
+const lineSize = (line) => utf8Length(line.nick) + utf8Length(line.text);
+
 function pushHistory(room, line) {
   let history = histories.get(room);
   if (!history) {
@@ -261,11 +291,27 @@ function pushHistory(room, line) {
     histories.set(room, history);
   }
   history.lines.push(line);
-  history.bytes += utf8Length(line.nick) + utf8Length(line.text);
+  history.bytes += lineSize(line);
   while (history.lines.length > HISTORY_LINES || history.bytes > HISTORY_BYTES) {
     const old = history.lines.shift();
     if (!old) break;
-    history.bytes -= utf8Length(old.nick) + utf8Length(old.text);
+    history.bytes -= lineSize(old);
+  }
+}
+
+/** Drops the oldest lines of the largest histories while all together hold more than TOTAL_HISTORY_BYTES. */
+function boundHistory() {
+  let total = 0;
+  for (const history of histories.values()) total += history.bytes;
+  if (total <= TOTAL_HISTORY_BYTES) return;
+  // By room name, the last of equals losing, as the Rust plugin picks.
+  const ordered = [...histories.keys()].sort(byCodePoint).map((room) => histories.get(room));
+  while (total > TOTAL_HISTORY_BYTES) {
+    const largest = ordered.reduce((a, b) => (b.bytes >= a.bytes ? b : a));
+    const old = largest.lines.shift();
+    if (!old) break;
+    largest.bytes -= lineSize(old);
+    total -= lineSize(old);
   }
 }
 
@@ -284,7 +330,8 @@ function recentHistory(room) {
 
 /** A `welcome`: with the room's history for a joiner, `"resumed": true` for a resumed connection. */
 function welcome(nick, room, resumed) {
-  const event = { type: "welcome", nick, room, members: membersOf(room) };
+  const all = membersOf(room);
+  const event = { type: "welcome", nick, room, members: all.slice(0, LARGE_ROOM), count: all.length };
   if (resumed) event.resumed = true;
   else event.history = recentHistory(room);
   return json(event);
@@ -296,7 +343,7 @@ function admit(id, nick, room, resumed) {
   const unique = uniqueNick(nick);
   add(id, unique, room);
   const actions = [];
-  if (!resumed) actions.push(toRoom(room, joinEvent("join", unique, room)));
+  if (!resumed) actions.push(...presenceChanged(room, "join", unique, now()));
   actions.push(subscribe(room));
   actions.push(reply(welcome(unique, room, resumed)));
   return actions;
@@ -309,6 +356,7 @@ function say(id, line) {
   if (line.replace(TRIM, "") === "") return [];
   const { nick, room } = members.get(id);
   pushHistory(room, { nick, text: line });
+  boundHistory();
   return [toRoom(room, json({ type: "message", nick, room, text: line }))];
 }
 
@@ -347,13 +395,55 @@ function join(id, room) {
   enterRoom(room, nick);
   leaveRoom(old, nick);
   member.room = room;
+  const at = now();
   return [
     unsubscribe(old),
-    toRoom(old, joinEvent("leave", nick, old)),
-    toRoom(room, joinEvent("join", nick, room)),
+    ...presenceChanged(old, "leave", nick, at),
+    ...presenceChanged(room, "join", nick, at),
     subscribe(room),
     reply(welcome(nick, room, false)),
   ];
+}
+
+/**
+ * What tells `room` that `nick` joined or left it (`kind`), the change already made: `join` or
+ * `leave` in a small room; in a large one, `presence` when due (see duePresence); for a room that
+ * just shrank to LARGE_ROOM, its whole member list.
+ */
+function presenceChanged(room, kind, nick, at) {
+  const count = rooms.get(room)?.size ?? 0;
+  if (count > LARGE_ROOM) {
+    // Announced 0 a second ago: a room that just turned large is due at once.
+    if (!announced.has(room)) announced.set(room, { count: 0, at: at - PRESENCE_EVERY });
+    unannounced.add(room);
+    return duePresence(at);
+  }
+  if (announced.delete(room) || (kind === "leave" && count === LARGE_ROOM)) {
+    unannounced.delete(room);
+    return [toRoom(room, json({ type: "members", room, members: membersOf(room) }))];
+  }
+  return [toRoom(room, joinEvent(kind, nick, room))];
+}
+
+/**
+ * A `presence` for each large room whose count changed since it was last announced, if a second
+ * has passed since then or the count moved by an eighth of what was announced.
+ */
+function duePresence(at) {
+  const actions = [];
+  // In order of room names, as the Rust plugin sends them.
+  for (const room of [...unannounced].sort(byCodePoint)) {
+    const count = rooms.get(room)?.size ?? 0;
+    const last = announced.get(room);
+    if (last && count !== last.count) {
+      if (at - last.at < PRESENCE_EVERY && Math.abs(count - last.count) * 8 < last.count) continue;
+      last.count = count;
+      last.at = at;
+      actions.push(toRoom(room, json({ type: "presence", room, count })));
+    }
+    unannounced.delete(room);
+  }
+  return actions;
 }
 
 function who(id) {
@@ -409,6 +499,7 @@ export const handler = {
       room = DEFAULT_ROOM;
     }
     const actions = admit(conn.id, nick, room, conn.resumed);
+    actions.push(...duePresence(now()));
     log("info", `${members.get(conn.id).nick} ${conn.resumed ? "is back in" : "joined"} ${room}`);
     return accept(actions);
   },
@@ -422,13 +513,15 @@ export const handler = {
     }
     if (msg.tag === "text") actions.push(...onText(id, msg.val));
     else actions.push(error("binary messages are not supported"));
+    actions.push(...duePresence(now()));
     return actions;
   },
 
   onClose(id, code, reason) {
     const member = remove(id);
-    if (!member) return [];
+    if (!member) return duePresence(now());
     log("info", `${member.nick} left ${member.room}`);
-    return [toRoom(member.room, joinEvent("leave", member.nick, member.room))];
+    const at = now();
+    return [...presenceChanged(member.room, "leave", member.nick, at), ...duePresence(at)];
   },
 };

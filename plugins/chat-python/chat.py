@@ -4,8 +4,16 @@ browser demo (examples/static/index.html) works against either.
 
 Connect as `/chat?nick=ada&room=lobby` (both optional: `guest-<id>` and `lobby`). Send text lines:
 `/nick NEW`, `/join ROOM`, `/who`, or anything else to say it to the room. The server answers with
-JSON events `welcome`, `join`, `leave`, `message`, `nick`, `members`, `error`. Rooms are topics of
-the host; each keeps its last 50 messages (at most 64 KiB) as history.
+JSON events `welcome`, `join`, `leave`, `presence`, `message`, `nick`, `members`, `error`. Rooms are
+topics of the host; each keeps its last 50 messages (at most 64 KiB; all rooms together at most
+8 MiB) as history.
+
+Large rooms: naming every joiner to every member costs O(members²) in a join storm, so a room of
+more than 50 members names nobody. Instead of `join` and `leave`, its members get `presence` with
+the room's `count`, at most once a second, or at once when the count moved by an eighth since the
+last one; a change not announced yet goes out with the instance's next event. A `welcome` lists
+only the first 50 members (`count` says how many there are; `/who` lists them all). When the room
+shrinks back to 50, its members get the whole list again as `members`.
 
 Unlike the Rust plugin this one does not hand its state over on reload (it targets the world
 `plugin`, not `stateful-plugin`): after a reload or a trap, each open connection is re-attached
@@ -18,6 +26,7 @@ are dataclasses, `option<T>` is a value or None.
 
 import json
 import re
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -32,6 +41,15 @@ MAX_TEXT = 4096  # the longest chat message, in bytes of UTF-8
 HISTORY_LINES = 50  # the most messages a room's history keeps
 HISTORY_BYTES = 64 * 1024  # the most bytes of nicks and text kept, and of JSON in a `welcome`
 IDLE_HISTORIES = 32  # how many rooms without members keep their history
+# The most bytes all rooms' histories keep together, so that many busy rooms cannot grow the
+# instance to its memory cap (a trap): past it, the largest history gives up its oldest lines.
+TOTAL_HISTORY_BYTES = 8 << 20
+# A room of more than this many members announces presence as counts (`presence`), not nicks, and
+# its `welcome` lists only this many members.
+LARGE_ROOM = 50
+# How often a large room's `presence` goes out, at most (unless the count moved by an eighth), in
+# seconds.
+PRESENCE_EVERY = 1.0
 
 # Unicode's White_Space, the set Rust's `char::is_whitespace` uses (Python's `str.isspace` differs).
 WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -58,6 +76,8 @@ nicks: dict[str, int] = {}  # nicks in use, lower-cased, with their owners
 rooms: dict[str, set[str]] = {}  # each room's members' nicks; a room without members is removed
 histories: dict[str, History] = {}  # each room's recent messages
 idle: deque = deque()  # rooms with a history but without members, the longest empty first
+announced: dict[str, list] = {}  # large rooms: [member count last announced, when (monotonic)]
+unannounced: set[str] = set()  # large rooms whose count changed since it was last announced
 
 
 # ---- Text helpers ----
@@ -209,6 +229,27 @@ def push_history(room: str, nick: str, text: str) -> None:
         history.size -= utf8_len(old_nick) + utf8_len(old_text)
 
 
+def bound_history() -> None:
+    """Drops the oldest lines of the largest histories while all together hold more than
+    TOTAL_HISTORY_BYTES."""
+    total = sum(history.size for history in histories.values())
+    if total <= TOTAL_HISTORY_BYTES:
+        return
+    # By room name, the last of equals losing, as the Rust plugin picks.
+    ordered = [histories[room] for room in sorted(histories)]
+    while total > TOTAL_HISTORY_BYTES:
+        largest = ordered[0]
+        for history in ordered:
+            if history.size >= largest.size:
+                largest = history
+        if not largest.lines:
+            break
+        old_nick, old_text = largest.lines.popleft()
+        size = utf8_len(old_nick) + utf8_len(old_text)
+        largest.size -= size
+        total -= size
+
+
 def recent_history(room: str) -> list[dict]:
     """The most recent lines of `room` whose JSON fits in HISTORY_BYTES, oldest first."""
     history = histories.get(room)
@@ -226,7 +267,9 @@ def recent_history(room: str) -> list[dict]:
 
 def welcome(nick: str, room: str, resumed: bool) -> str:
     """A `welcome`: with the room's history for a joiner, `"resumed": true` for a resumed one."""
-    event = {"type": "welcome", "nick": nick, "room": room, "members": members_of(room)}
+    everyone = members_of(room)
+    event = {"type": "welcome", "nick": nick, "room": room, "members": everyone[:LARGE_ROOM]}
+    event["count"] = len(everyone)
     if resumed:
         event["resumed"] = True
     else:
@@ -240,7 +283,7 @@ def admit(conn: int, nick: str, room: str, resumed: bool) -> list[types.Action]:
     remove(conn)
     nick = unique_nick(nick)
     add(conn, nick, room)
-    actions = [] if resumed else [to_room(room, join_event("join", nick, room))]
+    actions = [] if resumed else presence_changed(room, "join", nick, time.monotonic())
     actions.append(types.Action_Subscribe(room))
     actions.append(reply(welcome(nick, room, resumed)))
     return actions
@@ -256,6 +299,7 @@ def say(conn: int, text: str) -> list[types.Action]:
         return []
     member = members[conn]
     push_history(member.room, member.nick, text)
+    bound_history()
     event = {"type": "message", "nick": member.nick, "room": member.room, "text": text}
     return [to_room(member.room, to_json(event))]
 
@@ -298,13 +342,47 @@ def join(conn: int, room: str) -> list[types.Action]:
     enter_room(room, nick)
     leave_room(old, nick)
     member.room = room
+    now = time.monotonic()
     return [
         types.Action_Unsubscribe(old),
-        to_room(old, join_event("leave", nick, old)),
-        to_room(room, join_event("join", nick, room)),
+        *presence_changed(old, "leave", nick, now),
+        *presence_changed(room, "join", nick, now),
         types.Action_Subscribe(room),
         reply(welcome(nick, room, False)),
     ]
+
+
+def presence_changed(room: str, kind: str, nick: str, now: float) -> list[types.Action]:
+    """What tells `room` that `nick` joined or left it (`kind`), the change already made: `join` or
+    `leave` in a small room; in a large one, `presence` when due (see `due_presence`); for a room
+    that just shrank to LARGE_ROOM, its whole member list."""
+    count = len(rooms.get(room, ()))
+    if count > LARGE_ROOM:
+        # Announced 0 a second ago: a room that just turned large is due at once.
+        announced.setdefault(room, [0, now - PRESENCE_EVERY])
+        unannounced.add(room)
+        return due_presence(now)
+    if announced.pop(room, None) is not None or (kind == "leave" and count == LARGE_ROOM):
+        unannounced.discard(room)
+        return [to_room(room, to_json({"type": "members", "room": room, "members": members_of(room)}))]
+    return [to_room(room, join_event(kind, nick, room))]
+
+
+def due_presence(now: float) -> list[types.Action]:
+    """A `presence` for each large room whose count changed since it was last announced, if a
+    second has passed since then or the count moved by an eighth of what was announced."""
+    actions = []
+    # In order of room names, as the Rust plugin sends them.
+    for room in sorted(unannounced):
+        count = len(rooms.get(room, ()))
+        last = announced.get(room)
+        if last is not None and count != last[0]:
+            if now - last[1] < PRESENCE_EVERY and abs(count - last[0]) * 8 < last[0]:
+                continue
+            last[0], last[1] = count, now
+            actions.append(to_room(room, to_json({"type": "presence", "room": room, "count": count})))
+        unannounced.discard(room)
+    return actions
 
 
 def who(conn: int) -> list[types.Action]:
@@ -360,6 +438,7 @@ class Handler(exports.Handler):
                 return types.Admission_Reject(types.Rejection(400, problem))
             nick, room = default_nick, DEFAULT_ROOM
         actions = admit(conn.id, nick, room, conn.resumed)
+        actions.extend(due_presence(time.monotonic()))
         how = "is back in" if conn.resumed else "joined"
         log(host.Level.INFO, f"{members[conn.id].nick} {how} {room}")
         return accept(actions)
@@ -374,11 +453,13 @@ class Handler(exports.Handler):
             actions.extend(on_text(conn, msg.value))
         else:
             actions.append(error("binary messages are not supported"))
+        actions.extend(due_presence(time.monotonic()))
         return actions
 
     def on_close(self, conn: int, code: int, reason: str) -> list[types.Action]:
         member = remove(conn)
         if member is None:
-            return []
+            return due_presence(time.monotonic())
         log(host.Level.INFO, f"{member.nick} left {member.room}")
-        return [to_room(member.room, join_event("leave", member.nick, member.room))]
+        now = time.monotonic()
+        return presence_changed(member.room, "leave", member.nick, now) + due_presence(now)
