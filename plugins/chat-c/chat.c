@@ -6,8 +6,16 @@
 // client that offers `chat.v1` is answered with it, one that offers only other subprotocols is
 // refused with 400, one that offers none is admitted without. Text lines: `/nick NEW`,
 // `/join ROOM`, `/who`, anything else is said to the room. Answers are JSON events told apart by
-// `type`: welcome, join, leave, message, nick, members, error. Rooms are topics of the host.
-// Each room keeps its last 50 messages (at most 64 KiB), sent as `history` in a `welcome`.
+// `type`: welcome, join, leave, presence, message, nick, members, error. Rooms are topics of the
+// host. Each room keeps its last 50 messages (at most 64 KiB; all rooms together at most 8 MiB),
+// sent as `history` in a `welcome`.
+//
+// Large rooms: a room of more than 50 members names nobody (naming every join to every member
+// costs O(members²) in a join storm). Its members get `presence` with the room's `count` instead
+// of `join` and `leave`: at once when it turns large or the count moved by an eighth, else at most
+// once a second, with the next event. A `welcome` lists the first 50 members (its `count` says
+// how many there are); back at 50, the room gets its whole list as `members`. The clock is WASI's monotonic one
+// (clock_gettime, so the component carries the WASI preview 1 adapter).
 //
 // Differences from the Rust plugin: nicks are unique ignoring the case of ASCII, Latin-1, Latin
 // Extended-A, Greek and Cyrillic letters (Rust lower-cases all of Unicode); no hand-over.
@@ -16,10 +24,13 @@
 // it returns is heap memory that the generated post-return function frees. Post-return frees
 // nothing of length 0, so empty strings and lists are returned as NULL, never allocated.
 
+#define _POSIX_C_SOURCE 200809L // clock_gettime under -std=c11
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "plugin.h"
 
@@ -31,6 +42,13 @@
 #define HISTORY_LINES 50  // lines a room's history keeps
 #define HISTORY_BYTES (64 * 1024)
 #define IDLE_HISTORIES 32 // emptied rooms that keep their history
+// All rooms' histories together, so that many busy rooms cannot grow the instance to its memory
+// cap (a trap): past it, the largest history gives up its oldest lines.
+#define TOTAL_HISTORY_BYTES ((size_t)8 << 20)
+// A room of more than this many members announces presence as counts, not nicks, and its
+// `welcome` lists only this many members.
+#define LARGE_ROOM 50
+#define PRESENCE_EVERY_NS 1000000000u // at most one `presence` a second, unless moved by an eighth
 
 typedef wsplug_plugin_types_action_t action_t;
 typedef exports_wsplug_plugin_handler_list_action_t action_list_t;
@@ -439,6 +457,26 @@ static size_t n_histories, cap_histories;
 static char *idle[IDLE_HISTORIES + 1];
 static size_t n_idle;
 
+// A large room: the member count last announced and when.
+typedef struct {
+    char *room;
+    size_t announced;
+    uint64_t at;      // monotonic nanoseconds
+    bool unannounced; // its count changed since it was last announced
+} large_t;
+
+// The large rooms, sorted by name (so presences go out in the Rust plugin's order).
+static large_t *larges;
+static size_t n_larges, cap_larges;
+
+// Nanoseconds of the monotonic clock. Its origin may be the instance's start: differences are
+// taken modulo 2^64, so "a second before" that origin still reads as a second ago.
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static member_t *find_member(uint64_t id) {
     for (size_t i = 0; i < n_members; i++)
         if (members[i].id == id) return &members[i];
@@ -519,6 +557,26 @@ static void history_push(const char *room, const char *nick, const char *text, s
     h->bytes += strlen(nick) + len;
     // A line is at most MAX_NICK characters and MAX_TEXT bytes, so the newest always stays.
     while (h->bytes > HISTORY_BYTES) history_pop(h);
+}
+
+// Drops the oldest lines of the largest histories (the last by name of equal ones, as the Rust
+// plugin) while all of them together hold more than TOTAL_HISTORY_BYTES.
+static void bound_history(void) {
+    size_t total = 0;
+    for (size_t i = 0; i < n_histories; i++) total += histories[i]->bytes;
+    while (total > TOTAL_HISTORY_BYTES) {
+        history_t *largest = NULL;
+        for (size_t i = 0; i < n_histories; i++) {
+            history_t *h = histories[i];
+            if (largest == NULL || h->bytes > largest->bytes ||
+                (h->bytes == largest->bytes && strcmp(h->room, largest->room) > 0))
+                largest = h;
+        }
+        if (largest == NULL || largest->count == 0) break;
+        size_t before = largest->bytes;
+        history_pop(largest);
+        total -= before - largest->bytes;
+    }
 }
 
 static void forget_history(const char *room) {
@@ -615,13 +673,14 @@ static void free_member(member_t *m) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-// The sorted nicks of `room`, as a JSON array.
-static void members_json(buf_t *b, const char *room) {
+// The sorted nicks of `room`, as a JSON array of at most `max`.
+static void members_json(buf_t *b, const char *room, size_t max) {
     size_t n = 0;
     char **nicks = xrealloc(NULL, (n_members ? n_members : 1) * sizeof *nicks);
     for (size_t i = 0; i < n_members; i++)
         if (strcmp(members[i].room, room) == 0) nicks[n++] = members[i].nick;
     qsort(nicks, n, sizeof *nicks, cmp_str);
+    if (n > max) n = max;
     buf_putc(b, '[');
     for (size_t i = 0; i < n; i++) {
         if (i > 0) buf_putc(b, ',');
@@ -632,13 +691,15 @@ static void members_json(buf_t *b, const char *room) {
 }
 
 // A `welcome`: with the room's history for a joiner, with "resumed": true for a resumed
-// connection.
+// connection. It lists at most LARGE_ROOM members, and counts them all.
 static plugin_string_t welcome(const char *nick, const char *room, bool resumed) {
     buf_t json = obj_new("welcome");
     obj_str(&json, "nick", nick);
     obj_str(&json, "room", room);
     obj_key(&json, "members");
-    members_json(&json, room);
+    members_json(&json, room, LARGE_ROOM);
+    obj_key(&json, "count");
+    buf_u64(&json, room_size(room));
     if (resumed) {
         obj_key(&json, "resumed");
         buf_puts(&json, "true");
@@ -655,6 +716,80 @@ static plugin_string_t join_event(const char *type, const char *nick, const char
     obj_str(&json, "nick", nick);
     obj_str(&json, "room", room);
     return obj_finish(&json);
+}
+
+static large_t *find_large(const char *room) {
+    for (size_t i = 0; i < n_larges; i++)
+        if (strcmp(larges[i].room, room) == 0) return &larges[i];
+    return NULL;
+}
+
+// The record of `room`, made (announced 0, a second ago: due at once) if it has none.
+static large_t *large_record(const char *room, uint64_t now) {
+    large_t *l = find_large(room);
+    if (l) return l;
+    size_t i = 0;
+    while (i < n_larges && strcmp(larges[i].room, room) < 0) i++;
+    if (n_larges == cap_larges) {
+        cap_larges = cap_larges ? cap_larges * 2 : 4;
+        larges = xrealloc(larges, cap_larges * sizeof *larges);
+    }
+    memmove(&larges[i + 1], &larges[i], (n_larges - i) * sizeof *larges);
+    n_larges++;
+    larges[i] = (large_t){xstrndup(room, strlen(room)), 0, now - PRESENCE_EVERY_NS, false};
+    return &larges[i];
+}
+
+// Drops the record of `room`; false if it had none.
+static bool drop_large(const char *room) {
+    large_t *l = find_large(room);
+    if (l == NULL) return false;
+    free(l->room);
+    memmove(l, l + 1, (size_t)(&larges[n_larges] - (l + 1)) * sizeof *larges);
+    n_larges--;
+    return true;
+}
+
+// A `presence` for each large room whose count changed since it was last announced, if a second
+// has passed since then or the count moved by an eighth of what was announced.
+static void due_presence(actions_t *a, uint64_t now) {
+    for (size_t i = 0; i < n_larges; i++) {
+        large_t *l = &larges[i];
+        if (!l->unannounced) continue;
+        size_t count = room_size(l->room);
+        size_t moved = count > l->announced ? count - l->announced : l->announced - count;
+        if (moved != 0 && now - l->at < PRESENCE_EVERY_NS && moved * 8 < l->announced) continue;
+        l->unannounced = false;
+        if (moved == 0) continue;
+        l->announced = count;
+        l->at = now;
+        buf_t json = obj_new("presence");
+        obj_str(&json, "room", l->room);
+        obj_key(&json, "count");
+        buf_u64(&json, count);
+        act_to_room(a, l->room, obj_finish(&json));
+    }
+}
+
+// What tells `room` that `nick` joined or left it (`kind`), the change already made: `join` or
+// `leave` in a small room; in a large one, `presence` when due; for a room that just shrank to
+// LARGE_ROOM, its whole member list.
+static void presence_changed(actions_t *a, const char *room, const char *kind, const char *nick, uint64_t now) {
+    size_t count = room_size(room);
+    if (count > LARGE_ROOM) {
+        large_record(room, now)->unannounced = true;
+        due_presence(a, now);
+        return;
+    }
+    if (drop_large(room) || (strcmp(kind, "leave") == 0 && count == LARGE_ROOM)) {
+        buf_t json = obj_new("members");
+        obj_str(&json, "room", room);
+        obj_key(&json, "members");
+        members_json(&json, room, SIZE_MAX);
+        act_to_room(a, room, obj_finish(&json));
+        return;
+    }
+    act_to_room(a, room, join_event(kind, nick, room));
 }
 
 // Checks a nick or room name: 1 to `max` characters, no whitespace or control characters. On
@@ -683,7 +818,7 @@ static void admit(actions_t *a, uint64_t id, const char *wanted, const char *roo
     if (remove_member(id, &old)) free_member(&old);
     char *nick = unique_nick(wanted);
     add_member(id, nick, xstrndup(room, strlen(room)));
-    if (!resumed) act_to_room(a, room, join_event("join", nick, room));
+    if (!resumed) presence_changed(a, room, "join", nick, now_ns());
     act_subscribe(a, room, true);
     act_reply(a, welcome(nick, room, resumed));
 }
@@ -705,6 +840,7 @@ static void say(actions_t *a, member_t *m, const char *text, size_t len) {
     obj_key(&json, "text");
     buf_json(&json, text, len);
     history_push(m->room, m->nick, text, len);
+    bound_history();
     act_to_room(a, m->room, obj_finish(&json));
 }
 
@@ -769,9 +905,10 @@ static void join_room(actions_t *a, member_t *m, const char *name, size_t len) {
     char *old = m->room;
     m->room = room;
     left_room(old);
+    uint64_t now = now_ns();
     act_subscribe(a, old, false);
-    act_to_room(a, old, join_event("leave", m->nick, old));
-    act_to_room(a, room, join_event("join", m->nick, room));
+    presence_changed(a, old, "leave", m->nick, now);
+    presence_changed(a, room, "join", m->nick, now);
     act_subscribe(a, room, true);
     act_reply(a, welcome(m->nick, room, false));
     free(old);
@@ -781,7 +918,7 @@ static void who(actions_t *a, member_t *m) {
     buf_t json = obj_new("members");
     obj_str(&json, "room", m->room);
     obj_key(&json, "members");
-    members_json(&json, m->room);
+    members_json(&json, m->room, SIZE_MAX);
     act_reply(a, obj_finish(&json));
 }
 
@@ -945,6 +1082,7 @@ void exports_wsplug_plugin_handler_on_open(exports_wsplug_plugin_handler_connect
         free(default_nick.p);
         char *nick_s = buf_cstr(&nick), *room_s = buf_cstr(&room);
         admit(&actions, id, nick_s, room_s, resumed);
+        due_presence(&actions, now_ns());
         log_info3(find_member(id)->nick, resumed ? " is back in " : " joined ", room_s);
         free(nick_s);
         free(room_s);
@@ -977,6 +1115,7 @@ void exports_wsplug_plugin_handler_on_message(exports_wsplug_plugin_handler_conn
         on_text(&actions, conn, (const char *)msg->val.text.ptr, msg->val.text.len);
     else
         act_error_str(&actions, "binary messages are not supported");
+    due_presence(&actions, now_ns());
     wsplug_plugin_types_message_free(msg);
     act_finish(&actions, &ret->ptr, &ret->len);
 }
@@ -988,10 +1127,12 @@ void exports_wsplug_plugin_handler_on_close(exports_wsplug_plugin_handler_connec
     plugin_string_free(reason);
     actions_t actions = {0};
     member_t m;
+    uint64_t now = now_ns();
     if (remove_member(conn, &m)) {
         log_info3(m.nick, " left ", m.room);
-        act_to_room(&actions, m.room, join_event("leave", m.nick, m.room));
+        presence_changed(&actions, m.room, "leave", m.nick, now);
         free_member(&m);
     }
+    due_presence(&actions, now);
     act_finish(&actions, &ret->ptr, &ret->len);
 }

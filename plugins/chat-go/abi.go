@@ -1,8 +1,8 @@
 // Hand-written canonical ABI glue of the `plugin` world for wasm32 (there is no wit-bindgen for
 // Go here: its generator and runtime are Go modules, which cannot be fetched). Adapted from
 // plugins/echo-go/echo.go: the exports with the core signatures the component model expects,
-// `cabi_realloc`, the post-return functions, and the `log` import; lifting of the arguments
-// (connection, message, strings) and lowering of the results (admission, list<action>).
+// `cabi_realloc`, the post-return functions, the `log` and clock imports; lifting of the
+// arguments (connection, message, strings) and lowering of the results (admission, list<action>).
 //
 // Memory: what the host writes (cabi_realloc) lives in Go slices pinned in `pinned` until the
 // export has copied it into Go values and released it. What an export returns points into Go
@@ -240,6 +240,12 @@ func onClosePost(ret uint32) { keep = nil }
 //
 //go:wasmimport wsplug:plugin/host@0.1.0 log
 func hostLog(level uint32, ptr unsafe.Pointer, n uint32)
+
+// now of wasi:clocks/monotonic-clock@0.2.0: nanoseconds, from the host itself. Go's time.Now
+// reads the inert WASI stub's clock, which only counts readings (see chat-go.wit).
+//
+//go:wasmimport wasi:clocks/monotonic-clock@0.2.0 now
+func monotonicNow() uint64
 
 const (
 	levelInfo = 2

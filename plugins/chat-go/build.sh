@@ -7,8 +7,9 @@
 # module is fetched (GOPROXY=off): the bindings are hand-written in abi.go. The core module
 # (wasip1, c-shared; built with an overlay of syscall/fs_wasip1.go, and its repeated WASI imports
 # renamed by dedup_imports.py, both needed because encoding/json brings in os and syscall) becomes
-# a component with plugins/c-tools (built with cargo), with the world's type from wit/ and the
-# inert WASI stub instead of the WASI adapter (see plugins/c-tools/src/wasi_stub.rs for why).
+# a component with plugins/c-tools (built with cargo), with the world's type from wit/ (the
+# `plugin` world and WASI's monotonic clock: plugins/chat-go/wit/) and the inert WASI stub instead
+# of the WASI adapter (see plugins/c-tools/src/wasi_stub.rs for why).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -41,6 +42,10 @@ printf '{"Replace": {"%s": "%s"}}\n' "$FS_WASIP1" "$WORK/overlay/fs_wasip1.go" >
 command -v python3 >/dev/null 2>&1 || fail "python3 not found (dedup_imports.py)"
 python3 "$HERE/dedup_imports.py" "$WORK/chat-go.go.wasm" "$WORK/chat-go.core.wasm" ||
   fail "renaming the repeated WASI imports failed"
-"$TOOL" componentize --wasi-stub "$WORK/chat-go.core.wasm" "$OUT" "$ROOT/wit" plugin ||
+# The world: plugins/chat-go/wit/, with the host's wit/wsplug.wit as a dependency.
+rm -rf "$WORK/wit"
+cp -r "$HERE/wit" "$WORK/wit"
+cp "$ROOT/wit/wsplug.wit" "$WORK/wit/deps/wsplug.wit"
+"$TOOL" componentize --wasi-stub "$WORK/chat-go.core.wasm" "$OUT" "$WORK/wit" chat-go ||
   fail "making a component of chat-go.core.wasm failed"
 echo "$OUT ($(wc -c <"$OUT") bytes)"

@@ -6,15 +6,25 @@
 // client that offers `chat.v1` is answered with it, one that offers only other subprotocols is
 // refused with 400, one that offers none is admitted without. Text lines: `/nick NEW`,
 // `/join ROOM`, `/who`, anything else is said to the room. Answers are JSON events (encoding/json)
-// told apart by `type`: welcome, join, leave, message, nick, members, error. Rooms are topics of
-// the host. Each room keeps its last 50 messages (at most 64 KiB), sent as `history` in a
-// `welcome`. The canonical ABI glue is in abi.go. encoding/json brings in fmt, os and syscall,
-// which the inert WASI stub does not suit as is: see build.sh and dedup_imports.py.
+// told apart by `type`: welcome, join, leave, presence, message, nick, members, error. Rooms are
+// topics of the host. Each room keeps its last 50 messages (at most 64 KiB; all rooms together at
+// most 8 MiB), sent as `history` in a `welcome`. The canonical ABI glue is in abi.go.
+// encoding/json brings in fmt, os and syscall, which the inert WASI stub does not suit as is: see
+// build.sh and dedup_imports.py.
+//
+// Large rooms: a room of more than 50 members names nobody (naming every join to every member
+// costs O(members²) in a join storm). Its members get `presence` with the room's `count` instead
+// of `join` and `leave`: at once when it turns large or the count moved by an eighth, else at most
+// once a second, with the next event. A `welcome` lists the first 50 members (its `count` says
+// how many there are); back at 50, the room gets its whole list as `members`. The second is
+// measured with WASI's monotonic clock, imported directly (abi.go, wit/): Go's time.Now runs over
+// the inert WASI stub, whose clock counts readings, not time.
 package main
 
 import (
 	"bytes"
 	"encoding/json"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +41,14 @@ const (
 	historyLines  = 50
 	historyBytes  = 64 * 1024
 	idleHistories = 32 // emptied rooms that keep their history
+	// All rooms' histories together, so that many busy rooms cannot grow the instance to its
+	// memory cap (a trap): past it, the largest history gives up its oldest lines.
+	totalHistoryBytes = 8 << 20
+	// A room of more than this many members announces presence as counts, not nicks, and its
+	// welcome lists only this many members.
+	largeRoom = 50
+	// At most one presence a second (in nanoseconds), unless the count moved by an eighth.
+	presenceEvery = 1_000_000_000
 )
 
 type member struct{ nick, room string }
@@ -76,7 +94,16 @@ var (
 	rooms   = map[string]map[string]bool{} // room -> its members' nicks; no empty rooms
 	hist    = map[string]*history{}
 	idle    []string // rooms with a history but no members, the longest empty first
+	// Large rooms: the member count last announced and when.
+	announced = map[string]*announcement{}
+	// Large rooms whose count changed since it was last announced.
+	unannounced = map[string]bool{}
 )
+
+type announcement struct {
+	count int
+	at    uint64 // monotonic nanoseconds
+}
 
 // Events, fields in the order they are written.
 type (
@@ -85,6 +112,7 @@ type (
 		Nick    string          `json:"nick"`
 		Room    string          `json:"room"`
 		Members []string        `json:"members"`
+		Count   int             `json:"count"`
 		History json.RawMessage `json:"history,omitempty"`
 		Resumed bool            `json:"resumed,omitempty"`
 	}
@@ -109,6 +137,11 @@ type (
 		Type    string   `json:"type"`
 		Room    string   `json:"room"`
 		Members []string `json:"members"`
+	}
+	presenceEvent struct {
+		Type  string `json:"type"`
+		Room  string `json:"room"`
+		Count int    `json:"count"`
 	}
 	errorEvent struct {
 		Type string `json:"type"`
@@ -213,8 +246,10 @@ func membersOf(room string) []string {
 	return out
 }
 
+// welcome lists at most largeRoom members, and counts them all.
 func welcome(nick, room string, resumed bool) string {
-	ev := welcomeEvent{Type: "welcome", Nick: nick, Room: room, Members: membersOf(room)}
+	all := membersOf(room)
+	ev := welcomeEvent{Type: "welcome", Nick: nick, Room: room, Members: all[:min(len(all), largeRoom)], Count: len(all)}
 	if resumed {
 		ev.Resumed = true
 	} else if h, ok := hist[room]; ok {
@@ -233,7 +268,7 @@ func admit(id uint64, nick, room string, resumed bool) []action {
 	add(id, nick, room)
 	var actions []action
 	if !resumed {
-		actions = append(actions, joinAction("join", nick, room))
+		actions = presenceChanged(room, "join", nick, monotonicNow())
 	}
 	return append(actions, action{kind: actSubscribe, topic: room}, reply(welcome(nick, room, resumed)))
 }
@@ -282,7 +317,7 @@ func onOpen(id uint64, path string, protocols []string, resumed bool) admission 
 		// A resumed connection cannot be refused any more: give it the defaults instead.
 		nick, room = defaultNick, defaultRoom
 	}
-	adm.actions = admit(id, nick, room, resumed)
+	adm.actions = append(admit(id, nick, room, resumed), duePresence(monotonicNow())...)
 	how := "joined"
 	if resumed {
 		how = "is back in"
@@ -301,10 +336,15 @@ func known(id uint64) []action {
 }
 
 func onBinary(id uint64) []action {
-	return append(known(id), errorAction("binary messages are not supported"))
+	actions := append(known(id), errorAction("binary messages are not supported"))
+	return append(actions, duePresence(monotonicNow())...)
 }
 
 func onText(id uint64, text string) []action {
+	return append(command(id, text), duePresence(monotonicNow())...)
+}
+
+func command(id uint64, text string) []action {
 	actions := known(id)
 	if t, ok := strings.CutSuffix(text, "\n"); ok {
 		text = strings.TrimSuffix(t, "\r")
@@ -342,6 +382,7 @@ func say(id uint64, text string) []action {
 		hist[m.room] = h
 	}
 	h.push(line{m.nick, text})
+	boundHistory()
 	return []action{toRoom(m.room, encode(messageEvent{"message", m.nick, m.room, text}))}
 }
 
@@ -389,22 +430,95 @@ func join(id uint64, room string) []action {
 	enterRoom(room, m.nick)
 	leaveRoom(old, m.nick)
 	m.room = room
-	return []action{
-		{kind: actUnsubscribe, topic: old},
-		joinAction("leave", m.nick, old),
-		joinAction("join", m.nick, room),
-		{kind: actSubscribe, topic: room},
-		reply(welcome(m.nick, room, false)),
+	now := monotonicNow()
+	actions := []action{{kind: actUnsubscribe, topic: old}}
+	actions = append(actions, presenceChanged(old, "leave", m.nick, now)...)
+	actions = append(actions, presenceChanged(room, "join", m.nick, now)...)
+	return append(actions, action{kind: actSubscribe, topic: room}, reply(welcome(m.nick, room, false)))
+}
+
+// presenceChanged tells `room` that `nick` joined or left it (`kind`), the change already made:
+// join or leave in a small room; in a large one, presence when due (see duePresence); for a room
+// that just shrank to largeRoom, its whole member list.
+func presenceChanged(room, kind, nick string, now uint64) []action {
+	count := len(rooms[room])
+	if count > largeRoom {
+		if announced[room] == nil {
+			// Announced 0 a second ago: due at once. (Unsigned, so a clock that starts at 0 with
+			// the instance still reads it as a second ago.)
+			announced[room] = &announcement{0, now - presenceEvery}
+		}
+		unannounced[room] = true
+		return duePresence(now)
+	}
+	_, wasLarge := announced[room]
+	if wasLarge || kind == "leave" && count == largeRoom {
+		delete(announced, room)
+		delete(unannounced, room)
+		return []action{toRoom(room, encode(membersEvent{"members", room, membersOf(room)}))}
+	}
+	return []action{joinAction(kind, nick, room)}
+}
+
+// duePresence is a presence for each large room whose count changed since it was last
+// announced, if a second has passed since then or the count moved by an eighth of what was
+// announced; rooms in name order, as the Rust plugin.
+func duePresence(now uint64) []action {
+	var actions []action
+	for _, room := range slices.Sorted(maps.Keys(unannounced)) {
+		count := len(rooms[room])
+		a := announced[room]
+		if a == nil || count == a.count {
+			delete(unannounced, room)
+			continue
+		}
+		moved := count - a.count
+		if moved < 0 {
+			moved = -moved
+		}
+		if now-a.at < presenceEvery && moved*8 < a.count {
+			continue
+		}
+		a.count, a.at = count, now
+		delete(unannounced, room)
+		actions = append(actions, toRoom(room, encode(presenceEvent{"presence", room, count})))
+	}
+	return actions
+}
+
+// boundHistory drops the oldest lines of the largest histories (the last by name of equal ones,
+// as the Rust plugin) while all of them together hold more than totalHistoryBytes.
+func boundHistory() {
+	total := 0
+	for _, h := range hist {
+		total += h.bytes
+	}
+	for total > totalHistoryBytes {
+		var largest *history
+		name := ""
+		for room, h := range hist {
+			if largest == nil || h.bytes > largest.bytes || h.bytes == largest.bytes && room > name {
+				largest, name = h, room
+			}
+		}
+		if largest == nil || len(largest.lines) == 0 {
+			break
+		}
+		size := len(largest.lines[0].Nick) + len(largest.lines[0].Text)
+		largest.bytes -= size
+		largest.lines = largest.lines[1:]
+		total -= size
 	}
 }
 
 func onClose(id uint64) []action {
+	now := monotonicNow()
 	m, ok := remove(id)
 	if !ok {
-		return nil
+		return duePresence(now)
 	}
 	logf(levelInfo, m.nick+" left "+m.room)
-	return []action{joinAction("leave", m.nick, m.room)}
+	return append(presenceChanged(m.room, "leave", m.nick, now), duePresence(now)...)
 }
 
 // queryParam is the first value of query parameter `name` of request target `path`, decoded.
