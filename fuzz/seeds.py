@@ -69,7 +69,19 @@ texts = {
     "truncated": "😀".encode()[:3],
 }
 
-for target, seeds, prefix in [("frame_decoder", frames, True), ("request_head", heads, False), ("utf8", texts, True)]:
+# permessage-deflate (deflate_decoder: byte 0 the chunking, here byte 1 the mode; even = a stream).
+HELLO = bytes([0xF2, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00])  # RFC 7692 §7.2.3.1
+deflated = {
+    "hello": b"\x00" + frame(1, HELLO, rsv=0x40),
+    "hello_fragmented": b"\x00" + frame(1, HELLO[:3], fin=False, rsv=0x40) + frame(9, b"") + frame(0, HELLO[3:]),
+    "hello_twice_then_plain": b"\x00" + frame(1, HELLO, rsv=0x40) * 2 + frame(1, b"plain"),
+    "rsv1_on_continuation": b"\x00" + frame(1, HELLO[:3], fin=False, rsv=0x40) + frame(0, HELLO[3:], rsv=0x40),
+    "not_deflate": b"\x00" + frame(2, b"\xff" * 16, rsv=0x40),
+    "round_trip": b"\x01" + b"hello hello hello, world world world" * 4,
+}
+
+for target, seeds, prefix in [("frame_decoder", frames, True), ("request_head", heads, False), ("utf8", texts, True),
+                              ("deflate_decoder", deflated, True)]:
     d = os.path.join(root, target)
     os.makedirs(d, exist_ok=True)
     for name, data in seeds.items():

@@ -7,13 +7,17 @@
 //! - [`request_head`]: the request-head parser and upgrade validation never panic, every refusal
 //!   is a well-formed HTTP response with its status, an accepted head is strict (CRLF only, no
 //!   body) and its 101 response carries the right accept key.
+//! - [`deflate_decoder`]: permessage-deflate decoding never hands out more than the message
+//!   limit, whatever a message inflates to, and compressed messages round-trip.
 //! - [`utf8`]: the incremental validator agrees with `std::str::from_utf8` for every chunking,
 //!   and fails at the first chunk after which the bytes can no longer be valid.
 
 pub mod reference;
 
 use bytes::BytesMut;
-use wsplug_protocol::decoder::{Decoder, Event, Limits};
+use wsplug_protocol::decoder::{Decoder, Event, Limits, Message};
+use wsplug_protocol::deflate;
+use wsplug_protocol::frame::encode_client_frame;
 use wsplug_protocol::handshake::{self, HeadLimits};
 use wsplug_protocol::utf8::Utf8Validator;
 
@@ -67,6 +71,71 @@ pub fn frame_decoder(data: &[u8]) {
     assert_eq!(whole, expected, "the decoder disagrees with the reference decoder");
 }
 
+/// Fuzz target: permessage-deflate. Input byte 0 picks the chunking and byte 1 the mode:
+/// - even: the rest is a stream for a decoder that negotiated deflate (the client keeps its
+///   context): chunking must not matter, and every message it hands out is within the message
+///   limit (a compressed one included, whatever it inflates to) and, if text, valid UTF-8;
+/// - odd: the rest, split in two, are two messages compressed with a kept context, framed
+///   (RSV1 on the first fragment, split where byte 0 says) and decoded back: they must come out
+///   as they went in, or fail with 1009 when they are over the limit.
+pub fn deflate_decoder(data: &[u8]) {
+    let [seed, mode, rest @ ..] = data else { return };
+    let params = deflate::negotiate(["permessage-deflate"], &Default::default()).expect("default offer");
+    let decode = |pieces: &[&[u8]]| {
+        let mut decoder = Decoder::server(LIMITS).with_deflate(Some(&params));
+        let mut buf = BytesMut::new();
+        let mut events = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(event)) => events.push(event),
+                    Ok(None) => break,
+                    Err(e) => return (events, Some(e.close_code().0)),
+                }
+            }
+        }
+        (events, None)
+    };
+    if mode % 2 == 0 {
+        let whole = decode(&[rest]);
+        assert_eq!(whole, decode(&chunks(*seed, rest)), "chunking changed the outcome");
+        for event in &whole.0 {
+            if let Event::Message(m) = event {
+                assert!(m.payload().len() <= LIMITS.max_message_size, "a message over the limit got through");
+                if let Message::Text(t) = m {
+                    assert!(std::str::from_utf8(t).is_ok(), "invalid UTF-8 handed out as text");
+                }
+            }
+        }
+        return;
+    }
+    let (first, second) = rest.split_at(rest.len() / 2);
+    let mut deflater = deflate::Deflater::new(15);
+    let mut stream = Vec::new();
+    // The messages that fit the limits, until the first that does not (its close code: 1009).
+    let (mut expected, mut error) = (Vec::new(), None);
+    for payload in [first, second] {
+        let packed = deflater.compress(payload);
+        let cut = usize::from(*seed) % (packed.len() + 1);
+        let (a, b) = packed.split_at(cut);
+        if error.is_none() {
+            if payload.len() > LIMITS.max_message_size || a.len().max(b.len()) > LIMITS.max_frame_size {
+                error = Some(1009);
+            } else {
+                expected.push(Event::Message(Message::Binary(bytes::Bytes::copy_from_slice(payload))));
+            }
+        }
+        let mut head = encode_client_frame(b.is_empty(), 0x2, a, [1, 2, 3, 4]);
+        head[0] |= 0x40;
+        stream.extend(head);
+        if !b.is_empty() {
+            stream.extend(encode_client_frame(true, 0x0, b, [5, 6, 7, 8]));
+        }
+    }
+    assert_eq!(decode(&[&stream]), (expected, error), "compressed messages must come back as they were");
+}
+
 /// Fuzz target: a request head as a client sends it.
 pub fn request_head(data: &[u8]) {
     let limits = HeadLimits { max_head_size: 1024, max_headers: 16 };
@@ -87,7 +156,7 @@ pub fn request_head(data: &[u8]) {
                     assert!(request.header("transfer-encoding").is_none(), "upgrade with Transfer-Encoding");
                     assert!(request.header_all("content-length").all(|v| v.trim() == "0"), "upgrade with a body");
                     assert_eq!(request.method, "GET");
-                    let response = handshake::accept_response(&upgrade.key, upgrade.protocols.first().map(String::as_str));
+                    let response = handshake::accept_response(&upgrade.key, upgrade.protocols.first().map(String::as_str), None);
                     let mut headers = [httparse::EMPTY_HEADER; 8];
                     let mut parsed = httparse::Response::new(&mut headers);
                     assert!(parsed.parse(&response).expect("101 parses").is_complete());

@@ -184,6 +184,9 @@ pub struct RouteConfig {
     /// (`[routes.checkpoint]`).
     #[serde(default)]
     pub checkpoint: crate::plugin::Checkpoints,
+    /// permessage-deflate (RFC 7692) for this route (`[routes.deflate]`; off without the table).
+    #[serde(default)]
+    pub deflate: Option<DeflateSettings>,
     /// For development: the reason a plugin failed (its trap and stderr, or the contract rule it
     /// broke) goes into the 1011 close reason and the 500 body the client gets. Default false:
     /// clients then see only "plugin error".
@@ -193,6 +196,50 @@ pub struct RouteConfig {
 
 fn one() -> usize {
     1
+}
+
+/// `[routes.deflate]`: compression of messages with permessage-deflate, for clients that offer it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeflateSettings {
+    /// Default true (the table turns it on); `false` turns it off without removing the table.
+    pub enabled: bool,
+    /// Messages smaller than this are sent uncompressed. Default 1KiB.
+    #[serde(deserialize_with = "de_size")]
+    pub threshold: usize,
+    /// The largest window the server compresses with, as a power of two: 9 to 15. Default 15.
+    pub server_max_window_bits: u8,
+    /// The largest window the server lets clients compress with (when they say they can be
+    /// limited): 9 to 15. Default 15. A smaller one saves the server memory per connection.
+    pub client_max_window_bits: u8,
+    /// Whether the server keeps its compression context from one message to the next (better
+    /// ratios for similar messages, about 2^(w+2) + 128 KiB held per connection). Default false.
+    pub server_context_takeover: bool,
+}
+
+impl Default for DeflateSettings {
+    fn default() -> Self {
+        let protocol = crate::protocol::deflate::DeflateConfig::default();
+        Self {
+            enabled: true,
+            threshold: protocol.threshold,
+            server_max_window_bits: protocol.server_max_window_bits,
+            client_max_window_bits: protocol.client_max_window_bits,
+            server_context_takeover: protocol.server_context_takeover,
+        }
+    }
+}
+
+impl DeflateSettings {
+    /// What the handshake may agree to, when enabled.
+    pub fn config(&self) -> Option<crate::protocol::deflate::DeflateConfig> {
+        self.enabled.then_some(crate::protocol::deflate::DeflateConfig {
+            threshold: self.threshold,
+            server_max_window_bits: self.server_max_window_bits,
+            client_max_window_bits: self.client_max_window_bits,
+            server_context_takeover: self.server_context_takeover,
+        })
+    }
 }
 
 /// The built-in route kinds (native, no Wasm).
@@ -280,6 +327,7 @@ impl Config {
             sandbox: Default::default(),
             connection: Default::default(),
             checkpoint: Default::default(),
+            deflate: None,
             dev: false,
         };
         self.routes.push(Spanned::new(0..0, route));
@@ -390,6 +438,17 @@ impl Config {
                         r.path
                     ),
                 ));
+            }
+            if let Some(d) = &r.deflate {
+                let bits = crate::protocol::deflate::WINDOW_BITS;
+                for (name, value) in [
+                    ("server_max_window_bits", d.server_max_window_bits),
+                    ("client_max_window_bits", d.client_max_window_bits),
+                ] {
+                    if !bits.contains(&value) {
+                        return Err((span, format!("route {:?}: deflate.{name} must be 9 to 15, not {value}", r.path)));
+                    }
+                }
             }
             if let Err(e) = r.connection.check() {
                 return Err((span, format!("route {:?}: {e}", r.path)));

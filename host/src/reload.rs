@@ -316,6 +316,7 @@ impl Reloader {
                         }
                     }
                     old.set_connection_limits(r.connection.clone());
+                    old.set_deflate(r.deflate.as_ref().and_then(|d| d.config()));
                     routes.push(old);
                 }
                 (old, _) => {

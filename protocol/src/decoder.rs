@@ -11,6 +11,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::close::{CloseCode, CloseFrame, CloseFrameError, parse_close_payload};
+use super::deflate::{DeflateParams, InflateError, Inflater};
 use super::frame::{FrameHeader, HeaderError, OpCode};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
@@ -83,14 +84,20 @@ pub enum ProtocolError {
     InvalidUtf8,
     #[error("invalid close frame: {0}")]
     InvalidClose(#[from] CloseFrameError),
+    #[error("compressed message: {0}")]
+    Inflate(#[from] InflateError),
 }
 
 impl ProtocolError {
     /// The close code this violation is answered with.
     pub fn close_code(&self) -> CloseCode {
         match self {
-            Self::FrameTooBig { .. } | Self::MessageTooBig { .. } => CloseCode::TOO_BIG,
-            Self::InvalidUtf8 | Self::InvalidClose(CloseFrameError::InvalidReason) => CloseCode::INVALID_PAYLOAD,
+            Self::FrameTooBig { .. } | Self::MessageTooBig { .. } | Self::Inflate(InflateError::TooBig { .. }) => {
+                CloseCode::TOO_BIG
+            }
+            Self::InvalidUtf8
+            | Self::InvalidClose(CloseFrameError::InvalidReason)
+            | Self::Inflate(InflateError::Corrupt) => CloseCode::INVALID_PAYLOAD,
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }
@@ -111,6 +118,8 @@ struct FrameInProgress {
 #[derive(Debug)]
 struct MessageInProgress {
     text: bool,
+    /// Its frames carry compressed data (RSV1 on the first); `data` holds it inflated.
+    compressed: bool,
     data: BytesMut,
 }
 
@@ -122,12 +131,20 @@ pub struct Decoder {
     frame: Option<FrameInProgress>,
     message: Option<MessageInProgress>,
     utf8: Utf8Validator,
+    /// Set when permessage-deflate was negotiated.
+    inflater: Option<Inflater>,
 }
 
 impl Decoder {
     /// A decoder for frames sent by a client (masked, as §5.1 requires).
     pub fn server(limits: Limits) -> Self {
-        Self { limits, require_mask: true, frame: None, message: None, utf8: Utf8Validator::new() }
+        Self { limits, require_mask: true, frame: None, message: None, utf8: Utf8Validator::new(), inflater: None }
+    }
+
+    /// Accepts compressed messages (RSV1) as agreed in the handshake (RFC 7692).
+    pub fn with_deflate(mut self, params: Option<&DeflateParams>) -> Self {
+        self.inflater = params.map(Inflater::new);
+        self
     }
 
     /// A decoder for frames sent by a server (unmasked); used by test clients.
@@ -146,6 +163,11 @@ impl Decoder {
         self.message.as_ref().map_or(0, |m| m.data.capacity())
     }
 
+    /// Whether a decompressor is held between messages (its client keeps its compression context).
+    pub fn holds_inflater(&self) -> bool {
+        self.inflater.as_ref().is_some_and(Inflater::is_held)
+    }
+
     /// How many more bytes the frame in progress needs, to size the next read (0 when unknown).
     pub fn bytes_wanted(&self, buffered: usize) -> usize {
         self.frame.as_ref().map_or(0, |f| f.payload_len.saturating_sub(buffered))
@@ -157,7 +179,8 @@ impl Decoder {
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, ProtocolError> {
         loop {
             if self.frame.is_none() {
-                let Some(header) = FrameHeader::parse(buf, self.require_mask)? else {
+                let Some(header) = FrameHeader::parse_with_rsv1(buf, self.require_mask, self.inflater.is_some())?
+                else {
                     return Ok(None);
                 };
                 self.frame = Some(self.start_frame(header)?);
@@ -192,14 +215,20 @@ impl Decoder {
 
     /// Applies the sequencing and size rules to a new header.
     fn start_frame(&mut self, header: FrameHeader) -> Result<FrameInProgress, ProtocolError> {
+        // RSV1 only on the first frame of a data message, and only with permessage-deflate.
+        let first_data = matches!(header.opcode, OpCode::Text | OpCode::Binary);
+        if header.rsv1 && !(first_data && self.inflater.is_some()) {
+            return Err(HeaderError::ReservedBits.into());
+        }
         let mut text = false;
         if !header.opcode.is_control() {
             match (header.opcode, &self.message) {
                 (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
-                (OpCode::Continuation, Some(m)) => text = m.text,
+                (OpCode::Continuation, Some(m)) => text = m.text && !m.compressed,
                 (_, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
                 (op, None) => {
-                    text = op == OpCode::Text;
+                    // A compressed message's text is validated as it inflates, not as it arrives.
+                    text = op == OpCode::Text && !header.rsv1;
                     self.utf8.reset();
                 }
             }
@@ -207,9 +236,11 @@ impl Decoder {
             if header.payload_len > limit as u64 {
                 return Err(ProtocolError::FrameTooBig { len: header.payload_len, limit });
             }
+            // A compressed message is measured as it inflates (its wire size says little).
+            let compressed = header.rsv1 || self.message.as_ref().is_some_and(|m| m.compressed);
             let so_far = self.message.as_ref().map_or(0, |m| m.data.len()) as u64;
             let limit = self.limits.max_message_size;
-            if so_far + header.payload_len > limit as u64 {
+            if !compressed && so_far + header.payload_len > limit as u64 {
                 return Err(ProtocolError::MessageTooBig { len: so_far + header.payload_len, limit });
             }
         }
@@ -225,25 +256,65 @@ impl Decoder {
             OpCode::Ping => Event::Ping(payload.freeze()),
             OpCode::Pong => Event::Pong(payload.freeze()),
             OpCode::Close => Event::Close(parse_close_payload(&payload)?),
-            OpCode::Text | OpCode::Binary if header.fin => {
+            OpCode::Text | OpCode::Binary if header.fin && !header.rsv1 => {
                 let text = header.opcode == OpCode::Text;
                 self.complete_message(text, payload.freeze())?
             }
             OpCode::Text | OpCode::Binary => {
-                self.message = Some(MessageInProgress { text: header.opcode == OpCode::Text, data: payload });
-                return Ok(None);
-            }
-            OpCode::Continuation => {
-                let message = self.message.as_mut().expect("checked in start_frame");
-                message.data.extend_from_slice(&payload);
-                if !header.fin {
+                let text = header.opcode == OpCode::Text;
+                if !header.rsv1 {
+                    self.message = Some(MessageInProgress { text, compressed: false, data: payload });
                     return Ok(None);
                 }
-                let message = self.message.take().expect("message in progress");
-                self.complete_message(message.text, message.data.freeze())?
+                let mut message = MessageInProgress { text, compressed: true, data: BytesMut::new() };
+                self.inflate(&mut message, &payload)?;
+                if !header.fin {
+                    self.message = Some(message);
+                    return Ok(None);
+                }
+                self.finish_compressed(message)?
+            }
+            OpCode::Continuation => {
+                let mut message = self.message.take().expect("checked in start_frame");
+                if message.compressed {
+                    self.inflate(&mut message, &payload)?;
+                } else {
+                    message.data.extend_from_slice(&payload);
+                }
+                if !header.fin {
+                    self.message = Some(message);
+                    return Ok(None);
+                }
+                if message.compressed {
+                    self.finish_compressed(message)?
+                } else {
+                    self.complete_message(message.text, message.data.freeze())?
+                }
             }
         };
         Ok(Some(event))
+    }
+
+    /// Inflates a compressed frame's payload onto its message, validating text as it comes out.
+    fn inflate(&mut self, message: &mut MessageInProgress, payload: &[u8]) -> Result<(), ProtocolError> {
+        let inflater = self.inflater.as_mut().expect("RSV1 is accepted only with an inflater");
+        let before = message.data.len();
+        inflater.feed(payload, &mut message.data, self.limits.max_message_size)?;
+        if message.text {
+            self.utf8.feed(&message.data[before..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a compressed message: the flush tail the sender left out, then the usual checks.
+    fn finish_compressed(&mut self, mut message: MessageInProgress) -> Result<Event, ProtocolError> {
+        let inflater = self.inflater.as_mut().expect("RSV1 is accepted only with an inflater");
+        let before = message.data.len();
+        inflater.finish(&mut message.data, self.limits.max_message_size)?;
+        if message.text {
+            self.utf8.feed(&message.data[before..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        self.complete_message(message.text, message.data.freeze())
     }
 
     fn complete_message(&mut self, text: bool, data: Bytes) -> Result<Event, ProtocolError> {
@@ -278,6 +349,72 @@ mod tests {
 
     fn frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
         encode_client_frame(fin, op, payload, KEY)
+    }
+
+    /// A client frame with RSV1 set (a compressed message's first frame).
+    fn compressed_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = frame(fin, op, payload);
+        bytes[0] |= 0x40;
+        bytes
+    }
+
+    fn deflating() -> Decoder {
+        let params = crate::deflate::negotiate(["permessage-deflate"], &Default::default()).unwrap();
+        server().with_deflate(Some(&params))
+    }
+
+    #[test]
+    fn rfc_7692_compressed_messages_whole_and_fragmented() {
+        // §7.2.3.1: "Hello" without context, then the same fragmented in two.
+        let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let mut bytes = compressed_frame(true, 0x1, &hello);
+        bytes.extend(compressed_frame(false, 0x1, &hello[..3]));
+        bytes.extend(frame(true, 0x9, b"between"));
+        bytes.extend(frame(true, 0x0, &hello[3..]));
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 7) as u8).collect();
+        bytes.extend(compressed_frame(true, 0x2, &crate::deflate::compress(&big, 15)));
+        bytes.extend(frame(true, 0x1, b"plain"));
+        let events = decode_all(&mut deflating(), &bytes).unwrap();
+        let text = |t: &'static [u8]| Event::Message(Message::Text(Bytes::from_static(t)));
+        assert_eq!(
+            events,
+            vec![
+                text(b"Hello"),
+                Event::Ping(Bytes::from_static(b"between")),
+                text(b"Hello"),
+                Event::Message(Message::Binary(Bytes::from(big))),
+                text(b"plain"),
+            ]
+        );
+    }
+
+    #[test]
+    fn rfc_7692_rsv1_is_refused_where_it_does_not_belong() {
+        let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        // Not negotiated.
+        let err = decode_all(&mut server(), &compressed_frame(true, 0x1, &hello)).unwrap_err();
+        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+        // On a continuation frame, and on a control frame.
+        let mut bytes = compressed_frame(false, 0x1, &hello[..3]);
+        bytes.extend(compressed_frame(true, 0x0, &hello[3..]));
+        assert_eq!(decode_all(&mut deflating(), &bytes).unwrap_err().close_code(), CloseCode::PROTOCOL_ERROR);
+        let err = decode_all(&mut deflating(), &compressed_frame(true, 0x9, b"")).unwrap_err();
+        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn rfc_7692_bad_compressed_messages_fail_with_the_right_code() {
+        // Inflating past the message limit (2 MiB): 1009, from a frame far under it.
+        let bomb = crate::deflate::compress(&vec![b'a'; 3 << 20], 15);
+        assert!(bomb.len() < 100 << 10);
+        let err = decode_all(&mut deflating(), &compressed_frame(true, 0x2, &bomb)).unwrap_err();
+        assert_eq!(err.close_code(), CloseCode::TOO_BIG);
+        // Text that inflates to invalid UTF-8: 1007; data that is not DEFLATE: 1007.
+        let bad_text = crate::deflate::compress(&[b'o', b'k', 0xC0, 0xAF], 15);
+        let err = decode_all(&mut deflating(), &compressed_frame(true, 0x1, &bad_text)).unwrap_err();
+        assert_eq!(err, ProtocolError::InvalidUtf8);
+        let err = decode_all(&mut deflating(), &compressed_frame(true, 0x2, &[0xff; 16])).unwrap_err();
+        assert_eq!(err.close_code(), CloseCode::INVALID_PAYLOAD);
     }
 
     #[test]

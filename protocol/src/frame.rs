@@ -56,6 +56,9 @@ pub const MAX_HEADER_LEN: usize = 14;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
     pub fin: bool,
+    /// RSV1: set on the first frame of a compressed message (permessage-deflate, RFC 7692). The
+    /// decoder refuses it unless the extension was negotiated; RSV2 and RSV3 fail here.
+    pub rsv1: bool,
     pub opcode: OpCode,
     pub mask: Option<[u8; 4]>,
     pub payload_len: u64,
@@ -85,12 +88,21 @@ pub enum HeaderError {
 impl FrameHeader {
     /// Parses a header from the start of `buf`. `Ok(None)` means more bytes are needed.
     /// `require_mask`: frames from a client must be masked (§5.1); a client decoder passes false.
+    /// Every reserved bit fails (no extension negotiated).
     pub fn parse(buf: &[u8], require_mask: bool) -> Result<Option<Self>, HeaderError> {
+        Self::parse_with_rsv1(buf, require_mask, false)
+    }
+
+    /// [`FrameHeader::parse`] when permessage-deflate was negotiated (`rsv1_allowed`): RSV1 is
+    /// reported in [`FrameHeader::rsv1`] (the decoder checks which frames may carry it).
+    pub fn parse_with_rsv1(buf: &[u8], require_mask: bool, rsv1_allowed: bool) -> Result<Option<Self>, HeaderError> {
         let [b0, b1, ..] = *buf else { return Ok(None) };
-        if b0 & 0x70 != 0 {
+        let reserved = if rsv1_allowed { 0x30 } else { 0x70 };
+        if b0 & reserved != 0 {
             return Err(HeaderError::ReservedBits);
         }
         let fin = b0 & 0x80 != 0;
+        let rsv1 = b0 & 0x40 != 0;
         let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(HeaderError::UnknownOpcode(b0 & 0x0F))?;
         let masked = b1 & 0x80 != 0;
         let len7 = b1 & 0x7F;
@@ -142,7 +154,7 @@ impl FrameHeader {
         } else {
             None
         };
-        Ok(Some(Self { fin, opcode, mask, payload_len, header_len: pos }))
+        Ok(Some(Self { fin, rsv1, opcode, mask, payload_len, header_len: pos }))
     }
 }
 
@@ -169,6 +181,15 @@ pub fn encode_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(MAX_HEADER_LEN + payload.len());
     encode_header(&mut buf, true, opcode, payload.len());
     buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// [`encode_frame`] for a payload compressed by permessage-deflate: RSV1 set (RFC 7692 §6).
+pub fn encode_compressed_frame(opcode: OpCode, compressed: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(MAX_HEADER_LEN + compressed.len());
+    encode_header(&mut buf, true, opcode, compressed.len());
+    buf[0] |= 0x40;
+    buf.put_slice(compressed);
     buf.freeze()
 }
 
@@ -231,6 +252,7 @@ mod tests {
             h,
             FrameHeader {
                 fin: true,
+                rsv1: false,
                 opcode: OpCode::Text,
                 mask: Some([0x37, 0xfa, 0x21, 0x3d]),
                 payload_len: 5,
@@ -262,6 +284,9 @@ mod tests {
         for b0 in [0xC1, 0xA1, 0x91] {
             assert_eq!(parse(&[b0, 0x80, 0, 0, 0, 0]), Err(HeaderError::ReservedBits));
         }
+        // With permessage-deflate, RSV1 is reported (RFC 7692 §6); RSV2 and RSV3 still fail.
+        assert!(FrameHeader::parse_with_rsv1(&[0xC1, 0x80, 0, 0, 0, 0], true, true).unwrap().unwrap().rsv1);
+        assert_eq!(FrameHeader::parse_with_rsv1(&[0xE1, 0x80], true, true), Err(HeaderError::ReservedBits));
     }
 
     #[test]

@@ -247,7 +247,7 @@ pub fn accept_key(key: &str) -> String {
 }
 
 /// The 101 response completing the handshake.
-pub fn accept_response(key: &str, protocol: Option<&str>) -> Vec<u8> {
+pub fn accept_response(key: &str, protocol: Option<&str>, extensions: Option<&str>) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
         accept_key(key)
@@ -255,6 +255,11 @@ pub fn accept_response(key: &str, protocol: Option<&str>) -> Vec<u8> {
     if let Some(p) = protocol {
         out.push_str("Sec-WebSocket-Protocol: ");
         out.push_str(p);
+        out.push_str("\r\n");
+    }
+    if let Some(e) = extensions {
+        out.push_str("Sec-WebSocket-Extensions: ");
+        out.push_str(e);
         out.push_str("\r\n");
     }
     out.push_str("\r\n");
@@ -346,7 +351,7 @@ mod tests {
 
     #[test]
     fn rfc_4_2_2_response_carries_accept_and_protocol() {
-        let resp = String::from_utf8(accept_response("dGhlIHNhbXBsZSBub25jZQ==", Some("chat"))).unwrap();
+        let resp = String::from_utf8(accept_response("dGhlIHNhbXBsZSBub25jZQ==", Some("chat"), None)).unwrap();
         assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(resp.contains("Sec-WebSocket-Protocol: chat\r\n"));

@@ -12,11 +12,14 @@
 //! - [`close`]: close codes and close frame payloads (§5.5.1, §7.4).
 //! - [`decoder`]: the receive side of a connection: frames → messages and control events, with
 //!   every sequencing rule, limit and validation.
+//! - [`deflate`]: permessage-deflate (RFC 7692): negotiation, and compressing and decompressing
+//!   one message at a time, bounded.
 //! - [`session`]: the session above the decoder: pings, timeouts, the closing handshake, as a
 //!   state machine whose clock is an input.
 
 pub mod close;
 pub mod decoder;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

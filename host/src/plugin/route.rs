@@ -35,12 +35,12 @@ use super::engine::LoadedPlugin;
 use super::instance::{CallError, PluginInstance};
 use super::recovery::{Checkpoints, Health};
 use super::sandbox::SandboxLimits;
-use crate::protocol::frame::{OpCode, encode_frame};
+use crate::protocol::frame::OpCode;
 use crate::protocol::handshake::is_token;
 use crate::protocol::{CloseCode, CloseFrame, Message};
 use crate::server::handler::{Accept, Admit, BoxFuture, EventRoute, HandlerInstance, SharedInstance};
 use crate::server::hub::{ConnInfo, Hub};
-use crate::server::{Batch, Outbound};
+use crate::server::{Batch, Outbound, SharedMessage};
 
 /// A route served by a plugin: its instances' slots and its hub.
 pub struct PluginRoute {
@@ -767,9 +767,9 @@ impl InstanceSlot {
                     );
                 }
             }
-            Target::Everyone => self.hub.broadcast(&encode_frame(opcode, &payload), None, id, &mut self.batch),
-            Target::Others => self.hub.broadcast(&encode_frame(opcode, &payload), id, id, &mut self.batch),
-            Target::Topic(topic) => self.hub.publish(&topic, &encode_frame(opcode, &payload), id, &mut self.batch),
+            Target::Everyone => self.hub.broadcast(&SharedMessage::new(opcode, payload), None, id, &mut self.batch),
+            Target::Others => self.hub.broadcast(&SharedMessage::new(opcode, payload), id, id, &mut self.batch),
+            Target::Topic(topic) => self.hub.publish(&topic, &SharedMessage::new(opcode, payload), id, &mut self.batch),
         }
     }
 }

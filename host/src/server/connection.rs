@@ -37,6 +37,7 @@ use super::handshakes::Pass;
 use super::hub::{ConnInfo, HeaderBlock};
 use super::outbound::{Outbound, QueueLimits};
 use super::routes::{Handler, Route};
+use crate::protocol::deflate::{self, DeflateParams};
 use crate::protocol::handshake::{self, HandshakeError, HeadLimits, Request};
 use crate::protocol::session::{Output, Session, Timing};
 use crate::protocol::{CloseCode, CloseFrame, Decoder, Limits as FrameLimits, Message};
@@ -127,9 +128,13 @@ pub(crate) async fn serve(
         return refuse(&shared, &stream, &resp).await;
     };
     let id = shared.next_connection_id();
+    // permessage-deflate, when the route offers it and the client's offers allow it.
+    let deflate =
+        route.deflate().and_then(|config| deflate::negotiate(request.header_all("sec-websocket-extensions"), &config));
+    let extensions = deflate.as_ref().map(DeflateParams::response);
     let (reader, writer) = stream.into_split();
     let writer = Arc::new(writer);
-    let out = Outbound::new(
+    let out = Outbound::with_deflate(
         writer.clone(),
         QueueLimits {
             max_frames: limits.outbound_queue_frames,
@@ -137,6 +142,7 @@ pub(crate) async fn serve(
             max_message_size: limits.max_message_size,
             max_in_flight: MAX_IN_FLIGHT,
         },
+        deflate.as_ref(),
     );
 
     // Admission: the native route accepts at once; an event handler (a plugin) decides, and has the
@@ -159,7 +165,7 @@ pub(crate) async fn serve(
     match &route.handler {
         Handler::Echo => {
             let subprotocol = route.choose_subprotocol(&upgrade.protocols);
-            let response = handshake::accept_response(&upgrade.key, subprotocol.as_deref());
+            let response = handshake::accept_response(&upgrade.key, subprotocol.as_deref(), extensions.as_deref());
             if out.push_encoded(response.into()).is_err() {
                 return;
             }
@@ -172,7 +178,8 @@ pub(crate) async fn serve(
             let hub = &route.hub;
             // The handler accepts by asking for the 101 and the registration, before its effects.
             let mut accept = |subprotocol: Option<&str>| {
-                out.push_encoded(handshake::accept_response(&upgrade.key, subprotocol).into()).ok()?;
+                let response = handshake::accept_response(&upgrade.key, subprotocol, extensions.as_deref());
+                out.push_encoded(response.into()).ok()?;
                 hub.join(conn.clone(), out.clone());
                 Some(out.clone())
             };
@@ -204,7 +211,8 @@ pub(crate) async fn serve(
         Decoder::server(FrameLimits {
             max_frame_size: limits.max_frame_size,
             max_message_size: limits.max_message_size,
-        }),
+        })
+        .with_deflate(deflate.as_ref()),
         Timing {
             ping_interval: limits.ping_interval,
             idle_timeout: limits.idle_timeout,

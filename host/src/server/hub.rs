@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::outbound::{Batch, Outbound, QueueError, close_frame};
+use super::outbound::{Batch, Outbound, Outgoing, QueueError, SharedMessage, close_frame};
 use crate::protocol::frame::OpCode;
 use crate::protocol::{CloseCode, CloseFrame};
 
@@ -166,29 +166,29 @@ impl Hub {
         let mut inner = self.lock();
         match inner.members.get_mut(&id) {
             Some(member) => {
-                deliver(&self.route, member, Some(opcode), payload, sender, batch);
+                deliver(&self.route, member, Outgoing::One(opcode, payload), sender, batch);
                 true
             }
             None => false,
         }
     }
 
-    /// Queues an encoded frame for every connection but `except`.
-    pub fn broadcast(&self, encoded: &Bytes, except: Option<u64>, sender: Option<u64>, batch: &mut Batch) {
+    /// Queues a message for every connection but `except`.
+    pub fn broadcast(&self, message: &SharedMessage, except: Option<u64>, sender: Option<u64>, batch: &mut Batch) {
         let mut inner = self.lock();
         for member in inner.members.values_mut().filter(|m| Some(m.info.id) != except) {
-            deliver(&self.route, member, None, encoded.clone(), sender, batch);
+            deliver(&self.route, member, Outgoing::Shared(message), sender, batch);
         }
     }
 
-    /// Queues an encoded frame for every subscriber of `topic`.
-    pub fn publish(&self, topic: &str, encoded: &Bytes, sender: Option<u64>, batch: &mut Batch) {
+    /// Queues a message for every subscriber of `topic`.
+    pub fn publish(&self, topic: &str, message: &SharedMessage, sender: Option<u64>, batch: &mut Batch) {
         let mut inner = self.lock();
         let Inner { members, topics, .. } = &mut *inner;
         let Some(subscribers) = topics.get(topic) else { return };
         for id in subscribers {
             if let Some(member) = members.get_mut(id) {
-                deliver(&self.route, member, None, encoded.clone(), sender, batch);
+                deliver(&self.route, member, Outgoing::Shared(message), sender, batch);
             }
         }
     }
@@ -256,23 +256,15 @@ fn drop_subscriber(topics: &mut HashMap<String, HashSet<u64>>, topic: &str, id: 
     }
 }
 
-/// Pushes a frame without blocking; a full queue marks a slow consumer, closed with 1013 — except
-/// for the sender's own replies, which its session flow-controls. `opcode` is `None` for a frame
-/// already encoded (shared by many receivers).
-fn deliver(
-    route: &str,
-    member: &mut Member,
-    opcode: Option<OpCode>,
-    payload: Bytes,
-    sender: Option<u64>,
-    batch: &mut Batch,
-) {
+/// Pushes a message without blocking; a full queue marks a slow consumer, closed with 1013 —
+/// except for the sender's own replies, which its session flow-controls.
+fn deliver(route: &str, member: &mut Member, message: Outgoing<'_>, sender: Option<u64>, batch: &mut Batch) {
     if member.closing {
         return;
     }
-    let pushed = match (sender == Some(member.info.id), opcode) {
-        (true, Some(op)) => member.out.reply(op, payload),
-        _ => member.out.deliver(opcode, payload),
+    let pushed = match (sender == Some(member.info.id), message) {
+        (true, Outgoing::One(op, payload)) => member.out.reply(op, payload),
+        (_, message) => member.out.deliver(message),
     };
     match batch.note(&member.out, pushed) {
         Ok(()) => {}

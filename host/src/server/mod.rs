@@ -24,7 +24,7 @@ mod outbound;
 mod routes;
 pub mod static_files;
 
-pub use outbound::{Batch, Outbound, QueueError, QueueLimits};
+pub use outbound::{Batch, Outbound, Outgoing, QueueError, QueueLimits, SharedMessage};
 pub use routes::{Handler, Route, Routes};
 
 use std::net::SocketAddr;

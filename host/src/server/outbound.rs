@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -34,7 +34,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 use crate::protocol::close::close_payload;
-use crate::protocol::frame::OpCode;
+use crate::protocol::deflate::{self, DeflateParams, Deflater};
+use crate::protocol::frame::{OpCode, encode_compressed_frame, encode_frame};
 use crate::protocol::{CloseCode, CloseFrame};
 
 /// The longest server frame header: 2 bytes and a 64-bit length (server frames are not masked).
@@ -93,6 +94,13 @@ impl Frame {
         Self { header, header_len, payload }
     }
 
+    /// A message compressed by permessage-deflate: RSV1 set.
+    fn compressed(opcode: OpCode, payload: Bytes) -> Self {
+        let mut frame = Self::data(opcode, payload);
+        frame.header[0] |= 0x40;
+        frame
+    }
+
     fn encoded(bytes: Bytes) -> Self {
         Self { header: [0; MAX_HEADER], header_len: 0, payload: bytes }
     }
@@ -136,6 +144,60 @@ struct State {
     in_flight_bytes: usize,
     /// The session has stopped reading and wants to hear when room or credit comes back.
     session_waiting: bool,
+    /// The compressor this connection keeps (permessage-deflate with server context takeover):
+    /// messages are compressed under this lock, so in the order they are queued.
+    deflater: Option<Deflater>,
+}
+
+/// How a connection's data messages are compressed (permessage-deflate, when negotiated).
+#[derive(Debug, Clone, Copy)]
+struct Compression {
+    threshold: usize,
+    window_bits: u8,
+}
+
+/// A message for many connections (broadcast, publish), encoded at most once per form its
+/// receivers need: plain, and compressed once per window size for receivers that agreed to
+/// permessage-deflate without server context takeover (receivers that keep a context compress
+/// it themselves). Every receiver of a form shares its bytes.
+pub struct SharedMessage {
+    opcode: OpCode,
+    payload: Bytes,
+    plain: OnceLock<Bytes>,
+    compressed: [OnceLock<Bytes>; 7],
+}
+
+impl SharedMessage {
+    pub fn new(opcode: OpCode, payload: Bytes) -> Self {
+        Self { opcode, payload, plain: OnceLock::new(), compressed: Default::default() }
+    }
+
+    fn plain(&self) -> Bytes {
+        self.plain.get_or_init(|| encode_frame(self.opcode, &self.payload)).clone()
+    }
+
+    fn compressed(&self, window_bits: u8) -> Bytes {
+        let slot = &self.compressed[usize::from(window_bits.clamp(9, 15) - 9)];
+        slot.get_or_init(|| encode_compressed_frame(self.opcode, &deflate::compress(&self.payload, window_bits)))
+            .clone()
+    }
+}
+
+/// What fan-out hands a connection's queue.
+pub enum Outgoing<'a> {
+    /// A message for this connection alone (a plugin's `send` to it).
+    One(OpCode, Bytes),
+    /// A message shared with other receivers.
+    Shared(&'a SharedMessage),
+}
+
+impl Outgoing<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::One(_, payload) => payload.len(),
+            Self::Shared(m) => m.payload.len(),
+        }
+    }
 }
 
 struct Inner {
@@ -145,6 +207,7 @@ struct Inner {
     /// socket, or room or credit came back while it waits for them.
     wake: Notify,
     limits: QueueLimits,
+    compression: Option<Compression>,
 }
 
 /// A connection's outbound queue. Cheap to clone; usable from any thread.
@@ -159,7 +222,21 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
+    /// A queue for a connection whose data messages are compressed as `deflate` says (when
+    /// permessage-deflate was agreed).
+    pub fn with_deflate(socket: Arc<OwnedWriteHalf>, limits: QueueLimits, deflate: Option<&DeflateParams>) -> Self {
+        let out = Self::new_inner(socket, limits, deflate);
+        if let Some(p) = deflate.filter(|p| !p.server_no_context_takeover) {
+            out.lock().deflater = Some(Deflater::new(p.server_window_bits));
+        }
+        out
+    }
+
     pub fn new(socket: Arc<OwnedWriteHalf>, limits: QueueLimits) -> Self {
+        Self::new_inner(socket, limits, None)
+    }
+
+    fn new_inner(socket: Arc<OwnedWriteHalf>, limits: QueueLimits, deflate: Option<&DeflateParams>) -> Self {
         Self(Arc::new(Inner {
             socket,
             state: Mutex::new(State {
@@ -174,10 +251,38 @@ impl Outbound {
                 in_flight: 0,
                 in_flight_bytes: 0,
                 session_waiting: false,
+                deflater: None,
             }),
             wake: Notify::new(),
             limits,
+            compression: deflate.map(|p| Compression { threshold: p.threshold, window_bits: p.server_window_bits }),
         }))
+    }
+
+    /// A data message as this connection sends it: compressed when permessage-deflate was agreed
+    /// and the message is not below the threshold. Control frames are never compressed (§6.1).
+    fn frame_for(&self, st: &mut State, opcode: OpCode, payload: Bytes) -> Frame {
+        match self.0.compression {
+            Some(c) if !opcode.is_control() && payload.len() >= c.threshold => {
+                let compressed = match &mut st.deflater {
+                    Some(deflater) => deflater.compress(&payload),
+                    None => deflate::compress(&payload, c.window_bits),
+                };
+                Frame::compressed(opcode, compressed)
+            }
+            _ => Frame::data(opcode, payload),
+        }
+    }
+
+    /// A shared message as this connection sends it (see [`SharedMessage`]).
+    fn shared_frame_for(&self, st: &mut State, message: &SharedMessage) -> Frame {
+        match self.0.compression {
+            Some(c) if message.payload.len() >= c.threshold => match st.deflater {
+                Some(_) => self.frame_for(st, message.opcode, message.payload.clone()),
+                None => Frame::encoded(message.compressed(c.window_bits)),
+            },
+            _ => Frame::encoded(message.plain()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -208,24 +313,27 @@ impl Outbound {
             self.close_now_locked(&mut st, frame);
             return Err(QueueError::Full);
         }
-        Self::accept(&mut st, Frame::data(opcode, payload))
+        if st.closing != Closing::Open || st.failed {
+            return Err(QueueError::Closed); // before compressing what would be dropped
+        }
+        let frame = self.frame_for(&mut st, opcode, payload);
+        Self::accept(&mut st, frame)
     }
 
-    /// Queues fan-out from another connection (a pre-encoded, shared frame, or a frame to encode):
-    /// refused with [`QueueError::Full`] when the queue is at its bounds.
-    pub fn deliver(&self, opcode: Option<OpCode>, payload: Bytes) -> Result<bool, QueueError> {
+    /// Queues fan-out from another connection: refused with [`QueueError::Full`] when the queue is
+    /// at its bounds.
+    pub fn deliver(&self, message: Outgoing<'_>) -> Result<bool, QueueError> {
         let mut st = self.lock();
         let limits = self.0.limits;
-        if st.frames.len() >= limits.max_frames || (st.bytes > 0 && st.bytes + payload.len() > limits.max_bytes) {
-            return if st.closing == Closing::Open && !st.failed {
-                Err(QueueError::Full)
-            } else {
-                Err(QueueError::Closed)
-            };
+        if st.closing != Closing::Open || st.failed {
+            return Err(QueueError::Closed);
         }
-        let frame = match opcode {
-            Some(op) => Frame::data(op, payload),
-            None => Frame::encoded(payload),
+        if st.frames.len() >= limits.max_frames || (st.bytes > 0 && st.bytes + message.len() > limits.max_bytes) {
+            return Err(QueueError::Full);
+        }
+        let frame = match message {
+            Outgoing::One(opcode, payload) => self.frame_for(&mut st, opcode, payload),
+            Outgoing::Shared(shared) => self.shared_frame_for(&mut st, shared),
         };
         Self::accept(&mut st, frame)
     }
@@ -533,11 +641,65 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_shared_message_is_compressed_once_per_window_size() {
+        let message = SharedMessage::new(OpCode::Text, Bytes::from("a broadcast ".repeat(100)));
+        let (a, b) = (message.compressed(15), message.compressed(15));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "receivers with the same window share one compression");
+        assert_ne!(message.compressed(10).as_ptr(), a.as_ptr(), "another window, another form");
+        assert_eq!(a[0], 0x80 | 0x40 | OpCode::Text.as_u8(), "FIN, RSV1, text");
+        assert!(a.len() < 200, "{} bytes", a.len());
+        assert_eq!(message.plain().as_ptr(), message.plain().as_ptr());
+    }
+
+    #[tokio::test]
+    async fn compressed_replies_and_fan_out_leave_in_order_with_and_without_context() {
+        let limits = QueueLimits { max_frames: 64, max_bytes: 1 << 20, max_message_size: 1 << 20, max_in_flight: 4 };
+        let offer = |o: &str| crate::protocol::deflate::negotiate([o], &Default::default()).unwrap();
+        for params in [
+            offer("permessage-deflate"),
+            crate::protocol::deflate::negotiate(
+                ["permessage-deflate"],
+                &crate::protocol::deflate::DeflateConfig { server_context_takeover: true, ..Default::default() },
+            )
+            .unwrap(),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let out = Outbound::with_deflate(Arc::new(server.into_split().1), limits, Some(&params));
+            let big = || Bytes::from("compressible ".repeat(200));
+            out.reply(OpCode::Text, big()).unwrap();
+            out.reply(OpCode::Text, Bytes::from_static(b"small")).unwrap();
+            out.deliver(Outgoing::Shared(&SharedMessage::new(OpCode::Binary, big()))).unwrap();
+            out.reply(OpCode::Text, big()).unwrap();
+            out.close(None, true);
+            out.flush().unwrap();
+            // A client decoder that follows the agreement inflates all of it, in order.
+            let mut decoder = Decoder::client(Limits::default()).with_deflate(Some(&params.as_client()));
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                while let Some(event) = decoder.decode(&mut buf).unwrap() {
+                    got.push(event);
+                }
+                if got.len() < 4 {
+                    client.read_buf(&mut buf).await.unwrap();
+                }
+            }
+            let text = |b: Bytes| Event::Message(crate::protocol::Message::Text(b));
+            assert_eq!(got[0], text(big()), "context kept: {}", !params.server_no_context_takeover);
+            assert_eq!(got[1], text(Bytes::from_static(b"small")));
+            assert_eq!(got[2], Event::Message(crate::protocol::Message::Binary(big())));
+            assert_eq!(got[3], text(big()));
+        }
+    }
+
     #[tokio::test]
     async fn frames_leave_in_order_and_nothing_after_close() {
         let (out, mut client) = pair().await;
         out.reply(OpCode::Text, Bytes::from_static(b"one")).unwrap();
-        out.deliver(None, crate::protocol::frame::encode_frame(OpCode::Binary, b"two")).unwrap();
+        out.deliver(Outgoing::Shared(&SharedMessage::new(OpCode::Binary, Bytes::from_static(b"two")))).unwrap();
         out.close(Some(close_frame(CloseCode::NORMAL, "bye")), false);
         assert_eq!(out.reply(OpCode::Text, Bytes::from_static(b"late")), Err(QueueError::Closed));
         assert_eq!(out.take_close_notice().map(|f| f.code), Some(CloseCode::NORMAL));
@@ -553,13 +715,13 @@ mod tests {
     #[tokio::test]
     async fn fan_out_is_refused_at_the_bounds_but_one_big_frame_fits_an_empty_queue() {
         let (out, _client) = pair().await;
-        assert_eq!(out.deliver(Some(OpCode::Binary), Bytes::from(vec![0u8; 5000])), Ok(true));
-        assert_eq!(out.deliver(Some(OpCode::Binary), Bytes::from(vec![0u8; 1])), Err(QueueError::Full));
+        assert_eq!(out.deliver(Outgoing::One(OpCode::Binary, Bytes::from(vec![0u8; 5000]))), Ok(true));
+        assert_eq!(out.deliver(Outgoing::One(OpCode::Binary, Bytes::from(vec![0u8; 1]))), Err(QueueError::Full));
         let (out, _client) = pair().await;
         for _ in 0..8 {
-            out.deliver(Some(OpCode::Text), Bytes::from_static(b"x")).unwrap();
+            out.deliver(Outgoing::One(OpCode::Text, Bytes::from_static(b"x"))).unwrap();
         }
-        assert_eq!(out.deliver(Some(OpCode::Text), Bytes::from_static(b"x")), Err(QueueError::Full));
+        assert_eq!(out.deliver(Outgoing::One(OpCode::Text, Bytes::from_static(b"x"))), Err(QueueError::Full));
     }
 
     #[tokio::test]

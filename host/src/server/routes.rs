@@ -11,6 +11,7 @@ use super::handler::EventRoute;
 use super::hub::Hub;
 use crate::config::RouteConfig;
 use crate::protocol::CloseFrame;
+use crate::protocol::deflate::DeflateConfig;
 
 /// What serves a route's messages.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct Route {
     /// What one connection may use (taken by each connection when it opens; a config reload
     /// replaces it for the connections that open after).
     connection_limits: Mutex<Arc<ConnectionLimits>>,
+    /// permessage-deflate, if the route offers it (replaced by a config reload, like the limits).
+    deflate: Mutex<Option<DeflateConfig>>,
 }
 
 impl Route {
@@ -51,6 +54,7 @@ impl Route {
             hub,
             plugin_file: Mutex::new(plugin_file),
             connection_limits: Mutex::default(),
+            deflate: Mutex::default(),
         }
     }
 
@@ -58,7 +62,17 @@ impl Route {
     pub fn configured(config: &RouteConfig, handler: Handler, plugin_file: Option<PathBuf>) -> Self {
         let route = Self::new(config.path.clone(), handler, config.subprotocols.clone(), plugin_file);
         route.set_connection_limits(config.connection.clone());
+        route.set_deflate(config.deflate.as_ref().and_then(|d| d.config()));
         route
+    }
+
+    /// What permessage-deflate the route agrees to, if any (for connections opening now).
+    pub fn deflate(&self) -> Option<DeflateConfig> {
+        *self.deflate.lock().expect("deflate lock")
+    }
+
+    pub(crate) fn set_deflate(&self, deflate: Option<DeflateConfig>) {
+        *self.deflate.lock().expect("deflate lock") = deflate;
     }
 
     pub fn connection_limits(&self) -> Arc<ConnectionLimits> {
