@@ -21,6 +21,8 @@ pub struct Server {
     reloader: Reloader,
     reload_tx: mpsc::UnboundedSender<Trigger>,
     reload_rx: mpsc::UnboundedReceiver<Trigger>,
+    /// The admin listener (`admin` in the config), bound with the main one.
+    admin: Option<tokio::net::TcpListener>,
 }
 
 impl Server {
@@ -32,9 +34,22 @@ impl Server {
             tokio::task::spawn_blocking(move || mount(&config)).await??
         };
         let listener = Listener::bind(config, routes).await?;
+        let admin = match config.admin {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin listener (admin = \"{addr}\")"))?,
+            ),
+            None => None,
+        };
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         let reloader = Reloader::new(listener.shared(), config.clone(), None, reload_tx.clone());
-        Ok(Self { listener, reloader, reload_tx, reload_rx })
+        Ok(Self { listener, reloader, reload_tx, reload_rx, admin })
+    }
+
+    /// Where the admin listener is bound, if the config asked for one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Names the config file the server was started from, so that reloads re-read it.
@@ -63,10 +78,19 @@ impl Server {
 
     /// Serves until shut down (see [`Listener::run`]), applying reloads meanwhile.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Self { listener, reloader, reload_rx, .. } = self;
+        let Self { listener, reloader, reload_rx, admin, .. } = self;
         let reloading = tokio::spawn(reloader.run(reload_rx));
+        let admin = admin.map(|admin| {
+            if let Ok(addr) = admin.local_addr() {
+                tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
+            }
+            tokio::spawn(crate::admin::serve(admin, listener.shared().shutdown.clone()))
+        });
         let result = listener.run().await;
         reloading.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         result
     }
 }

@@ -41,6 +41,9 @@ pub struct Config {
     /// Turns the compile cache off. Default true.
     #[serde(default = "yes")]
     pub compile_cache: bool,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz` (off unless set; keep it private).
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]

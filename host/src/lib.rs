@@ -14,16 +14,20 @@
 //! | [`app`] | the whole server: routes mounted from the config, the listener, the reloader | |
 //! | [`builtin`] | the example plugins and the chat page, embedded in the binary | |
 //! | [`connect`] | `wsplug connect`: a line-based client for trying a route | the server |
+//! | [`metrics`] | the process's counters, gauges and histograms (Prometheus) | everything else |
+//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` | routes, plugins |
 //!
 //! Imports point one way: `protocol` ← `server` ← `plugin` (a route handler behind
 //! [`server::handler`]) ← `reload` ← `app` ← `main.rs`, the command line around them.
 
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod builtin;
 pub mod config;
 pub mod connect;
+pub mod metrics;
 pub mod plugin;
 pub use wsplug_protocol as protocol;
 pub mod reload;

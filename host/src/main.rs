@@ -60,12 +60,22 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WSPLUG_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match std::env::var("WSPLUG_LOG_FORMAT").as_deref() {
+        // One JSON object per line, for a log pipeline.
+        Ok("json") => logs.json().init(),
         // Colours for a person at a terminal, plain text for a log file or a journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        other => {
+            logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+            if let Ok(other) = other.map(str::to_owned)
+                && other != "text"
+            {
+                tracing::warn!("WSPLUG_LOG_FORMAT={other:?} is neither \"json\" nor \"text\": logging plain text");
+            }
+        }
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -243,15 +243,25 @@ impl Reloader {
 
     /// Re-reads the config file and applies the difference, or refuses it as a whole.
     async fn reload_config(&mut self) {
+        let ok = self.apply_config().await;
+        crate::metrics::metrics().reload(ok);
+    }
+
+    /// [`Reloader::reload_config`]'s work: whether the new configuration is in service.
+    async fn apply_config(&mut self) -> bool {
         let new = match &self.config_path {
             Some(path) => {
                 let path = path.clone();
                 match tokio::task::spawn_blocking(move || Config::from_file(&path)).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
-                        return tracing::error!("config reload refused: {e}; the running configuration stays");
+                        tracing::error!("config reload refused: {e}; the running configuration stays");
+                        return false;
                     }
-                    Err(e) => return tracing::error!("config reload failed: {e}"),
+                    Err(e) => {
+                        tracing::error!("config reload failed: {e}");
+                        return false;
+                    }
                 }
             }
             None => self.config.clone(),
@@ -287,7 +297,10 @@ impl Reloader {
                 Ok(l) => {
                     loaded.insert(file, l);
                 }
-                Err(e) => return tracing::error!("config reload refused: {e:#}; the running configuration stays"),
+                Err(e) => {
+                    tracing::error!("config reload refused: {e:#}; the running configuration stays");
+                    return false;
+                }
             }
         }
 
@@ -328,18 +341,18 @@ impl Reloader {
                                 None => match load(f, new.effective_cache_dir()).await {
                                     Ok(p) => p,
                                     Err(e) => {
-                                        return tracing::error!(
+                                        tracing::error!(
                                             "config reload refused: {e:#}; the running configuration stays"
                                         );
+                                        return false;
                                     }
                                 },
                             };
                             match PluginRoute::start(plugin, settings).await {
                                 Ok(p) => Handler::Events(Arc::new(p)),
                                 Err(e) => {
-                                    return tracing::error!(
-                                        "config reload refused: {e:#}; the running configuration stays"
-                                    );
+                                    tracing::error!("config reload refused: {e:#}; the running configuration stays");
+                                    return false;
                                 }
                             }
                         }
@@ -379,6 +392,7 @@ impl Reloader {
         tracing::info!(config = ?self.config_path, "configuration reloaded");
         self.config = new;
         self.rewatch();
+        true
     }
 }
 
@@ -404,10 +418,12 @@ async fn swap(
         Ok(()) => {
             let (ms, swap_ms) = (picked_up.elapsed().as_millis() as u64, started.elapsed().as_millis() as u64);
             tracing::info!(route = path, plugin = %file, ms, compile_ms, swap_ms, "plugin reloaded: new version in service");
+            crate::metrics::metrics().reload(true);
             true
         }
         Err(e) => {
             tracing::error!(route = path, plugin = %file, "plugin reload refused: {e}; the running version keeps serving");
+            crate::metrics::metrics().reload(false);
             false
         }
     }
@@ -430,6 +446,7 @@ async fn load_if_changed<'a>(
         Ok(l) => l,
         Err(e) => {
             tracing::error!("plugin reload refused: {e:#}; the running version keeps serving");
+            crate::metrics::metrics().reload(false);
             None
         }
     }

@@ -33,6 +33,8 @@ pub struct TestServer {
     pub task: tokio::task::JoinHandle<Result<(), String>>,
     /// Triggers a full reload (what SIGHUP does), for servers started from a file.
     pub reload: Option<ReloadHandle>,
+    /// The admin listener, when the config sets `admin`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -43,9 +45,10 @@ impl TestServer {
         config.listen = "127.0.0.1:0".parse().unwrap();
         let server = Server::bind(&config).await.expect("bind");
         let addr = server.local_addr().unwrap();
+        let admin = server.admin_addr();
         let shutdown = server.shutdown_handle();
         let task = tokio::spawn(async move { server.run().await.map_err(|e| format!("{e:#}")) });
-        Self { addr, shutdown, task, reload: None }
+        Self { addr, shutdown, task, reload: None, admin }
     }
 
     /// Starts a server from a config file (its `listen` replaced by 127.0.0.1:0), optionally
@@ -58,10 +61,11 @@ impl TestServer {
             server.watch().expect("watch");
         }
         let addr = server.local_addr().unwrap();
+        let admin = server.admin_addr();
         let shutdown = server.shutdown_handle();
         let reload = server.reload_handle();
         let task = tokio::spawn(async move { server.run().await.map_err(|e| format!("{e:#}")) });
-        Self { addr, shutdown, task, reload: Some(reload) }
+        Self { addr, shutdown, task, reload: Some(reload), admin }
     }
 
     /// A server with one native echo route at /echo and the given extra TOML.

@@ -145,6 +145,9 @@ impl PluginEngine {
                 anyhow::anyhow!("{}: invalid component: {e:#}{hint}", what())
             })?;
         let compile_time = started.elapsed();
+        if cache_dir.is_some() {
+            crate::metrics::metrics().compile_cache(from_cache);
+        }
         if let Some(version) = contract_mismatch(&component, &self.engine) {
             anyhow::bail!(
                 "{}: built for the plugin contract wsplug:plugin@{version}; this server speaks {CONTRACT_VERSION} \

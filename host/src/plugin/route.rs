@@ -231,6 +231,9 @@ impl HandlerInstance for InstanceSlot {
     }
 }
 
+/// How a caught panic's failure text starts.
+const HOST_PANIC: &str = "host panic: ";
+
 /// Runs `call`, turning a panic in any of its polls into `Err` with the panic's message.
 async fn supervised<T>(mut call: BoxFuture<'_, T>) -> Result<T, String> {
     std::future::poll_fn(|cx| match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(cx))) {
@@ -319,6 +322,7 @@ impl InstanceSlot {
                 }
             };
             self.health.rebuilt();
+            self.hub.metrics().plugin_rebuilds.inc();
             if let Some(checkpoint) = self.checkpoint.clone()
                 && fresh.has_restore()
             {
@@ -352,6 +356,7 @@ impl InstanceSlot {
         if let Some(wait) = self.health.open_for(tokio::time::Instant::now()) {
             return Admit::Unavailable { retry_after: wait };
         }
+        self.hub.metrics().plugin_calls.inc();
         let result = match self.instance().await {
             Ok(i) => on_open(i, &info, false).await,
             Err(e) => Err(e),
@@ -403,6 +408,12 @@ impl InstanceSlot {
     /// handled (`end_event`). Replies to the sender are queued on `out`, which its session flushes;
     /// fan-out to others is written before this returns.
     async fn handle_messages(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
+        let started = std::time::Instant::now();
+        self.handle_messages_timed(id, messages, out).await;
+        self.hub.metrics().plugin_batch_seconds.observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn handle_messages_timed(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
         self.counted(messages.len() as u64);
         self.resume(id, out).await;
         let batched = messages.len() > 1 && matches!(self.instance().await, Ok(i) if i.has_batch());
@@ -424,6 +435,7 @@ impl InstanceSlot {
                 }
                 Message::Binary(b) => wit::MessageParam::Binary(b),
             };
+            self.hub.metrics().plugin_calls.inc();
             let result = match self.instance().await {
                 Ok(i) => i.on_message(id, param).await,
                 Err(e) => Err(e),
@@ -452,6 +464,7 @@ impl InstanceSlot {
                 }
             })
             .collect();
+        self.hub.metrics().plugin_calls.inc();
         let result = match self.instance().await {
             Ok(i) => i.on_messages(id, batch).await,
             Err(e) => Err(e),
@@ -487,6 +500,7 @@ impl InstanceSlot {
         self.hub.leave(id);
         self.detached.remove(&id);
         self.attached.remove(&id);
+        self.hub.metrics().plugin_calls.inc();
         let result = match self.instance().await {
             Ok(i) => i.on_close(id, code, reason).await,
             Err(e) => Err(e),
@@ -529,6 +543,13 @@ impl InstanceSlot {
     /// store is poisoned). The next event rebuilds it from the last checkpoint, and every
     /// connection is re-attached before its own next message.
     fn failed(&mut self, call: &str, error: &CallError) {
+        self.hub.metrics().plugin_failed(match error {
+            CallError::Deadline => "deadline",
+            CallError::OutOfMemory => "memory",
+            CallError::Trap(_) => "trap",
+            CallError::Failed(e) if e.starts_with(HOST_PANIC) => "panic",
+            CallError::Failed(_) => "failed",
+        });
         self.last_failure = format!("{call} {error}");
         self.instance = None;
         self.generation += 1;
@@ -547,7 +568,7 @@ impl InstanceSlot {
     /// bug of ours, so it is logged as one.
     fn panicked(&mut self, call: &str, panic: &str) {
         tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, call, "host panic during a plugin call (a wsplug bug, please report it): {panic}");
-        self.failed(call, &CallError::Failed(format!("host panic: {panic}")));
+        self.failed(call, &CallError::Failed(format!("{HOST_PANIC}{panic}")));
     }
 
     /// Re-attaches a connection (`on-open`, `resumed: true`) if the instance was rebuilt since it
@@ -559,6 +580,7 @@ impl InstanceSlot {
         let Some(info) = self.hub.info(id) else { return };
         // The new instance decides the connection's topics again (its state may differ).
         self.hub.clear_topics(id);
+        self.hub.metrics().plugin_calls.inc();
         let result = match self.instance().await {
             Ok(i) => on_open(i, &info, true).await,
             Err(e) => Err(e),

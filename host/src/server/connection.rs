@@ -134,7 +134,7 @@ pub(crate) async fn serve(
     let extensions = deflate.as_ref().map(DeflateParams::response);
     let (reader, writer) = stream.into_split();
     let writer = Arc::new(writer);
-    let out = Outbound::with_deflate(
+    let out = Outbound::for_connection(
         writer.clone(),
         QueueLimits {
             max_frames: limits.outbound_queue_frames,
@@ -143,6 +143,7 @@ pub(crate) async fn serve(
             max_in_flight: MAX_IN_FLIGHT,
         },
         deflate.as_ref(),
+        Some(route.hub.metrics().clone()),
     );
 
     // Admission: the native route accepts at once; an event handler (a plugin) decides, and has the
@@ -206,6 +207,9 @@ pub(crate) async fn serve(
     }
     drop(request);
     tracing::debug!(%peer, id, path = %route.path, "connection open");
+    let metrics = route.hub.metrics().clone();
+    metrics.connections.inc();
+    metrics.connections_open.inc();
 
     let session = Session::new(
         Decoder::server(FrameLimits {
@@ -240,6 +244,8 @@ pub(crate) async fn serve(
     conn.run().await;
     let ending = conn.session.ending().clone();
     tracing::debug!(%peer, id, code = ending.code, reason = %ending.reason, "connection closed");
+    metrics.connections_open.dec();
+    metrics.closed(ending.code);
     match &route.handler {
         Handler::Echo => {
             route.hub.leave(id);
@@ -321,6 +327,10 @@ fn half_close(socket: &TcpStream) {
 /// a second, so at most `max_handshakes` refusals drain at once: past that (a storm of refused
 /// handshakes), a refused socket is closed at once, at the risk of a reset under its response.
 async fn refuse(shared: &Shared, socket: &TcpStream, response: &[u8]) {
+    // "HTTP/1.1 NNN ...": counted by status.
+    if let Some(status) = response.get(9..12).and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()) {
+        crate::metrics::metrics().refused(status);
+    }
     let until = Instant::now() + Duration::from_secs(1);
     if let Ok(Ok(())) = tokio::time::timeout_at(until, write_all(socket, response)).await {
         half_close(socket);
@@ -580,6 +590,9 @@ impl Connection {
 
     /// Hands a message to the route's handler.
     fn deliver(&mut self, message: Message) -> Flow {
+        let metrics = self.route.hub.metrics();
+        metrics.messages_in.inc();
+        metrics.bytes_in.inc_by(message.payload().len() as u64);
         match &self.route.handler {
             Handler::Echo => {
                 // A small payload is copied, so that a queued reply does not keep the whole read

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::outbound::{Batch, Outbound, Outgoing, QueueError, SharedMessage, close_frame};
+use crate::metrics::RouteMetrics;
 use crate::protocol::frame::OpCode;
 use crate::protocol::{CloseCode, CloseFrame};
 
@@ -87,6 +88,8 @@ struct Inner {
 /// Connections and topics of one route.
 pub struct Hub {
     route: Arc<str>,
+    /// The route's counters (looked up once).
+    metrics: Arc<RouteMetrics>,
     inner: Mutex<Inner>,
 }
 
@@ -98,7 +101,12 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     pub fn new(route: &str) -> Self {
-        Self { route: route.into(), inner: Mutex::default() }
+        Self { route: route.into(), metrics: crate::metrics::metrics().route(route), inner: Mutex::default() }
+    }
+
+    /// The route's counters.
+    pub fn metrics(&self) -> &Arc<RouteMetrics> {
+        &self.metrics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -166,7 +174,7 @@ impl Hub {
         let mut inner = self.lock();
         match inner.members.get_mut(&id) {
             Some(member) => {
-                deliver(&self.route, member, Outgoing::One(opcode, payload), sender, batch);
+                deliver(&self.metrics, member, Outgoing::One(opcode, payload), sender, batch);
                 true
             }
             None => false,
@@ -177,7 +185,7 @@ impl Hub {
     pub fn broadcast(&self, message: &SharedMessage, except: Option<u64>, sender: Option<u64>, batch: &mut Batch) {
         let mut inner = self.lock();
         for member in inner.members.values_mut().filter(|m| Some(m.info.id) != except) {
-            deliver(&self.route, member, Outgoing::Shared(message), sender, batch);
+            deliver(&self.metrics, member, Outgoing::Shared(message), sender, batch);
         }
     }
 
@@ -188,7 +196,7 @@ impl Hub {
         let Some(subscribers) = topics.get(topic) else { return };
         for id in subscribers {
             if let Some(member) = members.get_mut(id) {
-                deliver(&self.route, member, Outgoing::Shared(message), sender, batch);
+                deliver(&self.metrics, member, Outgoing::Shared(message), sender, batch);
             }
         }
     }
@@ -258,7 +266,7 @@ fn drop_subscriber(topics: &mut HashMap<String, HashSet<u64>>, topic: &str, id: 
 
 /// Pushes a message without blocking; a full queue marks a slow consumer, closed with 1013 —
 /// except for the sender's own replies, which its session flow-controls.
-fn deliver(route: &str, member: &mut Member, message: Outgoing<'_>, sender: Option<u64>, batch: &mut Batch) {
+fn deliver(metrics: &RouteMetrics, member: &mut Member, message: Outgoing<'_>, sender: Option<u64>, batch: &mut Batch) {
     if member.closing {
         return;
     }
@@ -273,7 +281,12 @@ fn deliver(route: &str, member: &mut Member, message: Outgoing<'_>, sender: Opti
             if sender == Some(member.info.id) {
                 return; // the queue closed itself with 1013 (its hard bound)
             }
-            tracing::warn!(route, id = member.info.id, "slow consumer: outbound queue full, closing with 1013");
+            tracing::warn!(
+                route = metrics.path(),
+                id = member.info.id,
+                "slow consumer: outbound queue full, closing with 1013"
+            );
+            metrics.queue_full.inc();
             member.out.close_now(close_frame(CloseCode::TRY_AGAIN_LATER, "slow consumer: outbound queue full"));
             batch.note(&member.out, Ok(true)).ok();
         }

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use crate::metrics::RouteMetrics;
 use crate::protocol::close::close_payload;
 use crate::protocol::deflate::{self, DeflateParams, Deflater};
 use crate::protocol::frame::{OpCode, encode_compressed_frame, encode_frame};
@@ -208,6 +209,8 @@ struct Inner {
     wake: Notify,
     limits: QueueLimits,
     compression: Option<Compression>,
+    /// The route's counters of frames and bytes queued (none in unit tests).
+    metrics: Option<Arc<RouteMetrics>>,
 }
 
 /// A connection's outbound queue. Cheap to clone; usable from any thread.
@@ -222,10 +225,15 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    /// A queue for a connection whose data messages are compressed as `deflate` says (when
-    /// permessage-deflate was agreed).
-    pub fn with_deflate(socket: Arc<OwnedWriteHalf>, limits: QueueLimits, deflate: Option<&DeflateParams>) -> Self {
-        let out = Self::new_inner(socket, limits, deflate);
+    /// A connection's queue: its data messages compressed as `deflate` says (when
+    /// permessage-deflate was agreed), what it queues counted in its route's `metrics`.
+    pub fn for_connection(
+        socket: Arc<OwnedWriteHalf>,
+        limits: QueueLimits,
+        deflate: Option<&DeflateParams>,
+        metrics: Option<Arc<RouteMetrics>>,
+    ) -> Self {
+        let out = Self::new_inner(socket, limits, deflate, metrics);
         if let Some(p) = deflate.filter(|p| !p.server_no_context_takeover) {
             out.lock().deflater = Some(Deflater::new(p.server_window_bits));
         }
@@ -233,10 +241,15 @@ impl Outbound {
     }
 
     pub fn new(socket: Arc<OwnedWriteHalf>, limits: QueueLimits) -> Self {
-        Self::new_inner(socket, limits, None)
+        Self::new_inner(socket, limits, None, None)
     }
 
-    fn new_inner(socket: Arc<OwnedWriteHalf>, limits: QueueLimits, deflate: Option<&DeflateParams>) -> Self {
+    fn new_inner(
+        socket: Arc<OwnedWriteHalf>,
+        limits: QueueLimits,
+        deflate: Option<&DeflateParams>,
+        metrics: Option<Arc<RouteMetrics>>,
+    ) -> Self {
         Self(Arc::new(Inner {
             socket,
             state: Mutex::new(State {
@@ -256,6 +269,7 @@ impl Outbound {
             wake: Notify::new(),
             limits,
             compression: deflate.map(|p| Compression { threshold: p.threshold, window_bits: p.server_window_bits }),
+            metrics,
         }))
     }
 
@@ -298,7 +312,7 @@ impl Outbound {
     /// Queues bytes already encoded (the 101 response, which precedes every frame).
     pub fn push_encoded(&self, bytes: Bytes) -> Result<bool, QueueError> {
         let mut st = self.lock();
-        Self::accept(&mut st, Frame::encoded(bytes))
+        self.accept(&mut st, Frame::encoded(bytes))
     }
 
     /// Queues a frame of the connection's own (a reply to its event, a pong, a ping). Refused only
@@ -310,6 +324,9 @@ impl Outbound {
         let held = st.bytes + st.in_flight_bytes;
         if held > 0 && held + payload.len() > limits.max_bytes + limits.max_message_size {
             let frame = CloseFrame { code: CloseCode::TRY_AGAIN_LATER, reason: "outbound queue full".into() };
+            if let Some(m) = &self.0.metrics {
+                m.queue_full.inc();
+            }
             self.close_now_locked(&mut st, frame);
             return Err(QueueError::Full);
         }
@@ -317,7 +334,7 @@ impl Outbound {
             return Err(QueueError::Closed); // before compressing what would be dropped
         }
         let frame = self.frame_for(&mut st, opcode, payload);
-        Self::accept(&mut st, frame)
+        self.accept(&mut st, frame)
     }
 
     /// Queues fan-out from another connection: refused with [`QueueError::Full`] when the queue is
@@ -335,12 +352,16 @@ impl Outbound {
             Outgoing::One(opcode, payload) => self.frame_for(&mut st, opcode, payload),
             Outgoing::Shared(shared) => self.shared_frame_for(&mut st, shared),
         };
-        Self::accept(&mut st, frame)
+        self.accept(&mut st, frame)
     }
 
-    fn accept(st: &mut State, frame: Frame) -> Result<bool, QueueError> {
+    fn accept(&self, st: &mut State, frame: Frame) -> Result<bool, QueueError> {
         if st.closing != Closing::Open || st.failed {
             return Err(QueueError::Closed);
+        }
+        if let Some(m) = &self.0.metrics {
+            m.messages_out.inc();
+            m.bytes_out.inc_by(frame.len() as u64);
         }
         st.bytes += frame.len();
         st.frames.push_back(frame);
@@ -667,7 +688,7 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
             let (server, _) = listener.accept().await.unwrap();
-            let out = Outbound::with_deflate(Arc::new(server.into_split().1), limits, Some(&params));
+            let out = Outbound::for_connection(Arc::new(server.into_split().1), limits, Some(&params), None);
             let big = || Bytes::from("compressible ".repeat(200));
             out.reply(OpCode::Text, big()).unwrap();
             out.reply(OpCode::Text, Bytes::from_static(b"small")).unwrap();
