@@ -44,6 +44,9 @@ pub struct Config {
     /// The admin listener: `/metrics`, `/healthz`, `/readyz` (off unless set; keep it private).
     #[serde(default)]
     pub admin: Option<SocketAddr>,
+    /// TLS on the listener (`wss://`): PEM files, relative to the config file's directory.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -199,6 +202,16 @@ pub struct RouteConfig {
 
 fn one() -> usize {
     1
+}
+
+/// `tls = { cert = "...", key = "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain (PEM), the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[routes.deflate]`: compression of messages with permessage-deflate, for clients that offer it.

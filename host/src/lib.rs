@@ -7,7 +7,7 @@
 //! | module | owns | knows nothing of |
 //! | --- | --- | --- |
 //! | [`protocol`] | RFC 6455 as pure functions and state machines over byte slices (the crate `wsplug-protocol`, in `protocol/`) | sockets, plugins |
-//! | [`server`] | the listener, connection tasks, outbound queues, the hub, shutdown, routes | Wasm |
+//! | [`server`] | the listener (plain or TLS), connection tasks, outbound queues, the hub, shutdown, routes | Wasm |
 //! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and the slots connections call them through | sockets, frames |
 //! | [`config`] | the TOML configuration, its defaults and checks | |
 //! | [`reload`] | watching plugin and config files, swapping changes in live | sockets, frames |

@@ -60,6 +60,7 @@ pub struct Metrics {
     plugin_rebuilds: Family<RouteLabel, Counter>,
     reloads: Family<OutcomeLabel, Counter>,
     compile_cache: Family<OutcomeLabel, Counter>,
+    tls_failures: Counter,
 }
 
 /// The process's metrics.
@@ -90,6 +91,7 @@ impl Metrics {
             plugin_rebuilds: Family::default(),
             reloads: Family::default(),
             compile_cache: Family::default(),
+            tls_failures: Counter::default(),
         };
         let mut registry = Registry::with_prefix("wsplug");
         registry.register("connections_open", "WebSocket connections open", m.connections_open.clone());
@@ -135,6 +137,11 @@ impl Metrics {
             "Plugins loaded, by whether the compile cache had them (hit, miss)",
             m.compile_cache.clone(),
         );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or did not complete in time",
+            m.tls_failures.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -159,6 +166,11 @@ impl Metrics {
     /// An HTTP answer other than 101.
     pub fn refused(&self, status: u16) {
         self.refusals.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    /// A TLS handshake failed (a plain-HTTP client on the TLS port, a bad client, a timeout).
+    pub fn tls_failed(&self) {
+        self.tls_failures.inc();
     }
 
     /// A hot reload's outcome: `ok` or `refused`.

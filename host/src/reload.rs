@@ -139,7 +139,9 @@ impl Reloader {
 
     /// Watches exactly the directories the current config needs.
     fn rewatch(&mut self) {
-        self.relevant = plugin_files(&self.config).into_iter().chain(self.config_path.clone()).collect();
+        let tls_files = self.shared.tls.iter().flat_map(|t| t.files().map(normalize));
+        self.relevant =
+            plugin_files(&self.config).into_iter().chain(self.config_path.clone()).chain(tls_files).collect();
         let Some(watcher) = self.watcher.as_mut() else { return };
         // The directories of exactly those files.
         let wanted: HashSet<PathBuf> = self.relevant.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
@@ -185,6 +187,12 @@ impl Reloader {
                     Err(_) => break, // quiet, or waited long enough
                 }
             }
+            let tls_changed = self.shared.tls.as_ref().is_some_and(|t| {
+                pending.all || t.files().into_iter().any(|f| pending.files.contains_key(&normalize(f)))
+            });
+            if tls_changed {
+                self.reload_tls();
+            }
             if pending.all || self.config_path.as_ref().is_some_and(|c| pending.files.contains_key(c)) {
                 self.reload_config().await;
             } else {
@@ -216,6 +224,21 @@ impl Reloader {
                     }
                 }
                 relevant
+            }
+        }
+    }
+
+    /// Loads the TLS certificate and key again (new connections get them; open ones keep theirs).
+    fn reload_tls(&self) {
+        let Some(tls) = &self.shared.tls else { return };
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %tls.files()[0].display(), "TLS certificate reloaded");
+                crate::metrics::metrics().reload(true);
+            }
+            Err(e) => {
+                tracing::error!("TLS certificate reload refused: {e:#}; the previous certificate stays in service");
+                crate::metrics::metrics().reload(false);
             }
         }
     }
@@ -271,6 +294,9 @@ impl Reloader {
         }
         if new.limits != self.config.limits {
             tracing::warn!("[limits] changes take a restart; the running limits stay");
+        }
+        if new.tls != self.config.tls || new.admin != self.config.admin {
+            tracing::warn!("`tls` and `admin` changes take a restart (the certificate files themselves reload live)");
         }
 
         // Plan against the running routes: keep, swap, replace, mount, remove. Every plugin the new

@@ -86,7 +86,7 @@ fn start() -> Standalone {
     let addr = loop {
         let Some(Ok(line)) = lines.next() else { panic!("the copied binary exited:\n{}", seen.join("\n")) };
         if let Some((_, rest)) = line.split_once("listening addr=") {
-            break rest.trim().parse().unwrap();
+            break rest.split_whitespace().next().unwrap_or_default().parse().unwrap();
         }
         seen.push(line);
     };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -99,8 +99,11 @@ impl TestServer {
     }
 }
 
+/// A `wss://` client over a TLS stream made by the test (tokio-rustls).
+pub type TlsClient = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// Receives the next data or close message, skipping pings/pongs.
-pub async fn next_message(ws: &mut Client) -> Message {
+pub async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Message {
     loop {
         let msg = tokio::time::timeout(STEP, ws.next())
             .await
@@ -114,7 +117,7 @@ pub async fn next_message(ws: &mut Client) -> Message {
 }
 
 /// Sends a message and expects the same back.
-pub async fn assert_echo(ws: &mut Client, msg: Message) {
+pub async fn assert_echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, msg: Message) {
     tokio::time::timeout(STEP, ws.send(msg.clone())).await.expect("send timed out").expect("send");
     assert_eq!(next_message(ws).await, msg);
 }

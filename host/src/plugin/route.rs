@@ -863,7 +863,7 @@ mod tests {
             let (socket, _) = listener.accept().await.unwrap();
             let limits =
                 QueueLimits { max_frames: 64, max_bytes: 1 << 20, max_message_size: 1 << 20, max_in_flight: 16 };
-            let out = Outbound::new(Arc::new(socket.into_split().1), limits);
+            let out = Outbound::new(Arc::new(crate::server::socket::Writer::Plain(socket.into_split().1)), limits);
             let info = Arc::new(ConnInfo {
                 id,
                 target: "/echo".into(),

@@ -23,9 +23,7 @@ use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 use tokio::time::{Instant, sleep_until};
 
@@ -37,6 +35,7 @@ use super::handshakes::Pass;
 use super::hub::{ConnInfo, HeaderBlock};
 use super::outbound::{Outbound, QueueLimits};
 use super::routes::{Handler, Route};
+use super::socket::{self, Reader, Writer};
 use crate::protocol::deflate::{self, DeflateParams};
 use crate::protocol::handshake::{self, HandshakeError, HeadLimits, Request};
 use crate::protocol::session::{Output, Session, Timing};
@@ -59,22 +58,40 @@ const PRESSURE_RETRY: Duration = Duration::from_millis(20);
 
 /// Serves one accepted TCP connection to its end. `pass` is its place in the handshake pool,
 /// given back once the request head is in; `slots` bounds open WebSocket connections.
-pub(crate) async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    pass: Pass,
-    slots: Arc<Semaphore>,
-) {
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, pass: Pass, slots: Arc<Semaphore>) {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
     let limits = &shared.limits;
+    // With TLS, its handshake first, within the same time as the request head.
+    let (mut reader, writer) = match shared.tls() {
+        None => socket::plain(stream),
+        Some(acceptor) => {
+            let accepted = tokio::select! {
+                tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => tls,
+                _ = pass.evicted() => return,
+            };
+            match accepted {
+                Ok(Ok(tls)) => {
+                    let (tcp, session) = tls.into_inner();
+                    socket::tls(socket::Tls::new(tcp, session))
+                }
+                Ok(Err(e)) => {
+                    crate::metrics::metrics().tls_failed();
+                    return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    crate::metrics::metrics().tls_failed();
+                    return tracing::debug!(%peer, "TLS handshake not completed in time");
+                }
+            }
+        }
+    };
     let mut buf = BytesMut::with_capacity(1024);
     let head_limits = HeadLimits { max_head_size: limits.max_head_size, max_headers: limits.max_headers };
     // `Err(true)`: dropped from the handshake pool to make room (it had sent nothing that this task
     // had read yet); `Err(false)`: not in time.
     let head = tokio::select! {
-        head = tokio::time::timeout(limits.handshake_timeout, read_head(&mut stream, &mut buf, head_limits, &pass)) => head.map_err(|_| false),
+        head = tokio::time::timeout(limits.handshake_timeout, read_head(&mut reader, &mut buf, head_limits, &pass)) => head.map_err(|_| false),
         _ = pass.evicted() => Err(true),
     };
     drop(pass);
@@ -83,7 +100,8 @@ pub(crate) async fn serve(
             // 408 for a slow head, and for a socket dropped after a second of silence. One dropped
             // with bytes waiting (sent, not read yet: a burst of handshakes from one address) or
             // too young to judge was not slow: it gets "busy, retry".
-            let sent = evicted && (!buf.is_empty() || matches!(stream.try_read_buf(&mut buf), Ok(n) if n > 0));
+            let sent = evicted
+                && (!buf.is_empty() || matches!(reader.read_now(&mut buf, MIN_READ), Poll::Ready(Ok(n)) if n > 0));
             let busy = evicted && (sent || accepted.elapsed() < SILENT_FOR);
             tracing::debug!(%peer, evicted, busy, "handshake timed out, or made room for a newer one");
             let resp = if busy {
@@ -91,12 +109,12 @@ pub(crate) async fn serve(
             } else {
                 handshake::http_response(408, &[], "text/plain; charset=utf-8", b"request head not received in time\n")
             };
-            return refuse(&shared, &stream, &resp).await;
+            return refuse(&shared, &reader, &writer, &resp).await;
         }
         Ok(Err(HeadError::Io)) => return,
         Ok(Err(HeadError::Handshake(e))) => {
             tracing::debug!(%peer, status = e.status(), error = %e, "bad request head");
-            return refuse(&shared, &stream, &e.response()).await;
+            return refuse(&shared, &reader, &writer, &e.response()).await;
         }
         Ok(Ok(head)) => head,
     };
@@ -109,31 +127,29 @@ pub(crate) async fn serve(
             && let Some(dir) = &live.static_dir
         {
             let resp = super::static_files::respond(dir, &request).await;
-            return refuse(&shared, &stream, &resp).await;
+            return refuse(&shared, &reader, &writer, &resp).await;
         }
-        return refuse(&shared, &stream, &HandshakeError::NotFound.response()).await;
+        return refuse(&shared, &reader, &writer, &HandshakeError::NotFound.response()).await;
     };
     drop(live);
     let upgrade = match handshake::validate_upgrade(&request) {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(%peer, path = %request.target, status = e.status(), error = %e, "handshake refused");
-            return refuse(&shared, &stream, &e.response()).await;
+            return refuse(&shared, &reader, &writer, &e.response()).await;
         }
     };
     // A connection slot, held to the end of the connection.
     let Ok(_slot) = slots.try_acquire_owned() else {
         tracing::warn!(%peer, "connection limit reached: 503");
         let resp = handshake::unavailable_response(Duration::from_secs(1), "server is at its connection limit");
-        return refuse(&shared, &stream, &resp).await;
+        return refuse(&shared, &reader, &writer, &resp).await;
     };
     let id = shared.next_connection_id();
     // permessage-deflate, when the route offers it and the client's offers allow it.
     let deflate =
         route.deflate().and_then(|config| deflate::negotiate(request.header_all("sec-websocket-extensions"), &config));
     let extensions = deflate.as_ref().map(DeflateParams::response);
-    let (reader, writer) = stream.into_split();
-    let writer = Arc::new(writer);
     let out = Outbound::for_connection(
         writer.clone(),
         QueueLimits {
@@ -192,7 +208,7 @@ pub(crate) async fn serve(
                 Admit::Rejected { status, body } => {
                     tracing::debug!(%peer, path = %request.target, status, "handler refused the connection");
                     let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
-                    return refuse(&shared, (*writer).as_ref(), &response).await;
+                    return refuse(&shared, &reader, &writer, &response).await;
                 }
                 Admit::Unavailable { retry_after } => {
                     tracing::debug!(%peer, path = %request.target, "handler unavailable (its circuit breaker is open): 503");
@@ -200,7 +216,7 @@ pub(crate) async fn serve(
                         retry_after,
                         "plugin unavailable: it keeps failing; try again later",
                     );
-                    return refuse(&shared, (*writer).as_ref(), &response).await;
+                    return refuse(&shared, &reader, &writer, &response).await;
                 }
             }
         }
@@ -256,7 +272,7 @@ pub(crate) async fn serve(
             Box::pin(async { instance.lock().await.closed(id, ending.code, &ending.reason).await }).await;
         }
     }
-    drain(conn.reader.as_ref(), Instant::now() + limits.close_timeout, usize::MAX).await;
+    drain(conn.reader.tcp(), Instant::now() + limits.close_timeout, usize::MAX).await;
 }
 
 /// After our half-close, reads and drops what the peer still sends until it closes too, so that
@@ -287,7 +303,7 @@ enum HeadError {
 /// Reads until a whole request head is buffered; returns it and its length. The first byte tells
 /// the handshake pool that this client is not silent.
 async fn read_head(
-    stream: &mut TcpStream,
+    reader: &mut Reader,
     buf: &mut BytesMut,
     limits: HeadLimits,
     pass: &Pass,
@@ -297,46 +313,32 @@ async fn read_head(
             return Ok(head);
         }
         buf.reserve(1024);
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(HeadError::Io),
-            Ok(_) => pass.heard(),
+        if reader.readable().await.is_err() {
+            return Err(HeadError::Io);
+        }
+        match reader.read_now(buf, limits.max_head_size) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(0) | Err(_)) => return Err(HeadError::Io),
+            Poll::Ready(Ok(_)) => pass.heard(),
         }
     }
-}
-
-/// Writes all of `bytes` (waiting for room), for the final HTTP response of a refused request.
-async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        socket.writable().await?;
-        match socket.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Half-closes the socket: our last byte is sent, the peer sees end of stream.
-fn half_close(socket: &TcpStream) {
-    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
 }
 
 /// Sends a final HTTP response and closes without resetting the connection under it (the request's
 /// remaining bytes are drained, bounded in time and size). Draining keeps the task alive for up to
 /// a second, so at most `max_handshakes` refusals drain at once: past that (a storm of refused
 /// handshakes), a refused socket is closed at once, at the risk of a reset under its response.
-async fn refuse(shared: &Shared, socket: &TcpStream, response: &[u8]) {
+async fn refuse(shared: &Shared, reader: &Reader, writer: &Writer, response: &[u8]) {
     // "HTTP/1.1 NNN ...": counted by status.
     if let Some(status) = response.get(9..12).and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()) {
         crate::metrics::metrics().refused(status);
     }
     let until = Instant::now() + Duration::from_secs(1);
-    if let Ok(Ok(())) = tokio::time::timeout_at(until, write_all(socket, response)).await {
-        half_close(socket);
+    if let Ok(Ok(())) = tokio::time::timeout_at(until, writer.write_all(response)).await {
+        writer.half_close();
         let lingering = &shared.lingering;
         if lingering.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < shared.limits.max_handshakes {
-            drain(socket, until, 64 << 10).await;
+            drain(reader.tcp(), until, 64 << 10).await;
         }
         lingering.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -347,9 +349,9 @@ struct Connection {
     id: u64,
     /// Its standing against the route's per-connection limits (`None`: the route sets none).
     fair: Option<Box<Fairness>>,
-    reader: OwnedReadHalf,
-    /// The write half, shared with the outbound queue (writes go through [`Outbound`] only).
-    writer: Arc<OwnedWriteHalf>,
+    reader: Reader,
+    /// The write side, shared with the outbound queue (writes go through [`Outbound`] only).
+    writer: Arc<Writer>,
     /// Bytes read and not yet decoded; no capacity while idle.
     buf: BytesMut,
     session: Session,
@@ -528,19 +530,11 @@ impl Connection {
     fn read(&mut self) -> bool {
         let want = self.session.decoder().bytes_wanted(self.buf.len()).clamp(MIN_READ, MAX_READ);
         self.buf.reserve(want);
-        // Through `AsyncRead` rather than `try_read`: a short read clears the socket's readiness,
-        // which saves a `recv` that would only say "would block" before the next wait.
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let allowance = self.fair.as_mut().and_then(|f| f.read_allowance(Instant::now()));
-        let read = match allowance {
-            // Under a byte rate: no more than its budget (at least MIN_READ), so a burst already
-            // in the socket is not read in one go.
-            Some(cap) => {
-                let mut limited = bytes::BufMut::limit(&mut self.buf, cap.max(MIN_READ));
-                std::pin::pin!(self.reader.read_buf(&mut limited)).poll(&mut cx)
-            }
-            None => std::pin::pin!(self.reader.read_buf(&mut self.buf)).poll(&mut cx),
-        };
+        // Under a byte rate: no more than its budget (at least MIN_READ), so a burst already in
+        // the socket is not read in one go.
+        let limit = allowance.map_or(usize::MAX, |cap| cap.max(MIN_READ));
+        let read = self.reader.read_now(&mut self.buf, limit);
         match read {
             Poll::Pending => true, // the readiness was stale: wait again
             Poll::Ready(Ok(0)) => false,
@@ -681,7 +675,7 @@ impl Connection {
                 _ = sleep_until(give_up) => {}
             }
         }
-        half_close((*self.writer).as_ref());
+        self.writer.half_close();
     }
 }
 

@@ -325,7 +325,7 @@ mod tests {
                 max_message_size: 1000,
                 max_in_flight: 4,
             };
-            Outbound::new(Arc::new(server.into_split().1), limits)
+            Outbound::new(Arc::new(crate::server::socket::Writer::Plain(server.into_split().1)), limits)
         };
         let info = |id| {
             Arc::new(ConnInfo {

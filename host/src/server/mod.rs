@@ -22,7 +22,9 @@ mod handshakes;
 pub mod hub;
 mod outbound;
 mod routes;
+pub mod socket;
 pub mod static_files;
+pub mod tls;
 
 pub use outbound::{Batch, Outbound, Outgoing, QueueError, QueueLimits, SharedMessage};
 pub use routes::{Handler, Route, Routes};
@@ -57,6 +59,8 @@ pub(crate) struct Shared {
     /// Refused sockets being drained before they close (see `connection::refuse`), at most
     /// `limits.max_handshakes` at once.
     pub lingering: std::sync::atomic::AtomicUsize,
+    /// The listener's certificate, when it speaks TLS.
+    pub tls: Option<tls::TlsCerts>,
 }
 
 impl Shared {
@@ -67,6 +71,11 @@ impl Shared {
 
     pub fn set_live(&self, live: Live) {
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+    }
+
+    /// The TLS acceptor, when the listener speaks TLS.
+    pub fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref().map(tls::TlsCerts::acceptor)
     }
 
     /// A connection id, unique for the life of the process.
@@ -104,6 +113,10 @@ impl Listener {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let static_dir = config.static_dir.as_ref().map(|d| config.resolve(d));
+        let tls = match &config.tls {
+            Some(t) => Some(tls::TlsCerts::load(&config.resolve(&t.cert), &config.resolve(&t.key))?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             limits: Arc::new(config.limits.clone()),
             budget: budget::Budget::new(config.limits.memory_budget),
@@ -111,6 +124,7 @@ impl Listener {
             shutdown: shutdown_rx,
             next_id: AtomicU64::new(1),
             lingering: std::sync::atomic::AtomicUsize::new(0),
+            tls,
         });
         Ok(Self {
             listener,
@@ -147,14 +161,18 @@ impl Listener {
         for path in shared.live().routes.paths() {
             tracing::info!(path, "route mounted");
         }
-        tracing::info!(addr = %listener.local_addr()?, "listening");
+        let scheme = if shared.tls.is_some() { "wss" } else { "ws" };
+        tracing::info!(addr = %listener.local_addr()?, scheme, "listening");
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let Some(pass) = handshakes.enter(peer.ip()) else {
                             tracing::warn!(%peer, "no room for another handshake (the pool, or this address's share of it, is full of handshakes in progress): 503");
-                            tokio::spawn(over_capacity(stream));
+                            // Over TLS an HTTP answer would need a TLS handshake first: closed instead.
+                            if shared.tls.is_none() {
+                                tokio::spawn(over_capacity(stream));
+                            }
                             continue;
                         };
                         let shared = shared.clone();

@@ -30,9 +30,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use super::socket::Writer;
 use crate::metrics::RouteMetrics;
 use crate::protocol::close::close_payload;
 use crate::protocol::deflate::{self, DeflateParams, Deflater};
@@ -202,7 +202,7 @@ impl Outgoing<'_> {
 }
 
 struct Inner {
-    socket: Arc<OwnedWriteHalf>,
+    socket: Arc<Writer>,
     state: Mutex<State>,
     /// Wakes the connection's session: a close was queued by someone else, a write met a full
     /// socket, or room or credit came back while it waits for them.
@@ -228,7 +228,7 @@ impl Outbound {
     /// A connection's queue: its data messages compressed as `deflate` says (when
     /// permessage-deflate was agreed), what it queues counted in its route's `metrics`.
     pub fn for_connection(
-        socket: Arc<OwnedWriteHalf>,
+        socket: Arc<Writer>,
         limits: QueueLimits,
         deflate: Option<&DeflateParams>,
         metrics: Option<Arc<RouteMetrics>>,
@@ -240,12 +240,12 @@ impl Outbound {
         out
     }
 
-    pub fn new(socket: Arc<OwnedWriteHalf>, limits: QueueLimits) -> Self {
+    pub fn new(socket: Arc<Writer>, limits: QueueLimits) -> Self {
         Self::new_inner(socket, limits, None, None)
     }
 
     fn new_inner(
-        socket: Arc<OwnedWriteHalf>,
+        socket: Arc<Writer>,
         limits: QueueLimits,
         deflate: Option<&DeflateParams>,
         metrics: Option<Arc<RouteMetrics>>,
@@ -473,8 +473,21 @@ impl Outbound {
                 }
             }
         }
-        st.blocked_since = None;
-        Ok(())
+        // With TLS, records may still wait in the session: not written yet either.
+        match self.0.socket.flush_pending() {
+            Ok(()) => {
+                st.blocked_since = None;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                st.blocked_since.get_or_insert_with(Instant::now);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "write failed");
+                Err(self.fail(st))
+            }
+        }
     }
 
     /// Takes `written` bytes off the front of the queue.
@@ -513,7 +526,7 @@ impl Outbound {
     /// Whether the close frame is on the wire (or can never be: the peer is gone).
     pub fn close_done(&self) -> bool {
         let st = self.lock();
-        st.failed || st.closing == Closing::Written
+        st.failed || (st.closing == Closing::Written && st.blocked_since.is_none())
     }
 
     /// Whether a close frame is queued or written.
@@ -635,7 +648,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (_, writer) = server.into_split();
-        (Outbound::new(Arc::new(writer), limits), client)
+        (Outbound::new(Arc::new(Writer::Plain(writer)), limits), client)
     }
 
     /// Reads frames until the close frame (or EOF); returns (opcode, payload) pairs.
@@ -688,7 +701,8 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
             let (server, _) = listener.accept().await.unwrap();
-            let out = Outbound::for_connection(Arc::new(server.into_split().1), limits, Some(&params), None);
+            let out =
+                Outbound::for_connection(Arc::new(Writer::Plain(server.into_split().1)), limits, Some(&params), None);
             let big = || Bytes::from("compressible ".repeat(200));
             out.reply(OpCode::Text, big()).unwrap();
             out.reply(OpCode::Text, Bytes::from_static(b"small")).unwrap();
