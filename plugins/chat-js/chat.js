@@ -15,10 +15,16 @@
 // `welcome` lists only the first 50 members (`count` says how many there are; `/who` lists them
 // all). When the room shrinks back to 50, its members get the whole list again as `members`.
 //
-// Unlike the Rust plugin this one does not hand its state over on reload (it targets the world
-// `plugin`, not `stateful-plugin`): after a reload or a trap, each open connection is re-attached
-// (`resumed`) and registered again from its query string, with a `welcome` that says
-// `"resumed": true` and no `join` notice to the room.
+// Hand-over on reload: like the Rust plugin (it targets the world `stateful-plugin`), this one
+// exports `state`, whose snapshot is the Rust chat's format, version 1 (plugins/chat/src/snapshot.rs):
+// `{"version":1,"members":[{"id","nick","room"}],"history":{"ROOM":[{"nick","text"}]}}`. So a
+// reload hands nicks, rooms and histories over to the next version, whether it is written in
+// JavaScript, Python or Rust, and the host's checkpoints keep them across a trap. Each connection
+// the restored state knows is then re-attached (`resumed`) silently: subscribed to its room again,
+// with a `welcome` that says `"resumed": true` and lists the members, but no history and no `join`
+// notice. One it does not know (a reload from a version without hand-over) is registered again
+// from its query string, with the same `welcome` and no `join` notice either. The large-room
+// bookkeeping is not in the snapshot: a restored large room announces its next change at once.
 //
 // Built with componentize-qjs (QuickJS). WIT variants are `{ tag, val }` objects, records are
 // objects with camelCase keys, `option<T>` is a value or null, u64 ids are numbers.
@@ -56,20 +62,46 @@ const PRESENCE_EVERY = 1000;
 
 // ---- State: one instance sees every connection of its route, one call at a time. ----
 
+// (`let`, not `const`: `state.restore` replaces them all at once.)
 /** Admitted connections: id -> { nick, room }. */
-const members = new Map();
+let members = new Map();
 /** Nicks in use, lower-cased, with their owners' ids (nicks are unique ignoring case). */
-const nicks = new Map();
+let nicks = new Map();
 /** Each room's members' nicks. A room without members is removed. */
-const rooms = new Map();
+let rooms = new Map();
 /** Each room's recent messages: room -> { lines: [{ nick, text }], bytes }. */
-const histories = new Map();
+let histories = new Map();
 /** Rooms with a history but without members, the longest empty first. */
 let idle = [];
-/** Large rooms: the member count last announced and when: room -> { count, at }. */
-const announced = new Map();
+/**
+ * Large rooms: the member count last announced and when: room -> { count, at } (not in the
+ * snapshot: a restored large room announces its next change at once).
+ */
+let announced = new Map();
 /** Large rooms whose count changed since it was last announced. */
-const unannounced = new Set();
+let unannounced = new Set();
+
+/** The whole state, to put back if a restore fails halfway. */
+function saveState() {
+  return { members, nicks, rooms, histories, idle, announced, unannounced };
+}
+
+function loadState(saved) {
+  ({ members, nicks, rooms, histories, idle, announced, unannounced } = saved);
+}
+
+/** A fresh, empty state. */
+function freshState() {
+  return {
+    members: new Map(),
+    nicks: new Map(),
+    rooms: new Map(),
+    histories: new Map(),
+    idle: [],
+    announced: new Map(),
+    unannounced: new Set(),
+  };
+}
 
 /** Milliseconds on a monotonic clock (QuickJS's `performance.now()`, WASI's monotonic clock). */
 const now = () => performance.now();
@@ -80,15 +112,21 @@ const WHITESPACE = /\p{White_Space}/u;
 const BAD_NAME_CHAR = /[\p{White_Space}\p{Cc}]/u;
 const TRIM = /^\p{White_Space}+|\p{White_Space}+$/gu;
 
+/**
+ * `s` as a "binary string" of its UTF-8 bytes, one character (U+0000 to U+00FF) per byte. QuickJS
+ * has no TextEncoder; its native URI functions do this an order of magnitude faster than a loop.
+ * (`s` never holds a lone surrogate: the host's strings are valid Unicode, and so are ours.)
+ */
+const utf8Binary = (s) => unescape(encodeURIComponent(s));
+
 /** The length of `s` in bytes of UTF-8. */
-function utf8Length(s) {
-  let n = 0;
-  for (const c of s) {
-    const cp = c.codePointAt(0);
-    n += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
-  }
-  return n;
-}
+const utf8Length = (s) => utf8Binary(s).length;
+
+/**
+ * `s` in UTF-8, as the Uint8Array a WIT `list<u8>` takes, by base64 (both ways are native: a loop
+ * would take 100 ms a megabyte). `ascii`: the caller knows `s` is ASCII, which skips a step.
+ */
+const utf8Encode = (s, ascii) => Uint8Array.fromBase64(btoa(ascii ? s : utf8Binary(s)));
 
 /** `value` as JSON; U+2028 and U+2029 are escaped too, for the sake of JavaScript parsers. */
 function json(value) {
@@ -284,14 +322,15 @@ function membersOf(room) {
 /** What a history line counts for against HISTORY_BYTES and TOTAL_HISTORY_BYTES. */
 const lineSize = (line) => utf8Length(line.nick) + utf8Length(line.text);
 
-function pushHistory(room, line) {
+/** Appends `line` (of `size` bytes) to `room`'s history, dropping the oldest lines beyond the limits. */
+function pushHistory(room, line, size = lineSize(line)) {
   let history = histories.get(room);
   if (!history) {
     history = { lines: [], bytes: 0 };
     histories.set(room, history);
   }
   history.lines.push(line);
-  history.bytes += lineSize(line);
+  history.bytes += size;
   while (history.lines.length > HISTORY_LINES || history.bytes > HISTORY_BYTES) {
     const old = history.lines.shift();
     if (!old) break;
@@ -481,7 +520,8 @@ export const handler = {
     }
     const accept = (actions) => ({ tag: "accept", val: { subprotocol, actions } });
     if (conn.resumed) {
-      // Only known if this instance saw it open (no state hand-over across instances).
+      // Known if this instance saw it open, or if the state handed over (`state.restore`) had it:
+      // it keeps its nick and room, silently.
       const member = members.get(conn.id);
       if (member) {
         log("info", `${member.nick} is still in ${member.room}`);
@@ -523,5 +563,222 @@ export const handler = {
     log("info", `${member.nick} left ${member.room}`);
     const at = now();
     return [...presenceChanged(member.room, "leave", member.nick, at), ...duePresence(at)];
+  },
+};
+
+// ---- The exported interface `state`: hand-over on reload, in the Rust chat's format ----
+
+/** The snapshot format `snapshot` writes, and the only one `restore` reads. */
+const SNAPSHOT_VERSION = 1;
+
+/**
+ * The snapshot of the state: version 1 of the Rust chat's format (plugins/chat/src/snapshot.rs),
+ * as JSON text, and whether that text is ASCII.
+ */
+function encodeSnapshot() {
+  // As the Rust chat writes it, byte for byte: members by id, histories by room name (rooms
+  // without lines left out), compact JSON. Written by hand, not as one object: JavaScript would
+  // put rooms with integer-like names first.
+  const list = [...members.keys()]
+    .sort((a, b) => a - b)
+    .map((id) => ({ id, nick: members.get(id).nick, room: members.get(id).room }));
+  const listed = JSON.stringify(list);
+  let ascii = !NON_ASCII.test(listed);
+  const history = [...histories.keys()]
+    .filter((room) => histories.get(room).lines.length > 0)
+    .sort(byCodePoint)
+    .map((room) => {
+      const { lines, bytes } = histories.get(room);
+      // A history is ASCII if its lines have as many UTF-16 units as bytes of UTF-8: counted per
+      // line, not per character, since scanning megabytes of text in QuickJS takes a while.
+      let units = 0;
+      for (const line of lines) units += line.nick.length + line.text.length;
+      if (units !== bytes || NON_ASCII.test(room)) ascii = false;
+      return `${JSON.stringify(room)}:${JSON.stringify(lines)}`;
+    });
+  const text = `{"version":${SNAPSHOT_VERSION},"members":${listed},"history":{${history.join(",")}}}`;
+  return { text, ascii };
+}
+
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** What a JSON value is, in the words of the Rust chat's errors (serde's). */
+function unexpected(value) {
+  if (value === null) return "null";
+  if (typeof value === "boolean") return `boolean \`${value}\``;
+  if (typeof value === "number") return Number.isInteger(value) ? `integer \`${value}\`` : `floating point \`${value}\``;
+  if (typeof value === "string") return `string ${JSON.stringify(value)}`;
+  return Array.isArray(value) ? "sequence" : "map";
+}
+
+/** `s` quoted as Rust's `{:?}` shows a string (the quotes, backslashes and control characters escaped). */
+function debugString(s) {
+  const escapes = { "\0": "\\0", "\t": "\\t", "\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\" };
+  return `"${s.replace(/[\0\t\r\n"\\]|\p{Cc}/gu, (c) => escapes[c] ?? `\\u{${c.codePointAt(0).toString(16)}}`)}"`;
+}
+
+const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+
+/** Whether `bytes` (a Uint8Array) are all ASCII: natively, 8 KiB at a time. */
+function isAscii(bytes) {
+  for (let i = 0; i < bytes.length; i += 8192) {
+    if (Math.max.apply(null, bytes.subarray(i, i + 8192)) >= 0x80) return false;
+  }
+  return true;
+}
+
+/** Whether JSON text has a `\u` escape (`split` is native and fast, unlike a search for two characters). */
+function hasUnicodeEscape(json) {
+  const pieces = json.split("\\");
+  for (let i = 1; i < pieces.length; i++) {
+    // Each piece follows a backslash that starts an escape, but the one after an escaped
+    // backslash (an empty piece).
+    if (pieces[i] === "") i++;
+    else if (pieces[i].charCodeAt(0) === 0x75) return true;
+  }
+  return false;
+}
+
+/**
+ * Reads a version 1 snapshot's structure (`{"version", "members", "history"}`, other fields
+ * ignored) into `{ members: [{ id, nick, room }], history: [[room, [[{ nick, text }, size]]]] }`,
+ * its rooms sorted, each line with its size in bytes; or throws the reason as a string: not such
+ * JSON (or not UTF-8), or another version.
+ */
+function parseSnapshot(bytes) {
+  // QuickJS has no TextDecoder, and a loop would take 100 ms a megabyte: the bytes are made a
+  // "binary string" (a character per byte) natively, by base64. Without `\u` escapes in it (our
+  // writers make them only for control characters), the JSON is parsed as it is: its strings come
+  // out as their UTF-8 bytes, the sizes of history lines already, and only those with non-ASCII
+  // bytes need decoding ("bytes"; "ascii" if none has). With escapes, the whole text is decoded
+  // first ("text").
+  let doc;
+  let mode;
+  try {
+    const binary = atob(bytes.toBase64());
+    const ascii = isAscii(bytes);
+    if (!hasUnicodeEscape(binary)) {
+      mode = ascii ? "ascii" : "bytes";
+      doc = JSON.parse(binary);
+    } else {
+      mode = "text";
+      // decodeURIComponent is strict: invalid UTF-8 throws a URIError.
+      doc = JSON.parse(ascii ? binary : decodeURIComponent(escape(binary)));
+    }
+  } catch (e) {
+    throw `malformed chat snapshot: ${e instanceof URIError ? "invalid UTF-8" : e instanceof Error ? e.message : e}`;
+  }
+  if (!isObject(doc)) throw `malformed chat snapshot: invalid type: ${unexpected(doc)}, expected a JSON object`;
+  const version = Object.hasOwn(doc, "version") ? doc.version : null;
+  if (version === null) throw 'malformed chat snapshot: no "version" field';
+  if (version !== SNAPSHOT_VERSION) {
+    // (In "bytes" mode a string version shows its UTF-8 bytes: good enough for an error.)
+    throw `unsupported chat snapshot version ${JSON.stringify(version)} (this version of chat reads version ${SNAPSHOT_VERSION})`;
+  }
+  const malformed = (why) => `malformed chat snapshot (version ${SNAPSHOT_VERSION}): ${why}`;
+  /** `object[name]`, checked by `ok`; else throws what serde would say. */
+  const field = (object, name, expected, ok) => {
+    if (!Object.hasOwn(object, name)) throw malformed(`missing field \`${name}\``);
+    const value = object[name];
+    if (!ok(value)) throw malformed(`invalid type: ${unexpected(value)}, expected ${expected}`);
+    return value;
+  };
+  /** A string as parsed, as text: decoded from UTF-8 in "bytes" mode, checked in "text" mode. */
+  const decode = (raw) => {
+    if (mode === "bytes" && NON_ASCII.test(raw)) {
+      try {
+        return decodeURIComponent(escape(raw));
+      } catch {
+        throw malformed("invalid UTF-8 in a string");
+      }
+    }
+    // Rust reads JSON strings as Unicode: an escaped lone surrogate (`"\ud800"`) is malformed.
+    if (mode === "text" && !raw.isWellFormed()) throw malformed("lone surrogate in a string");
+    return raw;
+  };
+  /** The size in bytes of UTF-8 of a string as parsed (and checked). */
+  const sizeOf = (raw) => (mode === "text" ? utf8Length(raw) : raw.length);
+  const isString = (value) => typeof value === "string";
+  const string = (object, name) => decode(field(object, name, "a string", isString));
+  const struct = (value, name) => {
+    if (!isObject(value)) throw malformed(`invalid type: ${unexpected(value)}, expected struct ${name}`);
+    return value;
+  };
+  const isId = (value) => {
+    if (typeof value === "number" && Number.isInteger(value) && value < 0) {
+      throw malformed(`invalid value: ${unexpected(value)}, expected u64`);
+    }
+    return Number.isInteger(value) && value < 2 ** 64;
+  };
+  const list = field(doc, "members", "a sequence", Array.isArray).map((member) => {
+    struct(member, "MemberV1");
+    return { id: field(member, "id", "u64", isId), nick: string(member, "nick"), room: string(member, "room") };
+  });
+  const map = field(doc, "history", "a map", isObject);
+  const history = Object.keys(map)
+    .map((key) => {
+      const lines = map[key];
+      if (!Array.isArray(lines)) throw malformed(`invalid type: ${unexpected(lines)}, expected a sequence`);
+      const taken = lines.map((line) => {
+        struct(line, "Line");
+        const nick = field(line, "nick", "a string", isString);
+        const text = field(line, "text", "a string", isString);
+        return [{ nick: decode(nick), text: decode(text) }, sizeOf(nick) + sizeOf(text)];
+      });
+      return [decode(key), taken];
+    })
+    .sort(([a], [b]) => byCodePoint(a, b));
+  return { members: list, history };
+}
+
+/**
+ * Takes in a parsed snapshot, into the (fresh) state: throws the reason as a string for members
+ * it cannot take in (an invalid nick or room, an id or nick listed twice) and invalid room names.
+ * Histories are cut to their limits as on a normal push.
+ */
+function takeSnapshot(snapshot) {
+  for (const { id, nick, room } of snapshot.members) {
+    const bad = checkName("nick", nick, MAX_NICK) ?? checkName("room", room, MAX_ROOM);
+    if (bad) throw `invalid chat snapshot: connection ${id}: ${bad}`;
+    if (members.has(id)) throw `invalid chat snapshot: connection ${id} is listed twice`;
+    if (nickTaken(nick)) throw `invalid chat snapshot: nick ${debugString(nick)} is used twice`;
+    add(id, nick, room);
+  }
+  for (const [room, lines] of snapshot.history) {
+    const bad = checkName("room", room, MAX_ROOM);
+    if (bad) throw `invalid chat snapshot: history of ${debugString(room)}: ${bad}`;
+    if (lines.length === 0) continue;
+    for (const [line, size] of lines) pushHistory(room, line, size);
+    if (!rooms.has(room)) idle.push(room);
+  }
+  while (idle.length > IDLE_HISTORIES) histories.delete(idle.shift());
+}
+
+export const state = {
+  /** Everything the next version needs: version 1 of the Rust chat's snapshot, as UTF-8 JSON. */
+  snapshot() {
+    const { text, ascii } = encodeSnapshot();
+    const bytes = utf8Encode(text, ascii);
+    log(
+      "info",
+      `snapshot: ${members.size} connections, ${rooms.size} rooms, ${histories.size} histories (${bytes.length} bytes)`,
+    );
+    return bytes;
+  },
+
+  /**
+   * Loads a snapshot taken by an earlier version, in any language (thrown strings are the WIT
+   * `err`): an empty one starts fresh; one refused leaves the state as it was.
+   */
+  restore(snapshot) {
+    const saved = saveState();
+    loadState(freshState());
+    try {
+      if (snapshot.length > 0) takeSnapshot(parseSnapshot(snapshot));
+    } catch (e) {
+      loadState(saved);
+      throw e;
+    }
+    log("info", `restored: ${members.size} connections, ${rooms.size} rooms, ${histories.size} histories`);
   },
 };

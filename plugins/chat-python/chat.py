@@ -15,10 +15,16 @@ last one; a change not announced yet goes out with the instance's next event. A 
 only the first 50 members (`count` says how many there are; `/who` lists them all). When the room
 shrinks back to 50, its members get the whole list again as `members`.
 
-Unlike the Rust plugin this one does not hand its state over on reload (it targets the world
-`plugin`, not `stateful-plugin`): after a reload or a trap, each open connection is re-attached
-(`resumed`) and registered again from its query string, with a `welcome` that says
-`"resumed": true` and no `join` notice to the room.
+Hand-over on reload: like the Rust plugin (it targets the world `stateful-plugin`), this one exports
+`state`, whose snapshot is the Rust chat's format, version 1 (plugins/chat/src/snapshot.rs):
+`{"version":1,"members":[{"id","nick","room"}],"history":{"ROOM":[{"nick","text"}]}}`. So a reload
+hands nicks, rooms and histories over to the next version, whether it is written in Python,
+JavaScript or Rust, and the host's checkpoints keep them across a trap. Each connection the
+restored state knows is then re-attached (`resumed`) silently: subscribed to its room again, with a
+`welcome` that says `"resumed": true` and lists the members, but no history and no `join` notice.
+One it does not know (a reload from a version without hand-over) is registered again from its
+query string, with the same `welcome` and no `join` notice either. The large-room bookkeeping is not
+in the snapshot: a restored large room announces its next change at once.
 
 Built with componentize-py: WIT variants are the dataclasses of `wit_world.imports.types`, records
 are dataclasses, `option<T>` is a value or None.
@@ -30,6 +36,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host, types
 
@@ -70,14 +77,32 @@ class History:
     size: int = 0  # bytes of nicks and text
 
 
-# State: one instance sees every connection of its route, one call at a time.
+# State: one instance sees every connection of its route, one call at a time. (`State.restore`
+# replaces all of it at once: see `_fresh_state`.)
 members: dict[int, Member] = {}  # admitted connections
 nicks: dict[str, int] = {}  # nicks in use, lower-cased, with their owners
 rooms: dict[str, set[str]] = {}  # each room's members' nicks; a room without members is removed
 histories: dict[str, History] = {}  # each room's recent messages
 idle: deque = deque()  # rooms with a history but without members, the longest empty first
-announced: dict[str, list] = {}  # large rooms: [member count last announced, when (monotonic)]
+# Large rooms: [member count last announced, when (monotonic)] (not in the snapshot: a restored
+# large room announces its next change at once).
+announced: dict[str, list] = {}
 unannounced: set[str] = set()  # large rooms whose count changed since it was last announced
+
+
+def _fresh_state() -> tuple:
+    """A fresh, empty state, in the order of `_current_state`."""
+    return {}, {}, {}, {}, deque(), {}, set()
+
+
+def _current_state() -> tuple:
+    """The whole state, to put back if a restore fails halfway."""
+    return members, nicks, rooms, histories, idle, announced, unannounced
+
+
+def _set_state(state: tuple) -> None:
+    global members, nicks, rooms, histories, idle, announced, unannounced
+    members, nicks, rooms, histories, idle, announced, unannounced = state
 
 
 # ---- Text helpers ----
@@ -424,7 +449,8 @@ class Handler(exports.Handler):
             return types.Admission_Accept(types.Acceptance(subprotocol, actions))
 
         if conn.resumed and conn.id in members:
-            # Only known if this instance saw it open (no state hand-over across instances).
+            # Known if this instance saw it open, or if the state handed over (`State.restore`) had
+            # it: it keeps its nick and room, silently.
             member = members[conn.id]
             log(host.Level.INFO, f"{member.nick} is still in {member.room}")
             return accept([types.Action_Subscribe(member.room), reply(welcome(member.nick, member.room, True))])
@@ -463,3 +489,199 @@ class Handler(exports.Handler):
         log(host.Level.INFO, f"{member.nick} left {member.room}")
         now = time.monotonic()
         return presence_changed(member.room, "leave", member.nick, now) + due_presence(now)
+
+
+# ---- The exported interface `state`: hand-over on reload, in the Rust chat's format ----
+
+SNAPSHOT_VERSION = 1  # the snapshot format `snapshot` writes, and the only one `restore` reads
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encode_snapshot() -> bytes:
+    """The snapshot of the state: version 1 of the Rust chat's format (plugins/chat/src/snapshot.rs),
+    as the Rust chat writes it, byte for byte: members by id, histories by room name (rooms without
+    lines left out), compact UTF-8 JSON."""
+    snapshot = {
+        "version": SNAPSHOT_VERSION,
+        "members": [{"id": conn, "nick": m.nick, "room": m.room} for conn, m in sorted(members.items())],
+        "history": {
+            room: [{"nick": nick, "text": text} for nick, text in histories[room].lines]
+            for room in sorted(histories)
+            if histories[room].lines
+        },
+    }
+    return json.dumps(snapshot, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _unexpected(value) -> str:
+    """What a JSON value is, in the words of the Rust chat's errors (serde's)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean `{_json(value)}`"
+    if isinstance(value, int):
+        return f"integer `{value}`"
+    if isinstance(value, float):
+        return f"floating point `{value}`"
+    if isinstance(value, str):
+        return f"string {_json(value)}"
+    return "sequence" if isinstance(value, list) else "map"
+
+
+DEBUG_ESCAPES = {"\0": "\\0", "\t": "\\t", "\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
+
+
+def _debug(s: str) -> str:
+    """`s` quoted as Rust's `{:?}` shows a string (quotes, backslashes and control characters escaped)."""
+    return '"' + "".join(DEBUG_ESCAPES.get(c) or (f"\\u{{{ord(c):x}}}" if is_control(c) else c) for c in s) + '"'
+
+
+class SnapshotError(Exception):
+    """Why a snapshot is refused, in the Rust chat's words."""
+
+
+def _malformed(why: str) -> SnapshotError:
+    return SnapshotError(f"malformed chat snapshot (version {SNAPSHOT_VERSION}): {why}")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _field(obj: dict, name: str, expected: str, ok):
+    """`obj[name]`, checked by `ok`; else raises what serde would say."""
+    if name not in obj:
+        raise _malformed(f"missing field `{name}`")
+    value = obj[name]
+    if not ok(value):
+        raise _malformed(f"invalid type: {_unexpected(value)}, expected {expected}")
+    return value
+
+
+def _is_id(value) -> bool:
+    if type(value) is not int:
+        return False
+    if not 0 <= value < 1 << 64:
+        raise _malformed(f"invalid value: {_unexpected(value)}, expected u64")
+    return True
+
+
+def _struct(value, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise _malformed(f"invalid type: {_unexpected(value)}, expected struct {name}")
+    return value
+
+
+def parse_snapshot(data: bytes) -> tuple[list, list]:
+    """Reads a version 1 snapshot's structure (`{"version", "members", "history"}`, other fields
+    ignored) into ([(id, nick, room)], [(room, [(nick, text)])]), its rooms sorted; or raises
+    SnapshotError: not such JSON, or another version."""
+    try:
+        text = data.decode("utf-8")
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise SnapshotError("malformed chat snapshot: invalid UTF-8") from None
+    except (ValueError, RecursionError) as e:
+        raise SnapshotError(f"malformed chat snapshot: {e}") from None
+    if not isinstance(doc, dict):
+        raise SnapshotError(f"malformed chat snapshot: invalid type: {_unexpected(doc)}, expected a JSON object")
+    version = doc.get("version")
+    if version is None:
+        raise SnapshotError('malformed chat snapshot: no "version" field')
+    if type(version) is not int or version != SNAPSHOT_VERSION:
+        raise SnapshotError(
+            f"unsupported chat snapshot version {_json(version)} "
+            f"(this version of chat reads version {SNAPSHOT_VERSION})"
+        )
+    # Rust reads JSON strings as Unicode: an escaped lone surrogate (`"\ud800"`) is malformed. Valid
+    # UTF-8 holds none, so only an escape makes one: the strings are searched if there is one.
+    surrogates = "\\ud" in text or "\\uD" in text
+
+    def is_str(value) -> bool:
+        if not isinstance(value, str):
+            return False
+        if surrogates and SURROGATE.search(value):
+            raise _malformed("lone surrogate in a string")
+        return True
+
+    listed = []
+    for member in _field(doc, "members", "a sequence", lambda v: isinstance(v, list)):
+        _struct(member, "MemberV1")
+        listed.append(
+            (
+                _field(member, "id", "u64", _is_id),
+                _field(member, "nick", "a string", is_str),
+                _field(member, "room", "a string", is_str),
+            )
+        )
+    history = []
+    saved = _field(doc, "history", "a map", lambda v: isinstance(v, dict))
+    for room in sorted(saved):
+        is_str(room)
+        lines = saved[room]
+        if not isinstance(lines, list):
+            raise _malformed(f"invalid type: {_unexpected(lines)}, expected a sequence")
+        taken = []
+        for line in lines:
+            _struct(line, "Line")
+            taken.append((_field(line, "nick", "a string", is_str), _field(line, "text", "a string", is_str)))
+        history.append((room, taken))
+    return listed, history
+
+
+def take_snapshot(listed: list, history: list) -> None:
+    """Takes in a parsed snapshot, into the (fresh) state; raises SnapshotError for members it
+    cannot take in (an invalid nick or room, an id or nick listed twice) and invalid room names.
+    Histories are cut to their limits as on a normal push."""
+    for conn, nick, room in listed:
+        problem = check_name("nick", nick, MAX_NICK) or check_name("room", room, MAX_ROOM)
+        if problem:
+            raise SnapshotError(f"invalid chat snapshot: connection {conn}: {problem}")
+        if conn in members:
+            raise SnapshotError(f"invalid chat snapshot: connection {conn} is listed twice")
+        if nick_taken(nick):
+            raise SnapshotError(f"invalid chat snapshot: nick {_debug(nick)} is used twice")
+        add(conn, nick, room)
+    for room, lines in history:
+        problem = check_name("room", room, MAX_ROOM)
+        if problem:
+            raise SnapshotError(f"invalid chat snapshot: history of {_debug(room)}: {problem}")
+        if not lines:
+            continue
+        for nick, text in lines:
+            push_history(room, nick, text)
+        if room not in rooms:
+            idle.append(room)
+    while len(idle) > IDLE_HISTORIES:
+        histories.pop(idle.popleft(), None)
+
+
+class State(exports.State):
+    def snapshot(self) -> bytes:
+        """Everything the next version needs: version 1 of the Rust chat's snapshot, as UTF-8 JSON."""
+        data = encode_snapshot()
+        log(
+            host.Level.INFO,
+            f"snapshot: {len(members)} connections, {len(rooms)} rooms, {len(histories)} histories ({len(data)} bytes)",
+        )
+        return data
+
+    def restore(self, snapshot: bytes) -> None:
+        """Loads a snapshot taken by an earlier version, in any language (`Err` is the WIT `err`):
+        an empty one starts fresh; one refused leaves the state as it was."""
+        saved = _current_state()
+        _set_state(_fresh_state())
+        try:
+            if snapshot:
+                take_snapshot(*parse_snapshot(snapshot))
+        except SnapshotError as e:
+            _set_state(saved)
+            raise Err(str(e)) from None
+        except BaseException:
+            _set_state(saved)
+            raise
+        log(host.Level.INFO, f"restored: {len(members)} connections, {len(rooms)} rooms, {len(histories)} histories")

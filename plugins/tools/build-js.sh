@@ -5,11 +5,14 @@
 # Needs Node.js >= 18 with npm, nothing else (no global installs).
 set -euo pipefail
 
-# Usage: build-js.sh NAME SOURCE PLUGIN_DIR (each plugins/*-js/build.sh calls this).
-[ $# -eq 3 ] || { echo "usage: $0 NAME SOURCE PLUGIN_DIR" >&2; exit 2; }
+# Usage: build-js.sh NAME SOURCE PLUGIN_DIR [WORLD] (each plugins/*-js/build.sh calls this).
+# WORLD is the world of wit/wsplug.wit the plugin implements: `plugin` (the default), or
+# `stateful-plugin` for one that also exports `state` (hands its state over on reload).
+[ $# -eq 3 ] || [ $# -eq 4 ] || { echo "usage: $0 NAME SOURCE PLUGIN_DIR [WORLD]" >&2; exit 2; }
 NAME=$1
 SOURCE=$2
 here=$(cd "$3" && pwd)
+WORLD=${4:-plugin}
 root=$(cd "$here/../.." && pwd)
 fail() { echo "$NAME: $*" >&2; exit 1; }
 
@@ -53,7 +56,7 @@ out="$root/target/plugins/$NAME.wasm"
 mkdir -p "$(dirname "$out")"
 # --sync: the host runs plain (non-async) component exports. The module root is this directory.
 cd "$here"
-node "$cli" --wit "$root/wit/wsplug.wit" --world plugin --sync --js "$SOURCE" -o "$out.tmp" >/dev/null \
+node "$cli" --wit "$root/wit/wsplug.wit" --world "$WORLD" --sync --js "$SOURCE" -o "$out.tmp" >/dev/null \
     || { rm -f "$out.tmp"; fail "componentize-qjs failed (see above)"; }
 mv -f "$out.tmp" "$out"
 echo "$NAME: built ${out#"$root"/} ($(wc -c <"$out") bytes)"

@@ -5,11 +5,14 @@
 # into it; later runs reuse it. Needs Python >= 3.9 with its venv module, nothing else.
 set -euo pipefail
 
-# Usage: build-python.sh NAME MODULE PLUGIN_DIR (each plugins/*-python/build.sh calls this).
-[ $# -eq 3 ] || { echo "usage: $0 NAME MODULE PLUGIN_DIR" >&2; exit 2; }
+# Usage: build-python.sh NAME MODULE PLUGIN_DIR [WORLD] (each plugins/*-python/build.sh calls this).
+# WORLD is the world of wit/wsplug.wit the plugin implements: `plugin` (the default), or
+# `stateful-plugin` for one that also exports `state` (hands its state over on reload).
+[ $# -eq 3 ] || [ $# -eq 4 ] || { echo "usage: $0 NAME MODULE PLUGIN_DIR [WORLD]" >&2; exit 2; }
 NAME=$1
 MODULE=$2
 here=$(cd "$3" && pwd)
+WORLD=${4:-plugin}
 root=$(cd "$here/../.." && pwd)
 fail() { echo "$NAME: $*" >&2; exit 1; }
 
@@ -58,7 +61,7 @@ rm -rf "$stage"
 mkdir -p "$stage"
 cp "$here"/*.py "$stage/"
 cd "$stage"
-"$cli" --quiet -d "$root/wit/wsplug.wit" -w plugin componentize "$MODULE" -o "$out.tmp" \
+"$cli" --quiet -d "$root/wit/wsplug.wit" -w "$WORLD" componentize "$MODULE" -o "$out.tmp" \
     || { rm -f "$out.tmp"; fail "componentize-py failed (see above)"; }
 mv -f "$out.tmp" "$out"
 echo "$NAME: built ${out#"$root"/} ($(wc -c <"$out") bytes)"
