@@ -78,3 +78,46 @@ language!(javascript_echo_and_chat, "js");
 language!(python_echo_and_chat, "python");
 language!(c_echo_and_chat, "c");
 language!(go_echo_and_chat, "go");
+
+/// The text of the next message that is a `welcome`, skipping others (joins and leaves).
+async fn next_welcome(ws: &mut wsplug_tests::Client, within: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let message = tokio::time::timeout_at(deadline, next_message(ws)).await.expect("a welcome in time");
+        let value: serde_json::Value = serde_json::from_str(message.to_text().unwrap_or_default()).unwrap_or_default();
+        if value["type"] == "welcome" {
+            return value;
+        }
+    }
+}
+
+/// The Rust, JavaScript and Python chats share one snapshot format: a hot reload from one to
+/// another keeps every connection's nick and room, and the rooms' history.
+#[tokio::test]
+#[ignore = "needs plugins/build-all.sh (run by .ci/run)"]
+async fn chat_state_survives_reloads_from_one_language_to_another() {
+    let dir = wsplug_tests::TempDir::new("chat-handover");
+    let plugin = dir.join("chat.wasm");
+    std::fs::copy(plugin_path("chat-js"), &plugin).unwrap();
+    let config = dir.join("wsplug.toml");
+    std::fs::write(&config, "[[routes]]\npath = \"/chat\"\nplugin = \"chat.wasm\"\n").unwrap();
+    let server = TestServer::from_file(&config, true).await;
+    let mut ada = server.connect("/chat?nick=ada&room=lobby").await;
+    next_welcome(&mut ada, Duration::from_secs(10)).await;
+    ada.send(Message::text("/join kitchen")).await.unwrap();
+    assert_eq!(next_welcome(&mut ada, Duration::from_secs(10)).await["room"], "kitchen");
+    ada.send(Message::text("said in JavaScript")).await.unwrap();
+    for (step, next) in ["chat-python", "chat", "chat-js"].into_iter().enumerate() {
+        let staged = dir.join("staged.wasm");
+        std::fs::copy(plugin_path(next), &staged).unwrap();
+        std::fs::rename(&staged, &plugin).unwrap();
+        // Compiling a Python component takes seconds (the compile cache usually has it).
+        let welcome = next_welcome(&mut ada, Duration::from_secs(60)).await;
+        assert_eq!(welcome["resumed"], true, "{next}: {welcome}");
+        assert_eq!((&welcome["nick"], &welcome["room"]), (&"ada".into(), &"kitchen".into()), "{next}: {welcome}");
+        let mut bob = server.connect(&format!("/chat?nick=bob{step}&room=kitchen")).await;
+        let history = next_welcome(&mut bob, Duration::from_secs(10)).await["history"].to_string();
+        assert!(history.contains("said in JavaScript"), "{next}: the history was lost: {history}");
+        bob.close(None).await.unwrap();
+    }
+}

@@ -66,9 +66,9 @@
 //! connection over the smallest peer's (below 1 is better).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,18 +83,16 @@ use tokio_tungstenite::tungstenite::Message as TtMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use wsplug::protocol::frame::encode_client_frame;
 use wsplug::protocol::{Decoder, Event, Limits, Message};
+use wsplug_tests::pinned::{CLK_TCK, Pinned, TASKSET, cpu_secs, free_port};
 use wsplug_tests::{TempDir, plugin_path, upgrade_request};
 
 /// The longest any single step (a connect, a handshake, an echo, a delivery) may take.
 const STEP: Duration = Duration::from_secs(10);
 /// Load before the measuring window opens (connections warm, caches and allocators settled).
 const WARM_UP: Duration = Duration::from_millis(500);
-const TASKSET: &str = "/usr/bin/taskset";
 /// The server's CPU and the load generator's.
 const SERVER_CPU: &str = "0";
 const LOAD_CPU: usize = 1;
-/// `sysconf(_SC_CLK_TCK)`: the unit of utime/stime in `/proc/PID/stat`; 100 on every Linux.
-const CLK_TCK: f64 = 100.0;
 /// Every payload starts with its sequence number in hex; the rest is filler.
 const TAG: usize = 16;
 /// The masking key of every client frame.
@@ -387,103 +385,22 @@ async fn run_once(env: &Env, scenario: &Scenario, server: Server) -> Result<Samp
 // ---------------------------------------------------------------------------------------------
 
 /// A server process pinned to CPU 0, killed when dropped.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
+struct ServerProcess;
 
 impl ServerProcess {
-    async fn start(env: &Env, server: Server) -> Result<Self, String> {
-        // A free port: bind an ephemeral one and let it go (the server binds it a moment later).
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("finding a free port: {e}"))?
-            .port();
+    async fn start(env: &Env, server: Server) -> Result<Pinned, String> {
+        let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log = env.dir.join(&format!("{}-{port}.log", server.name()));
-        let stderr = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut command = Command::new(TASKSET);
-        command.args(["-c", SERVER_CPU]);
-        if server.is_wsplug() {
-            command.arg(&env.wsplug).arg("--config").arg(&env.config).arg("--listen").arg(addr.to_string());
-            command.arg("--no-watch").env("WSPLUG_LOG", "warn");
-        } else {
-            command.arg(&env.exe).args(["--serve", server.name(), &port.to_string()]);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", server.name()))?;
-        let mut process = Self { child, addr, log };
-        // Ready when it accepts a TCP connection (closed at once, before any handshake).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = process.child.try_wait() {
-                return Err(process.explain(format!("{} exited with {status} before listening", server.name())));
+        Pinned::start(server.name(), SERVER_CPU, addr, log, |command| {
+            if server.is_wsplug() {
+                command.arg(&env.wsplug).arg("--config").arg(&env.config).arg("--listen").arg(addr.to_string());
+                command.arg("--no-watch").env("WSPLUG_LOG", "warn");
+            } else {
+                command.arg(&env.exe).args(["--serve", server.name(), &port.to_string()]);
             }
-            if TcpStream::connect(addr).await.is_ok() {
-                return Ok(process);
-            }
-            if Instant::now() > deadline {
-                return Err(process.explain(format!("{} not listening on {addr} after 30 s", server.name())));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn cpu_secs(&self) -> Result<f64, String> {
-        cpu_secs(self.pid())
-    }
-
-    fn rss_bytes(&self) -> Result<u64, String> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-            .ok_or_else(|| format!("{path}: no VmRSS"))
-    }
-
-    /// An error with the tail of the server's log, when it has one.
-    fn explain(&self, error: String) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        if tail.is_empty() {
-            error
-        } else {
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("{error} (server log: {})", tail.join(" / "))
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// utime + stime of a process (all its threads, live and gone), in seconds.
-fn cpu_secs(pid: u32) -> Result<f64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
-    // Field 3 (state) comes first after it; utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 1)..].split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => Ok((user + system) as f64 / CLK_TCK),
-        _ => Err(format!("{path}: unexpected format")),
+        })
+        .await
     }
 }
 
@@ -587,11 +504,11 @@ struct Window {
 }
 
 impl Window {
-    fn open(server: &ServerProcess) -> Result<Self, String> {
+    fn open(server: &Pinned) -> Result<Self, String> {
         Ok(Self { started: Instant::now(), server_cpu: server.cpu_secs()?, client_cpu: own_cpu_secs()? })
     }
 
-    fn close(self, server: &ServerProcess, work: f64) -> Result<Sample, String> {
+    fn close(self, server: &Pinned, work: f64) -> Result<Sample, String> {
         Ok(Sample {
             work,
             wall: self.started.elapsed().as_secs_f64(),
@@ -710,7 +627,7 @@ struct EchoLoad {
 /// An echo run: the connections open, warm up, then the window; echoes counted in the window.
 async fn run_echo(
     env: &Env,
-    server: &ServerProcess,
+    server: &Pinned,
     path: &str,
     connections: usize,
     load: EchoLoad,
@@ -799,12 +716,7 @@ async fn echo_connection(
 }
 
 /// The idle run: open every connection as fast as the client can, then let them sit for a second.
-async fn run_idle(
-    server: &ServerProcess,
-    path: &str,
-    connections: usize,
-    concurrency: usize,
-) -> Result<Sample, String> {
+async fn run_idle(server: &Pinned, path: &str, connections: usize, concurrency: usize) -> Result<Sample, String> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = server.rss_bytes()?;
     let window = Window::open(server)?;
@@ -829,7 +741,7 @@ struct Fanout {
 /// until the window is over, each message sent only once the previous one reached everybody.
 async fn run_broadcast(
     env: &Env,
-    server: &ServerProcess,
+    server: &Pinned,
     path: &str,
     prefix: &[u8],
     receivers: usize,

@@ -20,6 +20,8 @@ use wsplug::protocol::{Decoder, Event, Limits};
 use wsplug::reload::ReloadHandle;
 use wsplug::server::ShutdownHandle;
 
+pub mod pinned;
+
 /// The longest any single step of a test may take.
 pub const STEP: Duration = Duration::from_secs(10);
 
