@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wsplug::protocol::deflate::{self, DeflateConfig, DeflateParams};
+use wsplug::protocol::deflate::{self, DeflateParams};
 use wsplug::protocol::frame::encode_client_frame;
 use wsplug::protocol::{Decoder, Event, FrameHeader, Limits, Message};
 use wsplug_tests::{STEP, TestServer};
@@ -67,11 +67,8 @@ impl DeflateClient {
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         let agreed = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Extensions: ")).map(str::to_owned);
         // The client's view: what the server's answer means for the server's messages.
-        let params = agreed.as_deref().map(|value| {
-            let config = DeflateConfig { threshold: 0, ..Default::default() };
-            let server_view: DeflateParams = deflate::negotiate([value], &config).expect("a valid answer");
-            server_view.as_client()
-        });
+        let params =
+            agreed.as_deref().map(|value| DeflateParams::from_response(value).expect("a valid answer").as_client());
         let limits = Limits { max_frame_size: 64 << 20, max_message_size: 64 << 20 };
         Self { stream, buf, decoder: Decoder::client(limits).with_deflate(params.as_ref()), agreed }
     }

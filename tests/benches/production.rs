@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-use wsplug::protocol::deflate::{self, DeflateConfig, DeflateParams};
+use wsplug::protocol::deflate::{self, DeflateParams};
 use wsplug::protocol::frame::encode_client_frame;
 use wsplug::protocol::{Decoder, Event, Limits, Message};
 use wsplug_tests::TempDir;
@@ -48,6 +48,8 @@ const WARM_UP: Duration = Duration::from_millis(500);
 const STEP: Duration = Duration::from_secs(10);
 const MASK: [u8; 4] = [0x5a, 0x17, 0xc3, 0x8e];
 const CONNECTIONS: usize = 50;
+/// Distinct messages each connection sends in turn.
+const VARIANTS: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Server {
@@ -335,7 +337,11 @@ async fn run(env: &Env, scenario: &Scenario, server: Server) -> Result<Sample, S
     match scenario.workload {
         Workload::Echo { payload, json } => {
             payload_len = payload;
-            let text = Arc::new(if json { json_like(payload) } else { vec![b'x'; payload] });
+            // Messages differ from one to the next (as a real app's do), else a compressor that
+            // keeps its context would send each after the first as a back-reference.
+            let texts: Vec<Vec<u8>> =
+                (0..VARIANTS).map(|v| if json { json_like(payload, v) } else { vec![b'x'; payload] }).collect();
+            let text = Arc::new(texts);
             for _ in 0..CONNECTIONS {
                 let (tls, counters, text) = (tls.clone(), counters.clone(), text.clone());
                 let addr = process.addr;
@@ -398,13 +404,14 @@ async fn run(env: &Env, scenario: &Scenario, server: Server) -> Result<Sample, S
     })
 }
 
-/// Deterministic JSON-like text of `len` bytes: chat-message objects, as a real app sends.
-fn json_like(len: usize) -> Vec<u8> {
+/// Deterministic JSON-like text of `len` bytes: chat-message objects, as a real app sends;
+/// `variant` picks which messages.
+fn json_like(len: usize, variant: usize) -> Vec<u8> {
     const WORDS: [&str; 12] = [
         "hello", "room", "message", "typing", "online", "deploy", "build", "green", "lunch", "meeting", "ok", "thanks",
     ];
     let mut out = String::from("[");
-    let mut i = 0usize;
+    let mut i = variant * 1_009;
     while out.len() < len {
         let text: Vec<&str> = (0..6).map(|k| WORDS[(i * 7 + k * 5) % WORDS.len()]).collect();
         out.push_str(&format!(
@@ -482,8 +489,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         let (name, value) = l.split_once(':')?;
         name.eq_ignore_ascii_case("sec-websocket-extensions").then(|| value.trim().to_owned())
     });
-    let config = DeflateConfig { threshold: 0, ..Default::default() };
-    let params = agreed.and_then(|v| deflate::negotiate([v.as_str()], &config));
+    let params = agreed.and_then(|v| DeflateParams::from_response(&v));
     if offer_deflate && params.is_none() {
         return Err("the server declined permessage-deflate".into());
     }
@@ -495,23 +501,29 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     path: &str,
     offer_deflate: bool,
-    text: &[u8],
+    texts: &[Vec<u8>],
     counters: &Counters,
 ) -> Result<(), String> {
     let (mut stream, mut buf, params) = handshake(stream, path, offer_deflate).await?;
-    let frame = match &params {
-        Some(_) => {
-            let mut frame = encode_client_frame(true, 0x1, &deflate::compress(text, 15), MASK);
-            frame[0] |= 0x40;
-            frame
-        }
-        None => encode_client_frame(true, 0x1, text, MASK),
-    };
+    let frames: Vec<Vec<u8>> = texts
+        .iter()
+        .map(|text| match &params {
+            Some(_) => {
+                let mut frame = encode_client_frame(true, 0x1, &deflate::compress(text, 15), MASK);
+                frame[0] |= 0x40;
+                frame
+            }
+            None => encode_client_frame(true, 0x1, text, MASK),
+        })
+        .collect();
+    let mut turn = 0usize;
     let limits = Limits { max_frame_size: 64 << 20, max_message_size: 64 << 20 };
     let client_view = params.map(|p| p.as_client());
     let mut decoder = Decoder::client(limits).with_deflate(client_view.as_ref());
     while !counters.stop.load(Ordering::Relaxed) {
-        stream.write_all(&frame).await.map_err(|e| format!("write: {e}"))?;
+        let (frame, text) = (&frames[turn % frames.len()], &texts[turn % texts.len()]);
+        turn += 1;
+        stream.write_all(frame).await.map_err(|e| format!("write: {e}"))?;
         let mut read = buf.len() as u64;
         let message = loop {
             match decoder.decode(&mut buf).map_err(|e| format!("bad frame from the server: {e}"))? {
@@ -530,7 +542,7 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
         };
         read -= buf.len() as u64;
         match &message {
-            Message::Text(t) if &t[..] == text => {}
+            Message::Text(t) if t[..] == text[..] => {}
             other => return Err(format!("wrong echo: {} bytes", other.payload().len())),
         }
         counters.work.fetch_add(1, Ordering::Relaxed);
