@@ -71,6 +71,42 @@ pub struct DeflateParams {
 }
 
 impl DeflateParams {
+    /// The agreement a server's `Sec-WebSocket-Extensions` answer states, read by a client: what
+    /// is not named is the default (contexts kept, 15-bit windows). `None` if it is not a valid
+    /// permessage-deflate answer.
+    pub fn from_response(value: &str) -> Option<Self> {
+        let offers = split_offers(value);
+        let [answer] = offers.as_slice() else { return None };
+        if answer.name != NAME {
+            return None;
+        }
+        let mut params = Self {
+            server_no_context_takeover: false,
+            client_no_context_takeover: false,
+            server_window_bits: 15,
+            client_window_bits: 15,
+            server_bits_in_response: false,
+            client_bits_in_response: false,
+            threshold: 0,
+        };
+        for (key, value) in &answer.params {
+            match (key.as_str(), value.as_deref()) {
+                ("server_no_context_takeover", None) => params.server_no_context_takeover = true,
+                ("client_no_context_takeover", None) => params.client_no_context_takeover = true,
+                ("server_max_window_bits", Some(v)) => {
+                    params.server_window_bits = window_bits(v)?;
+                    params.server_bits_in_response = true;
+                }
+                ("client_max_window_bits", Some(v)) => {
+                    params.client_window_bits = window_bits(v)?;
+                    params.client_bits_in_response = true;
+                }
+                _ => return None,
+            }
+        }
+        Some(params)
+    }
+
     /// The same agreement as the client sees it, for a client's decoder (its [`Inflater`] then
     /// follows the server's window and context): test clients use it.
     pub fn as_client(&self) -> Self {
@@ -408,6 +444,23 @@ mod tests {
         let p =
             offer(&["x-webkit-deflate-frame", "permessage-deflate; server_max_window_bits=\"12\", permessage-deflate"]);
         assert_eq!(p.unwrap().server_window_bits, 12);
+    }
+
+    #[test]
+    fn a_client_reads_the_answer_as_stated() {
+        let p = DeflateParams::from_response("permessage-deflate").unwrap();
+        assert!(!p.server_no_context_takeover && !p.client_no_context_takeover);
+        assert_eq!((p.server_window_bits, p.client_window_bits), (15, 15));
+        let p =
+            DeflateParams::from_response("permessage-deflate; server_no_context_takeover; client_max_window_bits=10")
+                .unwrap();
+        assert!(p.server_no_context_takeover);
+        assert_eq!(p.client_window_bits, 10);
+        // What the server's own negotiation answers reads back as what it agreed.
+        let agreed = offer(&["permessage-deflate; client_max_window_bits=9; server_max_window_bits=12"]).unwrap();
+        assert_eq!(DeflateParams::from_response(&agreed.response()), Some(DeflateParams { threshold: 0, ..agreed }));
+        assert_eq!(DeflateParams::from_response("x-other"), None);
+        assert_eq!(DeflateParams::from_response("permessage-deflate, permessage-deflate"), None);
     }
 
     #[test]
