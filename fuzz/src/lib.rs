@@ -42,10 +42,9 @@ fn chunks(seed: u8, data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Runs the server decoder over `pieces` read one after another: the events, and the close code
-/// of the error that ended the stream, if any.
-pub fn decode_stream(pieces: &[&[u8]], limits: Limits) -> (Vec<Event>, Option<u16>) {
-    let mut decoder = Decoder::server(limits);
+/// Runs `decoder` over `pieces` read one after another: the events, and the close code of the
+/// error that ended the stream, if any.
+pub fn decode_stream(pieces: &[&[u8]], mut decoder: Decoder) -> (Vec<Event>, Option<u16>) {
     let mut buf = BytesMut::new();
     let mut events = Vec::new();
     for piece in pieces {
@@ -64,8 +63,8 @@ pub fn decode_stream(pieces: &[&[u8]], limits: Limits) -> (Vec<Event>, Option<u1
 /// Fuzz target: input byte 0 picks the chunking; the rest is what a client sends.
 pub fn frame_decoder(data: &[u8]) {
     let Some((&seed, stream)) = data.split_first() else { return };
-    let whole = decode_stream(&[stream], LIMITS);
-    let chunked = decode_stream(&chunks(seed, stream), LIMITS);
+    let whole = decode_stream(&[stream], Decoder::server(LIMITS));
+    let chunked = decode_stream(&chunks(seed, stream), Decoder::server(LIMITS));
     assert_eq!(whole, chunked, "chunking changed the outcome");
     let expected = reference::decode(stream, LIMITS);
     assert_eq!(whole, expected, "the decoder disagrees with the reference decoder");
@@ -81,22 +80,7 @@ pub fn frame_decoder(data: &[u8]) {
 pub fn deflate_decoder(data: &[u8]) {
     let [seed, mode, rest @ ..] = data else { return };
     let params = deflate::negotiate(["permessage-deflate"], &Default::default()).expect("default offer");
-    let decode = |pieces: &[&[u8]]| {
-        let mut decoder = Decoder::server(LIMITS).with_deflate(Some(&params));
-        let mut buf = BytesMut::new();
-        let mut events = Vec::new();
-        for piece in pieces {
-            buf.extend_from_slice(piece);
-            loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(event)) => events.push(event),
-                    Ok(None) => break,
-                    Err(e) => return (events, Some(e.close_code().0)),
-                }
-            }
-        }
-        (events, None)
-    };
+    let decode = |pieces: &[&[u8]]| decode_stream(pieces, Decoder::server(LIMITS).with_deflate(Some(&params)));
     if mode % 2 == 0 {
         let whole = decode(&[rest]);
         assert_eq!(whole, decode(&chunks(*seed, rest)), "chunking changed the outcome");
@@ -156,7 +140,8 @@ pub fn request_head(data: &[u8]) {
                     assert!(request.header("transfer-encoding").is_none(), "upgrade with Transfer-Encoding");
                     assert!(request.header_all("content-length").all(|v| v.trim() == "0"), "upgrade with a body");
                     assert_eq!(request.method, "GET");
-                    let response = handshake::accept_response(&upgrade.key, upgrade.protocols.first().map(String::as_str), None);
+                    let response =
+                        handshake::accept_response(&upgrade.key, upgrade.protocols.first().map(String::as_str), None);
                     let mut headers = [httparse::EMPTY_HEADER; 8];
                     let mut parsed = httparse::Response::new(&mut headers);
                     assert!(parsed.parse(&response).expect("101 parses").is_complete());
