@@ -62,12 +62,23 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
     let limits = &shared.limits;
-    // With TLS, its handshake first, within the same time as the request head.
+    // The TLS handshake and the request head, together within `handshake_timeout`.
+    let deadline = accepted + limits.handshake_timeout;
     let (mut reader, writer) = match shared.tls() {
         None => socket::plain(stream),
         Some(acceptor) => {
+            // A client whose ClientHello has arrived is not silent (the handshake pool evicts
+            // silent ones first).
+            let mut first = [0u8; 1];
+            let hello = tokio::select! {
+                hello = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => hello,
+                _ = pass.evicted() => return,
+            };
+            if matches!(hello, Ok(Ok(n)) if n > 0) {
+                pass.heard();
+            }
             let accepted = tokio::select! {
-                tls = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => tls,
+                tls = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => tls,
                 _ = pass.evicted() => return,
             };
             match accepted {
@@ -91,7 +102,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     // `Err(true)`: dropped from the handshake pool to make room (it had sent nothing that this task
     // had read yet); `Err(false)`: not in time.
     let head = tokio::select! {
-        head = tokio::time::timeout(limits.handshake_timeout, read_head(&mut reader, &mut buf, head_limits, &pass)) => head.map_err(|_| false),
+        head = tokio::time::timeout_at(deadline, read_head(&mut reader, &mut buf, head_limits, &pass)) => head.map_err(|_| false),
         _ = pass.evicted() => Err(true),
     };
     drop(pass);
