@@ -360,8 +360,11 @@ async fn a_chat_join_storm_costs_the_server_bytes_linear_in_its_members() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     clients.push(RawClient::connect(server.addr, "/chat?nick=last").await);
     let mut readers = tokio::task::JoinSet::new();
+    // Each reads until it hears the final count (a loaded machine may take a while to fan it out).
+    let final_count = format!("\"count\":{}", JOINS + 1);
     for mut client in clients {
-        readers.spawn(async move { client.texts_until_quiet(Duration::from_millis(500)).await });
+        let final_count = final_count.clone();
+        readers.spawn(async move { client.texts_until_seen(&final_count, Duration::from_secs(30)).await });
     }
     let (mut bytes, mut counts) = (0, Vec::new());
     while let Some(texts) = readers.join_next().await {
