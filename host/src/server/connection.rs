@@ -66,36 +66,13 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let deadline = accepted + limits.handshake_timeout;
     let (mut reader, writer) = match shared.tls() {
         None => socket::plain(stream),
-        Some(acceptor) => {
-            // A client whose ClientHello has arrived is not silent (the handshake pool evicts
-            // silent ones first).
-            let mut first = [0u8; 1];
-            let hello = tokio::select! {
-                hello = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => hello,
-                _ = pass.evicted() => return,
-            };
-            if matches!(hello, Ok(Ok(n)) if n > 0) {
-                pass.heard();
+        Some(acceptor) => match accept_tls(stream, acceptor, deadline, &pass).await {
+            Ok(sides) => sides,
+            Err(why) => {
+                crate::metrics::metrics().tls_failed();
+                return tracing::debug!(%peer, "TLS handshake failed: {why}");
             }
-            let accepted = tokio::select! {
-                tls = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => tls,
-                _ = pass.evicted() => return,
-            };
-            match accepted {
-                Ok(Ok(tls)) => {
-                    let (tcp, session) = tls.into_inner();
-                    socket::tls(socket::Tls::new(tcp, session))
-                }
-                Ok(Err(e)) => {
-                    crate::metrics::metrics().tls_failed();
-                    return tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    crate::metrics::metrics().tls_failed();
-                    return tracing::debug!(%peer, "TLS handshake not completed in time");
-                }
-            }
-        }
+        },
     };
     let mut buf = BytesMut::with_capacity(1024);
     let head_limits = HeadLimits { max_head_size: limits.max_head_size, max_headers: limits.max_headers };
@@ -303,6 +280,37 @@ async fn drain(socket: &TcpStream, until: Instant, max_bytes: usize) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
+    }
+}
+
+/// The server's side of a TLS handshake, within `deadline` (dropped if the handshake pool evicts
+/// it); the connection's reader and writer over the session.
+async fn accept_tls(
+    stream: TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    deadline: Instant,
+    pass: &Pass,
+) -> Result<(Reader, Arc<Writer>), String> {
+    // A client whose ClientHello has arrived is not silent (the pool evicts silent ones first).
+    let mut first = [0u8; 1];
+    let hello = tokio::select! {
+        hello = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => hello,
+        _ = pass.evicted() => return Err("dropped from the handshake pool".into()),
+    };
+    if matches!(hello, Ok(Ok(n)) if n > 0) {
+        pass.heard();
+    }
+    let accepted = tokio::select! {
+        tls = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => tls,
+        _ = pass.evicted() => return Err("dropped from the handshake pool".into()),
+    };
+    match accepted {
+        Ok(Ok(tls)) => {
+            let (tcp, session) = tls.into_inner();
+            Ok(socket::tls(socket::Tls::new(tcp, session)))
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("not completed in time".into()),
     }
 }
 
