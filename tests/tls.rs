@@ -4,18 +4,16 @@
 //! cleanly, and files that cannot be used refused at start with the file and the reason.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::tungstenite::Message;
 use wsplug::Server;
 use wsplug::config::Config;
-use wsplug_tests::{STEP, TempDir, TestServer, assert_echo};
+use wsplug_tests::{STEP, TempDir, TestServer, assert_echo, tls_client_config};
 
 /// A self-signed certificate for 127.0.0.1 and localhost: (certificate PEM, key PEM, DER).
 fn certificate() -> (String, String, CertificateDer<'static>) {
@@ -39,29 +37,15 @@ fn config_text() -> String {
     ROUTES.replace("PLUGIN", &echo.display().to_string())
 }
 
-/// The client side's crypto: ring, like the server (see host/src/server/tls.rs).
-#[allow(deprecated)]
-fn provider() -> Arc<tokio_rustls::rustls::crypto::CryptoProvider> {
-    Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
-}
-
 /// A TLS connection that trusts only `cert`; returns it and the certificate the server showed.
 async fn tls_connect(
     addr: std::net::SocketAddr,
     cert: &CertificateDer<'static>,
 ) -> (tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>) {
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let provider = provider();
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = tls_client_config(&[cert]);
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
-    let tls = tokio::time::timeout(STEP, TlsConnector::from(Arc::new(config)).connect(name, tcp))
+    let tls = tokio::time::timeout(STEP, TlsConnector::from(config).connect(name, tcp))
         .await
         .expect("TLS handshake in time")
         .expect("TLS handshake");
@@ -85,14 +69,20 @@ async fn wss(
     (ws, shown)
 }
 
-#[tokio::test]
-async fn wss_end_to_end_on_both_routes_and_a_renewed_certificate_is_taken_live() {
-    let dir = TempDir::new("tls");
-    let first = certificate();
-    write_pair(&dir.join(""), &first);
+/// A server on TLS with a fresh certificate, its files in a directory of their own.
+async fn tls_server(tag: &str, watch: bool) -> (TempDir, (String, String, CertificateDer<'static>), TestServer) {
+    let dir = TempDir::new(tag);
+    let cert = certificate();
+    write_pair(&dir.join(""), &cert);
     let config = dir.join("wsplug.toml");
     std::fs::write(&config, config_text()).unwrap();
-    let server = TestServer::from_file(&config, true).await;
+    let server = TestServer::from_file(&config, watch).await;
+    (dir, cert, server)
+}
+
+#[tokio::test]
+async fn wss_end_to_end_on_both_routes_and_a_renewed_certificate_is_taken_live() {
+    let (dir, first, server) = tls_server("tls", true).await;
     let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     for path in ["/native", "/plugin"] {
         let (mut ws, shown) = wss(server.addr, path, &first.2).await;
@@ -128,17 +118,9 @@ async fn tls_connect_either(
     a: &CertificateDer<'static>,
     b: &CertificateDer<'static>,
 ) -> Vec<u8> {
-    let mut roots = RootCertStore::empty();
-    roots.add(a.clone()).unwrap();
-    roots.add(b.clone()).unwrap();
-    let provider = provider();
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = tls_client_config(&[a, b]);
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
+    let tls = TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("TLS handshake");
@@ -147,12 +129,7 @@ async fn tls_connect_either(
 
 #[tokio::test]
 async fn a_plain_http_client_on_the_tls_port_is_turned_away_and_others_are_served() {
-    let dir = TempDir::new("tls-plain");
-    let cert = certificate();
-    write_pair(&dir.join(""), &cert);
-    let config = dir.join("wsplug.toml");
-    std::fs::write(&config, config_text()).unwrap();
-    let server = TestServer::from_file(&config, false).await;
+    let (_dir, cert, server) = tls_server("tls-plain", false).await;
     let mut plain = TcpStream::connect(server.addr).await.unwrap();
     plain.write_all(wsplug_tests::upgrade_request("/native").as_bytes()).await.unwrap();
     // The server answers with a TLS alert at most, then closes: never a 101, never a hang.

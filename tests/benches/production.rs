@@ -35,7 +35,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use wsplug::protocol::deflate::{self, DeflateParams};
 use wsplug::protocol::frame::encode_client_frame;
 use wsplug::protocol::{Decoder, Event, Limits, Message};
@@ -433,16 +432,7 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
 }
 
 fn tls_connector(cert: &CertificateDer<'static>) -> TlsConnector {
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.clone()).expect("the generated certificate");
-    #[allow(deprecated)] // ring, like the server (host/src/server/tls.rs)
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(wsplug_tests::tls_client_config(&[cert]))
 }
 
 async fn tls_stream(

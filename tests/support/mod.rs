@@ -101,6 +101,27 @@ impl TestServer {
     }
 }
 
+/// A TLS client configuration that trusts only `certs` (the tests' own certificates), with ALPN
+/// `http/1.1`; ring, like the server (host/src/server/tls.rs).
+pub fn tls_client_config(
+    certs: &[&tokio_rustls::rustls::pki_types::CertificateDer<'static>],
+) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add((*cert).clone()).expect("a certificate made by the test");
+    }
+    #[allow(deprecated)] // ring has no post-quantum key exchange; the server uses it too
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(config)
+}
+
 /// A `wss://` client over a TLS stream made by the test (tokio-rustls).
 pub type TlsClient = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
