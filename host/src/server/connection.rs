@@ -66,7 +66,9 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let deadline = accepted + limits.handshake_timeout;
     let (mut reader, writer) = match shared.tls() {
         None => socket::plain(stream),
-        Some(acceptor) => match accept_tls(stream, acceptor, deadline, &pass).await {
+        // Boxed: a TLS handshake's state would otherwise be part of every connection's task,
+        // plain or not, for its whole life (the idle cost per connection).
+        Some(acceptor) => match Box::pin(accept_tls(stream, acceptor, deadline, &pass)).await {
             Ok(sides) => sides,
             Err(why) => {
                 crate::metrics::metrics().tls_failed();
