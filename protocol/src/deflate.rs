@@ -22,6 +22,8 @@ use std::cell::RefCell;
 use bytes::{Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
+use crate::handshake::is_token;
+
 /// The extension's name in `Sec-WebSocket-Extensions`.
 pub const NAME: &str = "permessage-deflate";
 /// What a sync flush ends with, and what a message's compressed payload leaves out (§7.2.1).
@@ -198,10 +200,6 @@ fn parse_offer(text: &str) -> Option<Offer> {
         params.push((key.to_ascii_lowercase(), value));
     }
     Some(Offer { name, params })
-}
-
-fn is_token(s: &str) -> bool {
-    crate::handshake::is_token(s)
 }
 
 /// A window-bits value as §7.1.2 writes it: 8 to 15, decimal, no leading zero.
