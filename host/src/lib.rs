@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod plugin;
 pub use wsplug_protocol as protocol;
 pub mod reload;
+pub mod scaffold;
 pub mod server;
 
 pub use app::Server;

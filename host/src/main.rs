@@ -47,6 +47,19 @@ enum Cmd {
         /// The component to check.
         file: PathBuf,
     },
+    /// Write a new plugin project into a folder of its own (./NAME unless --dir names one): the
+    /// starter source, the SDK of the language, the contract, a README and `build.sh`, the one
+    /// command that builds NAME.wasm (installing the language's toolchain on first use).
+    New {
+        /// The plugin's name: a lower-case letter, then lower-case letters, digits and dashes.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: wsplug::scaffold::Lang,
+        /// The folder to write (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Talk to a WebSocket route: each line of stdin is sent as a text message, each message
     /// received is printed as a line; end stdin (Ctrl-D) to close. E.g.
     /// `wsplug connect ws://127.0.0.1:8080/echo`.
@@ -101,6 +114,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
         print!("{}", wsplug::plugin::check_report(&plugin));
+        return Ok(());
+    }
+    if let Some(Cmd::New { name, lang, dir }) = &cli.command {
+        let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+        let created = wsplug::scaffold::create(name, *lang, &dir)?;
+        let shown = created.dir.display();
+        println!("created {shown}/: a {lang} plugin, {} files (see {shown}/README.md)", created.files);
+        println!("build it, then serve it:");
+        println!("  {shown}/build.sh");
+        println!("  wsplug --route /{name}={shown}/{name}.wasm");
+        println!("and talk to it (in another terminal):");
+        println!("  wsplug connect ws://127.0.0.1:8080/{name}");
         return Ok(());
     }
     if let Some(Cmd::Connect { url, protocols }) = &cli.command {

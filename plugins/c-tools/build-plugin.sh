@@ -12,6 +12,12 @@
 #     generator (wit-bindgen's) and the componentizer (wit-component's), as one small tool.
 # Steps: bindings from wit/ -> target/c-plugins/NAME/, compile + link a core module, make it a
 # component (with the WASI preview 1 adapter only if the module imports WASI).
+#
+# Outside the repository (a project made by `wsplug new`), these say where things are:
+#   WSPLUG_WIT         the contract, wit/wsplug.wit (file or directory)
+#   WSPLUG_OUT         the component to write
+#   WSPLUG_WORK        a directory for the bindings and objects
+#   WSPLUG_TOOLCHAINS  where wsplug-c-tools is built (e.g. ~/.cache/wsplug/toolchains)
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -24,8 +30,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 SOURCES=()
 for src in "$@"; do SOURCES+=("$(cd "$(dirname "$src")" && pwd)/$(basename "$src")"); done
-WORK="$ROOT/target/c-plugins/$NAME"
-OUT="$ROOT/target/plugins/$NAME.wasm"
+WIT=${WSPLUG_WIT:-$ROOT/wit}
+WORK=${WSPLUG_WORK:-$ROOT/target/c-plugins/$NAME}
+OUT=${WSPLUG_OUT:-$ROOT/target/plugins/$NAME.wasm}
+TOOLCHAINS=${WSPLUG_TOOLCHAINS:-$ROOT/target/toolchains}
 APT_PACKAGES="clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc"
 
 fail() {
@@ -56,8 +64,8 @@ find_clang() {
 CC_WASM=$(find_clang) || {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "build-plugin.sh: installing the C toolchain for wasm32 with apt-get ($APT_PACKAGES)" >&2
-    mkdir -p "$ROOT/target/c-plugins"
-    log="$ROOT/target/c-plugins/apt.log"
+    mkdir -p "$WORK"
+    log="$WORK/apt.log"
     export DEBIAN_FRONTEND=noninteractive
     # shellcheck disable=SC2086
     if ! { apt-get update && apt-get install -y --no-install-recommends $APT_PACKAGES; } >"$log" 2>&1; then
@@ -73,12 +81,12 @@ SYSROOT=()
 [ -n "${WASI_SYSROOT:-}" ] && SYSROOT=(--sysroot="$WASI_SYSROOT")
 
 command -v cargo >/dev/null 2>&1 || fail "cargo not found: wsplug-c-tools (bindings + componentizer) is built with Rust (rustup.rs)."
-cargo build --quiet --locked --manifest-path "$HERE/Cargo.toml" --target-dir "$ROOT/target/c-tools" ||
-  fail "building wsplug-c-tools (plugins/c-tools) failed"
-TOOL="$ROOT/target/c-tools/debug/wsplug-c-tools"
+cargo build --quiet --locked --manifest-path "$HERE/Cargo.toml" --target-dir "$TOOLCHAINS/c-tools" ||
+  fail "building wsplug-c-tools ($HERE) failed"
+TOOL="$TOOLCHAINS/c-tools/debug/wsplug-c-tools"
 
-mkdir -p "$WORK" "$ROOT/target/plugins"
-"$TOOL" bindgen "$ROOT/wit" plugin "$WORK" || fail "generating the C bindings from wit/ failed"
+mkdir -p "$WORK" "$(dirname "$OUT")"
+"$TOOL" bindgen "$WIT" plugin "$WORK" || fail "generating the C bindings from $WIT failed"
 
 CFLAGS=(--target=wasm32-wasi "${SYSROOT[@]}" -Os -std=c11)
 OBJS=()
@@ -88,8 +96,8 @@ for src in "${SOURCES[@]}"; do
   OBJS+=("$obj")
 done
 # The generated bindings: not held to our warnings.
-"$CC_WASM" "${CFLAGS[@]}" -w -c "$WORK/plugin.c" -o "$WORK/plugin.o" || fail "compiling the generated bindings failed"
-"$CC_WASM" "${CFLAGS[@]}" -mexec-model=reactor "${OBJS[@]}" "$WORK/plugin.o" "$WORK/plugin_component_type.o" \
+"$CC_WASM" "${CFLAGS[@]}" -w -c "$WORK/plugin.c" -o "$WORK/plugin.bindings.o" || fail "compiling the generated bindings failed"
+"$CC_WASM" "${CFLAGS[@]}" -mexec-model=reactor "${OBJS[@]}" "$WORK/plugin.bindings.o" "$WORK/plugin_component_type.o" \
   -Wl,--strip-all -o "$WORK/$NAME.core.wasm" || fail "linking $NAME.core.wasm failed"
 "$TOOL" componentize "$WORK/$NAME.core.wasm" "$OUT" || fail "making a component of $NAME.core.wasm failed"
 echo "$OUT ($(wc -c <"$OUT") bytes)"

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Builds a JavaScript plugin (the directory given) into a WebAssembly component, target/plugins/$NAME.wasm at the
-# repository root. Callable from any directory; idempotent. The first run installs the pinned
-# componentize-qjs (package-lock.json) into target/toolchains/; later runs reuse it.
+# Builds a JavaScript or TypeScript plugin (the directory given) into a WebAssembly component,
+# target/plugins/$NAME.wasm at the repository root. Callable from any directory; idempotent. The
+# first run installs the pinned componentize-qjs (package-lock.json; and TypeScript, for a .ts
+# SOURCE) into target/toolchains/; later runs reuse it.
 # Needs Node.js >= 18 with npm, nothing else (no global installs).
+#
+# Outside the repository (a project made by `wsplug new`), these say where things are:
+#   WSPLUG_WIT         the contract, wit/wsplug.wit (file or directory)
+#   WSPLUG_OUT         the component to write
+#   WSPLUG_TOOLCHAINS  the toolchain cache (e.g. ~/.cache/wsplug/toolchains)
 set -euo pipefail
 
 # Usage: build-js.sh NAME SOURCE PLUGIN_DIR [WORLD] (each plugins/*-js/build.sh calls this).
@@ -13,7 +19,11 @@ NAME=$1
 SOURCE=$2
 here=$(cd "$3" && pwd)
 WORLD=${4:-plugin}
+# The repository, for a plugin of plugins/ (not used when the three variables above are set).
 root=$(cd "$here/../.." && pwd)
+wit=${WSPLUG_WIT:-$root/wit/wsplug.wit}
+out=${WSPLUG_OUT:-$root/target/plugins/$NAME.wasm}
+toolchains=${WSPLUG_TOOLCHAINS:-$root/target/toolchains}
 fail() { echo "$NAME: $*" >&2; exit 1; }
 
 for tool in node npm; do
@@ -33,11 +43,11 @@ major=$(node -p 'process.versions.node.split(".")[0]')
 # The toolchain cache, keyed by the lock file's pins (not the package's name, so that the JS
 # plugins share it): a new pin installs afresh beside the old one.
 pins=$(grep -v '"name":' "$here/package-lock.json" | digest)
-tools="$root/target/toolchains/componentize-qjs-$pins"
+tools="$toolchains/componentize-qjs-$pins"
 cli="$tools/node_modules/componentize-qjs/bin/componentize-qjs"
 if [ ! -e "$tools/.installed" ]; then
-    echo "$NAME: installing componentize-qjs into ${tools#"$root"/}" >&2
-    mkdir -p "$root/target/toolchains"
+    echo "$NAME: installing componentize-qjs into $tools" >&2
+    mkdir -p "$toolchains"
     tmp=$(mktemp -d "$tools.XXXXXX")
     cp "$here/package.json" "$here/package-lock.json" "$here/.npmrc" "$tmp/"
     # `npm install`, not `npm ci`: componentize-qjs 0.4.5 names optional native bindings for some
@@ -52,11 +62,23 @@ if [ ! -e "$tools/.installed" ]; then
 fi
 [ -e "$cli" ] || fail "componentize-qjs is missing from $tools: delete that directory and retry"
 
-out="$root/target/plugins/$NAME.wasm"
 mkdir -p "$(dirname "$out")"
-# --sync: the host runs plain (non-async) component exports. The module root is this directory.
 cd "$here"
-node "$cli" --wit "$root/wit/wsplug.wit" --world "$WORLD" --sync --js "$SOURCE" -o "$out.tmp" >/dev/null \
+js=$SOURCE
+case $SOURCE in
+*.ts)
+    # TypeScript: type-checked (strict, see tsconfig.json) and compiled to JavaScript under
+    # build/js/, beside a copy of the SDK's wsplug.js, which the compiled module imports.
+    tsc="$tools/node_modules/typescript/bin/tsc"
+    [ -e "$tsc" ] || fail "TypeScript is missing from $tools: add \"typescript\" to package.json's devDependencies"
+    rm -rf build/js
+    node "$tsc" -p tsconfig.json --outDir build/js || fail "TypeScript: the type check failed (see above)"
+    for lib in *.js; do [ -e "$lib" ] && cp "$lib" build/js/; done
+    js="build/js/${SOURCE%.ts}.js"
+    ;;
+esac
+# --sync: the host runs plain (non-async) component exports. The module root is this directory.
+node "$cli" --wit "$wit" --world "$WORLD" --sync --js "$js" -o "$out.tmp" >/dev/null \
     || { rm -f "$out.tmp"; fail "componentize-qjs failed (see above)"; }
 mv -f "$out.tmp" "$out"
-echo "$NAME: built ${out#"$root"/} ($(wc -c <"$out") bytes)"
+echo "$NAME: built $out ($(wc -c <"$out") bytes)"

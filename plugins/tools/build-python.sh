@@ -3,6 +3,11 @@
 # repository root. Callable from any directory; idempotent. The first run creates a virtual
 # environment in target/toolchains/ and installs the pinned componentize-py (requirements.txt)
 # into it; later runs reuse it. Needs Python >= 3.9 with its venv module, nothing else.
+#
+# Outside the repository (a project made by `wsplug new`), these say where things are:
+#   WSPLUG_WIT         the contract, wit/wsplug.wit (file or directory)
+#   WSPLUG_OUT         the component to write
+#   WSPLUG_TOOLCHAINS  the toolchain cache (e.g. ~/.cache/wsplug/toolchains)
 set -euo pipefail
 
 # Usage: build-python.sh NAME MODULE PLUGIN_DIR [WORLD] (each plugins/*-python/build.sh calls this).
@@ -13,7 +18,11 @@ NAME=$1
 MODULE=$2
 here=$(cd "$3" && pwd)
 WORLD=${4:-plugin}
+# The repository, for a plugin of plugins/ (not used when the three variables above are set).
 root=$(cd "$here/../.." && pwd)
+wit=${WSPLUG_WIT:-$root/wit/wsplug.wit}
+out=${WSPLUG_OUT:-$root/target/plugins/$NAME.wasm}
+toolchains=${WSPLUG_TOOLCHAINS:-$root/target/toolchains}
 fail() { echo "$NAME: $*" >&2; exit 1; }
 
 python=${PYTHON:-python3}
@@ -30,11 +39,11 @@ digest() {
     || fail "'$python' is not a working Python 3.9 or newer, which componentize-py needs (set PYTHON to one)"
 
 # The toolchain cache, keyed by the pins: a new pin installs afresh beside the old one.
-venv="$root/target/toolchains/componentize-py-$(grep -v '^#' "$here/requirements.txt" | digest)"
+venv="$toolchains/componentize-py-$(grep -v '^#' "$here/requirements.txt" | digest)"
 cli="$venv/bin/componentize-py"
 if [ ! -e "$venv/.installed" ]; then
-    echo "$NAME: installing componentize-py into ${venv#"$root"/}" >&2
-    mkdir -p "$root/target/toolchains"
+    echo "$NAME: installing componentize-py into $venv" >&2
+    mkdir -p "$toolchains"
     # A venv cannot be moved once made: made in place, under a lock when flock(1) is there.
     exec 9>"$venv.lock"
     if command -v flock >/dev/null 2>&1; then flock 9; fi
@@ -51,17 +60,16 @@ if [ ! -e "$venv/.installed" ]; then
 fi
 [ -x "$cli" ] || fail "componentize-py is missing from $venv: delete that directory and retry"
 
-out="$root/target/plugins/$NAME.wasm"
 mkdir -p "$(dirname "$out")"
 # The app is module $MODULE, built from a fresh copy of this directory's sources under target/:
 # componentize-py writes __pycache__ next to them, and would pack a stale one into the component.
 # It generates the `wit_world` bindings itself.
-stage="$root/target/toolchains/stage/$NAME"
+stage="$toolchains/stage/$NAME-$(echo "$here" | digest)"
 rm -rf "$stage"
 mkdir -p "$stage"
 cp "$here"/*.py "$stage/"
 cd "$stage"
-"$cli" --quiet -d "$root/wit/wsplug.wit" -w "$WORLD" componentize "$MODULE" -o "$out.tmp" \
+"$cli" --quiet -d "$wit" -w "$WORLD" componentize "$MODULE" -o "$out.tmp" \
     || { rm -f "$out.tmp"; fail "componentize-py failed (see above)"; }
 mv -f "$out.tmp" "$out"
-echo "$NAME: built ${out#"$root"/} ($(wc -c <"$out") bytes)"
+echo "$NAME: built $out ($(wc -c <"$out") bytes)"

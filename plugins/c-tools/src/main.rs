@@ -9,11 +9,15 @@
 //!     linked WORLD_component_type.o), or WIT_DIR and WORLD name it. The WASI preview 1 adapter
 //!     is added only when the module imports `wasi_snapshot_preview1`; with --wasi-stub, an inert
 //!     stand-in without imports replaces it (see src/wasi_stub.rs; needed for Go).
+//! wsplug-c-tools ts-types WIT_DIR WORLD
+//!     Prints the TypeScript declarations of WORLD as componentize-qjs presents it to JavaScript
+//!     (src/ts_types.rs): the SDK's plugins/sdk-js/contract.d.ts.
 //! ```
 
 use std::path::Path;
 use std::process::ExitCode;
 
+mod ts_types;
 mod wasi_stub;
 
 use anyhow::{Context, Result, bail};
@@ -21,7 +25,8 @@ use wit_component::{ComponentEncoder, StringEncoding, embed_component_metadata};
 use wit_parser::Resolve;
 
 const USAGE: &str = "usage:\n  wsplug-c-tools bindgen WIT_DIR WORLD OUT_DIR\n  \
-                     wsplug-c-tools componentize [--wasi-stub] CORE.wasm OUT.wasm [WIT_DIR WORLD]";
+                     wsplug-c-tools componentize [--wasi-stub] CORE.wasm OUT.wasm [WIT_DIR WORLD]\n  \
+                     wsplug-c-tools ts-types WIT_DIR WORLD";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +37,7 @@ fn main() -> ExitCode {
         ["componentize", core, out, wit, world] => {
             componentize(Path::new(core), Path::new(out), Some((Path::new(wit), world)), stub)
         }
+        ["ts-types", wit, world] => ts_types::generate(Path::new(wit), world).map(|ts| print!("{ts}")),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -70,7 +70,7 @@ pub use wit_bindgen;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "batched-plugin",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "wsplug_sdk::bindings",
