@@ -2,15 +2,13 @@
 //! home of its own and no source checkout on the machine (see [`start`]), serves the chat page and
 //! the example plugins with no config and no files beside it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-use bytes::BytesMut;
-use wsplug::protocol::decoder::{Decoder, Event, Limits, Message};
-use wsplug::protocol::frame::encode_client_frame;
 
 struct Standalone {
     child: Child,
@@ -81,17 +79,7 @@ fn start() -> Standalone {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("start the copied binary");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let addr = loop {
-        let Some(Ok(line)) = lines.next() else { panic!("the copied binary exited:\n{}", seen.join("\n")) };
-        if let Some((_, rest)) = line.split_once("listening addr=") {
-            break rest.split_whitespace().next().unwrap_or_default().parse().unwrap();
-        }
-        seen.push(line);
-    };
-    // Keep draining its log so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (addr, _log) = common::wait_listening(child.stderr.take().unwrap());
     Standalone { child, addr, dir }
 }
 
@@ -104,44 +92,6 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     response
 }
 
-/// Opens a WebSocket on `path`, sends `text`, returns the first text message that comes back.
-fn exchange(addr: SocketAddr, path: &str, protocol: Option<&str>, text: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let protocol = protocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
-    )
-    .unwrap();
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        let n = stream.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed during the handshake");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-    let _ = buf.split_to(head_end);
-    stream.write_all(&encode_client_frame(true, 0x1, text.as_bytes(), [1, 2, 3, 4])).unwrap();
-    let mut decoder = Decoder::client(Limits::default());
-    loop {
-        match decoder.decode(&mut buf).unwrap() {
-            Some(Event::Message(Message::Text(t))) => return String::from_utf8(t.to_vec()).unwrap(),
-            Some(other) => panic!("expected a text message, got {other:?}"),
-            None => {}
-        }
-        let n = stream.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed before an answer");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[test]
 fn a_copied_binary_alone_serves_the_demo() {
     let server = start();
@@ -152,9 +102,10 @@ fn a_copied_binary_alone_serves_the_demo() {
     assert!(script.starts_with("HTTP/1.1 200 ") && script.contains("text/javascript"), "{script}");
     assert!(http_get(server.addr, "/../Cargo.toml").starts_with("HTTP/1.1 404 "));
 
-    assert_eq!(exchange(server.addr, "/echo", None, "hello from nowhere"), "hello from nowhere");
+    assert_eq!(common::exchange(server.addr, "/echo", None, "hello from nowhere"), "hello from nowhere");
     // The chat plugin greets a new member with a JSON event of its own.
-    let first = exchange(server.addr, "/chat", Some("chat.v1"), r#"{"type":"join","nick":"ada","room":"lobby"}"#);
+    let first =
+        common::exchange(server.addr, "/chat", Some("chat.v1"), r#"{"type":"join","nick":"ada","room":"lobby"}"#);
     assert!(first.starts_with('{') && first.contains("\"type\""), "{first}");
 }
 
@@ -163,35 +114,18 @@ fn a_copied_binary_alone_serves_the_demo() {
 #[test]
 fn wsplug_connect_talks_to_a_route() {
     let server = start();
-    let connect = |url: String, input: &str, protocols: &[&str]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsplug"))
-            .arg("connect")
-            .arg(url)
-            .args(protocols.iter().flat_map(|p| ["--protocol", p]))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let output = child.wait_with_output().unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    let (ok, out, err) = connect(format!("ws://{}/echo", server.addr), "hello\nworld\n", &[]);
+    let (ok, out, err) = common::wsplug_connect(&format!("ws://{}/echo", server.addr), "hello\nworld\n", &[]);
     assert!(ok, "{err}");
     assert_eq!(out, "hello\nworld\n");
     assert!(err.contains("connected to") && err.contains("closed by the server: 1000"), "{err}");
 
-    let (ok, out, err) = connect(format!("ws://{}/chat?nick=ada", server.addr), "hi all\n", &["chat.v1"]);
+    let (ok, out, err) =
+        common::wsplug_connect(&format!("ws://{}/chat?nick=ada", server.addr), "hi all\n", &["chat.v1"]);
     assert!(ok && err.contains("subprotocol chat.v1"), "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].contains("\"welcome\"") && lines[1].contains("\"hi all\""), "{out}");
 
-    let (ok, _, err) = connect(format!("ws://{}/nowhere", server.addr), "", &[]);
+    let (ok, _, err) = common::wsplug_connect(&format!("ws://{}/nowhere", server.addr), "", &[]);
     assert!(!ok && err.contains("404"), "{err}");
 }
 

@@ -191,6 +191,44 @@ impl PluginInstance {
 /// Separates a failure from the plugin's stderr lines in a [`CallError`]'s text.
 pub const STDERR_MARK: &str = "; plugin stderr: ";
 
+/// Of the stderr lines a failed call left (joined with " | "), the one that states the error:
+/// the last line that is not a frame of a stack or a traceback (indented), a panic's location
+/// header, a traceback's header, a runtime's wrapper line or a hint. A JavaScript exception reported by componentize-qjs
+/// (`Exception { message: Some("…"), stack: … }`) is reduced to its message. So a client of a `dev`
+/// route reads the panic message, the exception or the traceback's last line first, within a
+/// close reason's 123 bytes.
+pub fn telling_line(said: &str) -> String {
+    let framing = |line: &str| {
+        line.is_empty()
+            || line.starts_with(char::is_whitespace)
+            || line.starts_with("note: ")
+            || line.starts_with("Traceback (most recent call last)")
+            || line.starts_with("stack backtrace:")
+            // componentize-py's own line after the traceback.
+            || line.starts_with("Python function threw an unexpected exception")
+            || (line.starts_with("thread '") && line.contains("panicked at"))
+    };
+    let lines: Vec<&str> = said.split(" | ").collect();
+    let line = lines.iter().rev().find(|l| !framing(l)).or(lines.last()).copied().unwrap_or_default();
+    if let Some((_, rest)) = line.split_once("Exception { message: Some(\"") {
+        // The Debug form of a Rust string: unescape the quotes and backslashes it escaped.
+        let mut message = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return message,
+                '\\' => match chars.next() {
+                    Some('n') => message.push(' '),
+                    Some(other) => message.push(other),
+                    None => break,
+                },
+                c => message.push(c),
+            }
+        }
+    }
+    line.to_owned()
+}
+
 fn classify(store: &Store<PluginState>, error: wasmtime::Error) -> CallError {
     if store.data().limiter.hit {
         return CallError::OutOfMemory;
@@ -213,4 +251,25 @@ fn arm(store: &mut Store<PluginState>, deadline_ticks: u64) {
     store.set_epoch_deadline(1);
     store.data_mut().limiter.hit = false;
     store.data().stderr_tail.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::telling_line;
+
+    #[test]
+    fn the_telling_line_of_a_failure_is_its_message() {
+        // A Rust panic: the message, not the location header or the hint.
+        let rust = "thread '<unnamed>' panicked at src/lib.rs:12:5: | boom: no room 7 | note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace";
+        assert_eq!(telling_line(rust), "boom: no room 7");
+        // A Python traceback: its last line.
+        let python = "Traceback (most recent call last): |   File \"/0/app.py\", line 3, in on_message |     raise KeyError(k) | KeyError: 'nick' | Python function threw an unexpected exception";
+        assert_eq!(telling_line(python), "KeyError: 'nick'");
+        // A JavaScript exception through componentize-qjs: its message, unescaped.
+        let js = r#"thread '<unnamed>' (1) panicked at crates/runtime/src/interpreter.rs:51:31: | Failed to call 'onMessage': Exception(Exception { message: Some("action 1 (send): field \"to\": bad"), stack: Some("    at f (/p.js:1:2)\n") }) | note: run with `RUST_BACKTRACE=1`"#;
+        assert_eq!(telling_line(js), r#"action 1 (send): field "to": bad"#);
+        // Anything else: the last line as it is.
+        assert_eq!(telling_line("just this"), "just this");
+        assert_eq!(telling_line(""), "");
+    }
 }

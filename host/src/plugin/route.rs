@@ -527,7 +527,7 @@ impl InstanceSlot {
             return "plugin error".into();
         }
         match what.split_once(super::instance::STDERR_MARK) {
-            Some((error, said)) => format!("plugin error: {said} ({error})"),
+            Some((error, said)) => format!("plugin error: {} ({error})", super::instance::telling_line(said)),
             None => format!("plugin error: {what}"),
         }
     }
