@@ -93,7 +93,7 @@ async fn next_welcome(ws: &mut wsplug_tests::Client, within: Duration) -> serde_
     }
 }
 
-/// The Rust, JavaScript and Python chats share one snapshot format: a hot reload from one to
+/// The Rust, JavaScript, Python and Go chats share one snapshot format: a hot reload from one to
 /// another keeps every connection's nick and room, and the rooms' history.
 #[tokio::test]
 #[ignore = "needs plugins/build-all.sh (run by .ci/run)"]
@@ -109,7 +109,7 @@ async fn chat_state_survives_reloads_from_one_language_to_another() {
     ada.send(Message::text("/join kitchen")).await.unwrap();
     assert_eq!(next_welcome(&mut ada, Duration::from_secs(10)).await["room"], "kitchen");
     ada.send(Message::text("said in JavaScript")).await.unwrap();
-    for (step, next) in ["chat-python", "chat", "chat-js"].into_iter().enumerate() {
+    for (step, next) in ["chat-python", "chat-go", "chat", "chat-js"].into_iter().enumerate() {
         let staged = dir.join("staged.wasm");
         std::fs::copy(plugin_path(next), &staged).unwrap();
         std::fs::rename(&staged, &plugin).unwrap();

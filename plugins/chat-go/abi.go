@@ -236,6 +236,44 @@ func onMessagePost(ret uint32) { keep = nil }
 //go:wasmexport cabi_post_wsplug:plugin/handler@0.1.0#on-close
 func onClosePost(ret uint32) { keep = nil }
 
+// snapshot: func() -> list<u8>, returned as (ptr, len) in the return area.
+//
+//go:wasmexport wsplug:plugin/state@0.1.0#snapshot
+func snapshotExport() uint32 {
+	keep = nil
+	b := takeSnapshot()
+	ret := retPtr()
+	if len(b) != 0 {
+		keep = append(keep, b)
+		store32(ret, uint32(uintptr(unsafe.Pointer(&b[0]))))
+		store32(ret+4, uint32(len(b)))
+	}
+	return ret
+}
+
+// restore: func(snapshot: list<u8>) -> result<_, string>: case u8 @0 (0 ok, 1 err), string @4.
+//
+//go:wasmexport wsplug:plugin/state@0.1.0#restore
+func restoreExport(ptr, n uint32) uint32 {
+	keep = nil
+	b := append([]byte(nil), bytesAt(ptr, n)...)
+	if n != 0 {
+		release(ptr)
+	}
+	ret := retPtr()
+	if e := restoreSnapshot(b); e != "" {
+		store8(ret, 1)
+		lowerString(ret+4, e)
+	}
+	return ret
+}
+
+//go:wasmexport cabi_post_wsplug:plugin/state@0.1.0#snapshot
+func snapshotPost(ret uint32) { keep = nil }
+
+//go:wasmexport cabi_post_wsplug:plugin/state@0.1.0#restore
+func restorePost(ret uint32) { keep = nil }
+
 // log: func(level: level, message: string), level an enum (trace 0 ... error 4).
 //
 //go:wasmimport wsplug:plugin/host@0.1.0 log

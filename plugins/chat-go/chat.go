@@ -1,6 +1,6 @@
 // The chat plugin in Go: the `chat.v1` protocol of the Rust chat plugin (plugins/chat, whose
-// src/lib.rs documents it), without the state hand-over on reload (this targets the `plugin`
-// world, not `stateful-plugin`).
+// src/lib.rs documents it), with its state hand-over on reload (state.go: nicks, rooms and
+// histories go to the next version, in the Rust chat's snapshot format).
 //
 // Connect as `/chat?nick=ada&room=lobby` (both optional: defaults `guest-<id>` and `lobby`). A
 // client that offers `chat.v1` is answered with it, one that offers only other subprotocols is
