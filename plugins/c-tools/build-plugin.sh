@@ -18,6 +18,8 @@
 #   WSPLUG_OUT         the component to write
 #   WSPLUG_WORK        a directory for the bindings and objects
 #   WSPLUG_TOOLCHAINS  where wsplug-c-tools is built (e.g. ~/.cache/wsplug/toolchains)
+# and WSPLUG_WORLD names the world (default `plugin`; `stateful-plugin` for hand-over): the
+# bindings are WORLD.h (dashes as underscores), e.g. stateful_plugin.h.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -34,6 +36,8 @@ WIT=${WSPLUG_WIT:-$ROOT/wit}
 WORK=${WSPLUG_WORK:-$ROOT/target/c-plugins/$NAME}
 OUT=${WSPLUG_OUT:-$ROOT/target/plugins/$NAME.wasm}
 TOOLCHAINS=${WSPLUG_TOOLCHAINS:-$ROOT/target/toolchains}
+WORLD=${WSPLUG_WORLD:-plugin}
+BINDINGS=${WORLD//-/_}
 APT_PACKAGES="clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc"
 
 fail() {
@@ -86,7 +90,7 @@ cargo build --quiet --locked --manifest-path "$HERE/Cargo.toml" --target-dir "$T
 TOOL="$TOOLCHAINS/c-tools/debug/wsplug-c-tools"
 
 mkdir -p "$WORK" "$(dirname "$OUT")"
-"$TOOL" bindgen "$WIT" plugin "$WORK" || fail "generating the C bindings from $WIT failed"
+"$TOOL" bindgen "$WIT" "$WORLD" "$WORK" || fail "generating the C bindings from $WIT failed"
 
 CFLAGS=(--target=wasm32-wasi "${SYSROOT[@]}" -Os -std=c11)
 OBJS=()
@@ -96,8 +100,8 @@ for src in "${SOURCES[@]}"; do
   OBJS+=("$obj")
 done
 # The generated bindings: not held to our warnings.
-"$CC_WASM" "${CFLAGS[@]}" -w -c "$WORK/plugin.c" -o "$WORK/plugin.bindings.o" || fail "compiling the generated bindings failed"
-"$CC_WASM" "${CFLAGS[@]}" -mexec-model=reactor "${OBJS[@]}" "$WORK/plugin.bindings.o" "$WORK/plugin_component_type.o" \
+"$CC_WASM" "${CFLAGS[@]}" -w -c "$WORK/$BINDINGS.c" -o "$WORK/$BINDINGS.bindings.o" || fail "compiling the generated bindings failed"
+"$CC_WASM" "${CFLAGS[@]}" -mexec-model=reactor "${OBJS[@]}" "$WORK/$BINDINGS.bindings.o" "$WORK/${BINDINGS}_component_type.o" \
   -Wl,--strip-all -o "$WORK/$NAME.core.wasm" || fail "linking $NAME.core.wasm failed"
 "$TOOL" componentize "$WORK/$NAME.core.wasm" "$OUT" || fail "making a component of $NAME.core.wasm failed"
 echo "$OUT ($(wc -c <"$OUT") bytes)"

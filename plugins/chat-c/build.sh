@@ -3,4 +3,4 @@
 # directory; installs the C toolchain with apt when it is missing and this runs as root).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-exec "$HERE/../c-tools/build-plugin.sh" chat-c "$HERE/chat.c"
+WSPLUG_WORLD=stateful-plugin exec "$HERE/../c-tools/build-plugin.sh" chat-c "$HERE/chat.c"

@@ -1,6 +1,6 @@
 // The chat plugin in C: the same `chat.v1` protocol as the Rust chat plugin (plugins/chat, whose
-// src/lib.rs documents it), without the state hand-over on reload (this targets the `plugin`
-// world, not `stateful-plugin`).
+// src/lib.rs documents it), with its state hand-over on reload (the world `stateful-plugin`: see
+// the last section, in the Rust chat's snapshot format).
 //
 // Connect as `/chat?nick=ada&room=lobby` (both optional: defaults `guest-<id>` and `lobby`). A
 // client that offers `chat.v1` is answered with it, one that offers only other subprotocols is
@@ -18,7 +18,7 @@
 // (clock_gettime, so the component carries the WASI preview 1 adapter).
 //
 // Differences from the Rust plugin: nicks are unique ignoring the case of ASCII, Latin-1, Latin
-// Extended-A, Greek and Cyrillic letters (Rust lower-cases all of Unicode); no hand-over.
+// Extended-A, Greek and Cyrillic letters (Rust lower-cases all of Unicode).
 //
 // Memory: an export owns its arguments and frees them with the generated `*_free` helpers; what
 // it returns is heap memory that the generated post-return function frees. Post-return frees
@@ -32,7 +32,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "plugin.h"
+#include "stateful_plugin.h"
+
+// The world is `stateful-plugin`: its generated helpers carry that prefix.
+typedef stateful_plugin_string_t plugin_string_t;
+#define plugin_string_free stateful_plugin_string_free
 
 #define PROTOCOL "chat.v1"
 #define DEFAULT_ROOM "lobby"
@@ -1135,4 +1139,437 @@ void exports_wsplug_plugin_handler_on_close(exports_wsplug_plugin_handler_connec
     }
     due_presence(&actions, now);
     act_finish(&actions, &ret->ptr, &ret->len);
+}
+
+// ---------------------------------------------------------------------------------------------
+// State hand-over on reload: the Rust chat's snapshot format, version 1 (plugins/chat/src/
+// snapshot.rs), so that nicks, rooms and histories go to the next version whatever its language:
+//
+//   {"version":1,"members":[{"id":7,"nick":"ada","room":"lobby"}],
+//    "history":{"lobby":[{"nick":"ada","text":"hi"}]}}
+//
+// A restored connection is re-attached silently by on_open (resumed, and known). The large-room
+// bookkeeping is not in the snapshot: a restored large room announces its next change at once.
+
+#define SNAPSHOT_VERSION 1
+
+static int cmp_member_id(const void *a, const void *b) {
+    uint64_t x = (*(member_t *const *)a)->id, y = (*(member_t *const *)b)->id;
+    return x < y ? -1 : x > y;
+}
+
+void exports_wsplug_plugin_state_snapshot(stateful_plugin_list_u8_t *ret) {
+    buf_t b = {0};
+    buf_puts(&b, "{\"version\":1,\"members\":[");
+    member_t **sorted = xrealloc(NULL, (n_members ? n_members : 1) * sizeof *sorted);
+    for (size_t i = 0; i < n_members; i++) sorted[i] = &members[i];
+    qsort(sorted, n_members, sizeof *sorted, cmp_member_id);
+    for (size_t i = 0; i < n_members; i++) {
+        if (i) buf_putc(&b, ',');
+        buf_puts(&b, "{\"id\":");
+        buf_u64(&b, sorted[i]->id);
+        buf_puts(&b, ",\"nick\":");
+        buf_json(&b, sorted[i]->nick, strlen(sorted[i]->nick));
+        buf_puts(&b, ",\"room\":");
+        buf_json(&b, sorted[i]->room, strlen(sorted[i]->room));
+        buf_putc(&b, '}');
+    }
+    free(sorted);
+    buf_puts(&b, "],\"history\":{");
+    for (size_t i = 0; i < n_histories; i++) {
+        history_t *h = histories[i];
+        if (i) buf_putc(&b, ',');
+        buf_json(&b, h->room, strlen(h->room));
+        buf_puts(&b, ":[");
+        for (size_t k = 0; k < h->count; k++) {
+            line_t *line = &h->lines[(h->start + k) % HISTORY_LINES];
+            if (k) buf_putc(&b, ',');
+            buf_puts(&b, "{\"nick\":");
+            buf_json(&b, line->nick, strlen(line->nick));
+            buf_puts(&b, ",\"text\":");
+            buf_json(&b, line->text, line->text_len);
+            buf_putc(&b, '}');
+        }
+        buf_putc(&b, ']');
+    }
+    buf_puts(&b, "}}");
+    plugin_string_t s = buf_take(&b);
+    ret->ptr = s.ptr;
+    ret->len = s.len;
+}
+
+// A JSON reader over the snapshot's bytes: each function returns false at the first error, with
+// its message in `err`.
+typedef struct {
+    const uint8_t *s;
+    size_t len, at;
+    buf_t err;
+} reader_t;
+
+static bool fail_at(reader_t *r, const char *what) {
+    if (r->err.len == 0) {
+        buf_puts(&r->err, what);
+        buf_puts(&r->err, " at byte ");
+        buf_u64(&r->err, r->at);
+    }
+    return false;
+}
+
+static void skip_ws(reader_t *r) {
+    while (r->at < r->len && (r->s[r->at] == ' ' || r->s[r->at] == '\t' || r->s[r->at] == '\n' || r->s[r->at] == '\r'))
+        r->at++;
+}
+
+static bool eat(reader_t *r, char c) {
+    skip_ws(r);
+    if (r->at < r->len && r->s[r->at] == (uint8_t)c) {
+        r->at++;
+        return true;
+    }
+    return false;
+}
+
+static bool expect(reader_t *r, char c) {
+    if (eat(r, c)) return true;
+    char what[] = "expected 'x'";
+    what[10] = c;
+    return fail_at(r, what);
+}
+
+static bool read_hex4(reader_t *r, uint32_t *out) {
+    if (r->at + 4 > r->len) return fail_at(r, "a short \\u escape");
+    uint32_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        int d = hex_digit(r->s[r->at++]);
+        if (d < 0) return fail_at(r, "a bad \\u escape");
+        v = v << 4 | (uint32_t)d;
+    }
+    *out = v;
+    return true;
+}
+
+// A string into *out (UTF-8, checked; escapes decoded).
+static bool read_string(reader_t *r, buf_t *out) {
+    if (!expect(r, '"')) return false;
+    size_t run = r->at;
+    for (;;) {
+        if (r->at >= r->len) return fail_at(r, "an unterminated string");
+        uint8_t c = r->s[r->at];
+        if (c != '"' && c != '\\') {
+            if (c < 0x20) return fail_at(r, "a control character in a string");
+            r->at++;
+            continue;
+        }
+        // The raw run before it: valid UTF-8 only (what is lossy-decoded must be unchanged).
+        buf_t check = {0};
+        buf_utf8_lossy(&check, r->s + run, r->at - run);
+        bool valid = check.len == r->at - run && memcmp(check.p, r->s + run, check.len) == 0;
+        free(check.p);
+        if (!valid) return fail_at(r, "invalid UTF-8");
+        buf_put(out, r->s + run, r->at - run);
+        r->at++;
+        if (c == '"') return true;
+        if (r->at >= r->len) return fail_at(r, "an unterminated string");
+        uint8_t e = r->s[r->at++];
+        uint32_t cp;
+        switch (e) {
+        case '"': case '\\': case '/': buf_putc(out, (char)e); break;
+        case 'b': buf_putc(out, '\b'); break;
+        case 'f': buf_putc(out, '\f'); break;
+        case 'n': buf_putc(out, '\n'); break;
+        case 'r': buf_putc(out, '\r'); break;
+        case 't': buf_putc(out, '\t'); break;
+        case 'u':
+            if (!read_hex4(r, &cp)) return false;
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                uint32_t low;
+                if (r->at + 2 > r->len || r->s[r->at] != '\\' || r->s[r->at + 1] != 'u')
+                    return fail_at(r, "a lone surrogate");
+                r->at += 2;
+                if (!read_hex4(r, &low)) return false;
+                if (low < 0xDC00 || low > 0xDFFF) return fail_at(r, "a lone surrogate");
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                return fail_at(r, "a lone surrogate");
+            }
+            buf_utf8(out, cp);
+            break;
+        default: return fail_at(r, "a bad escape");
+        }
+        run = r->at;
+    }
+}
+
+static bool read_u64(reader_t *r, uint64_t *out) {
+    skip_ws(r);
+    size_t start = r->at;
+    uint64_t v = 0;
+    while (r->at < r->len && r->s[r->at] >= '0' && r->s[r->at] <= '9') {
+        uint64_t d = r->s[r->at++] - '0';
+        if (v > (UINT64_MAX - d) / 10) return fail_at(r, "a number out of range");
+        v = v * 10 + d;
+    }
+    if (r->at == start) return fail_at(r, "expected an unsigned integer");
+    *out = v;
+    return true;
+}
+
+// Skips any value (an unknown field's).
+static bool skip_value(reader_t *r, int depth) {
+    if (depth > 64) return fail_at(r, "nesting too deep");
+    skip_ws(r);
+    if (r->at >= r->len) return fail_at(r, "expected a value");
+    uint8_t c = r->s[r->at];
+    if (c == '"') {
+        buf_t ignored = {0};
+        bool ok = read_string(r, &ignored);
+        free(ignored.p);
+        return ok;
+    }
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        r->at++;
+        if (eat(r, close)) return true;
+        do {
+            if (c == '{') {
+                buf_t key = {0};
+                bool ok = read_string(r, &key) && expect(r, ':');
+                free(key.p);
+                if (!ok) return false;
+            }
+            if (!skip_value(r, depth + 1)) return false;
+        } while (eat(r, ','));
+        return expect(r, close);
+    }
+    size_t start = r->at;
+    while (r->at < r->len && (strchr("+-.eE", r->s[r->at]) || (r->s[r->at] >= '0' && r->s[r->at] <= '9') ||
+                              (r->s[r->at] >= 'a' && r->s[r->at] <= 'z')))
+        r->at++;
+    return r->at > start || fail_at(r, "expected a value");
+}
+
+// What a snapshot holds, read in full before the state is replaced.
+typedef struct {
+    member_t *members;
+    size_t n_members;
+    char **rooms; // of the histories, in the snapshot's order
+    line_t *lines;
+    size_t *line_room; // the index in `rooms` of each line
+    size_t n_rooms, n_lines;
+} snapshot_t;
+
+static void snapshot_free(snapshot_t *s) {
+    for (size_t i = 0; i < s->n_members; i++) free_member(&s->members[i]);
+    for (size_t i = 0; i < s->n_rooms; i++) free(s->rooms[i]);
+    for (size_t i = 0; i < s->n_lines; i++) {
+        free(s->lines[i].nick);
+        free(s->lines[i].text);
+    }
+    free(s->members);
+    free(s->rooms);
+    free(s->lines);
+    free(s->line_room);
+}
+
+static bool read_member(reader_t *r, snapshot_t *s) {
+    member_t m = {0};
+    bool has_id = false, has_nick = false, has_room = false;
+    buf_t nick = {0}, room = {0};
+    bool ok = expect(r, '{');
+    if (ok && !eat(r, '}')) {
+        do {
+            buf_t key = {0};
+            ok = read_string(r, &key) && expect(r, ':');
+            if (ok && key.len == 2 && memcmp(key.p, "id", 2) == 0) ok = has_id = read_u64(r, &m.id);
+            else if (ok && key.len == 4 && memcmp(key.p, "nick", 4) == 0) ok = has_nick = read_string(r, &nick);
+            else if (ok && key.len == 4 && memcmp(key.p, "room", 4) == 0) ok = has_room = read_string(r, &room);
+            else if (ok) ok = skip_value(r, 1);
+            free(key.p);
+        } while (ok && eat(r, ','));
+        ok = ok && expect(r, '}');
+    }
+    buf_t why = {0};
+    if (ok && (!has_id || !has_nick || !has_room)) {
+        ok = fail_at(r, "a member without \"id\", \"nick\" or \"room\"");
+    } else if (ok && (!check_name("nick", nick.p, nick.len, MAX_NICK, &why) ||
+                      !check_name("room", room.p, room.len, MAX_ROOM, &why) ||
+                      memchr(nick.p, 0, nick.len) || memchr(room.p, 0, room.len))) {
+        buf_puts(&r->err, "connection ");
+        buf_u64(&r->err, m.id);
+        buf_puts(&r->err, ": ");
+        if (why.len) buf_put(&r->err, why.p, why.len);
+        else buf_puts(&r->err, "a name with a NUL character");
+        ok = false;
+    }
+    free(why.p);
+    if (!ok) {
+        free(nick.p);
+        free(room.p);
+        return false;
+    }
+    m.nick = buf_cstr(&nick);
+    m.nick_lower = lower_dup(m.nick);
+    m.room = buf_cstr(&room);
+    for (size_t i = 0; i < s->n_members; i++) {
+        if (strcmp(s->members[i].nick_lower, m.nick_lower) == 0 || s->members[i].id == m.id) {
+            buf_puts(&r->err, "connection ");
+            buf_u64(&r->err, m.id);
+            buf_puts(&r->err, s->members[i].id == m.id ? ": listed twice" : ": its nick is taken twice");
+            free_member(&m);
+            return false;
+        }
+    }
+    s->members = xrealloc(s->members, (s->n_members + 1) * sizeof *s->members);
+    s->members[s->n_members++] = m;
+    return true;
+}
+
+static bool read_line(reader_t *r, snapshot_t *s, size_t room) {
+    buf_t nick = {0}, text = {0};
+    bool has_nick = false, has_text = false;
+    bool ok = expect(r, '{');
+    if (ok && !eat(r, '}')) {
+        do {
+            buf_t key = {0};
+            ok = read_string(r, &key) && expect(r, ':');
+            if (ok && key.len == 4 && memcmp(key.p, "nick", 4) == 0) ok = has_nick = read_string(r, &nick);
+            else if (ok && key.len == 4 && memcmp(key.p, "text", 4) == 0) ok = has_text = read_string(r, &text);
+            else if (ok) ok = skip_value(r, 1);
+            free(key.p);
+        } while (ok && eat(r, ','));
+        ok = ok && expect(r, '}');
+    }
+    if (ok && (!has_nick || !has_text)) ok = fail_at(r, "a history line without \"nick\" or \"text\"");
+    if (ok && memchr(nick.p, 0, nick.len)) ok = fail_at(r, "a nick with a NUL character");
+    if (!ok) {
+        free(nick.p);
+        free(text.p);
+        return false;
+    }
+    size_t text_len = text.len;
+    s->lines = xrealloc(s->lines, (s->n_lines + 1) * sizeof *s->lines);
+    s->line_room = xrealloc(s->line_room, (s->n_lines + 1) * sizeof *s->line_room);
+    s->lines[s->n_lines] = (line_t){buf_cstr(&nick), buf_cstr(&text), text_len};
+    s->line_room[s->n_lines++] = room;
+    return true;
+}
+
+static bool read_snapshot(reader_t *r, snapshot_t *s) {
+    bool has_version = false;
+    if (!expect(r, '{')) return false;
+    if (eat(r, '}')) return fail_at(r, "no \"version\" field");
+    do {
+        buf_t key = {0};
+        bool ok = read_string(r, &key) && expect(r, ':');
+        if (ok && key.len == 7 && memcmp(key.p, "version", 7) == 0) {
+            uint64_t version = 0;
+            ok = has_version = read_u64(r, &version);
+            if (ok && version != SNAPSHOT_VERSION) {
+                buf_puts(&r->err, "unsupported chat snapshot version ");
+                buf_u64(&r->err, version);
+                buf_puts(&r->err, " (this version of chat reads version 1)");
+                ok = false;
+            }
+        } else if (ok && key.len == 7 && memcmp(key.p, "members", 7) == 0) {
+            ok = expect(r, '[');
+            if (ok && !eat(r, ']')) {
+                do ok = read_member(r, s);
+                while (ok && eat(r, ','));
+                ok = ok && expect(r, ']');
+            }
+        } else if (ok && key.len == 7 && memcmp(key.p, "history", 7) == 0) {
+            ok = expect(r, '{');
+            if (ok && !eat(r, '}')) {
+                do {
+                    buf_t room = {0};
+                    ok = read_string(r, &room) && expect(r, ':') && expect(r, '[');
+                    if (!ok) {
+                        free(room.p);
+                        break;
+                    }
+                    s->rooms = xrealloc(s->rooms, (s->n_rooms + 1) * sizeof *s->rooms);
+                    s->rooms[s->n_rooms++] = buf_cstr(&room);
+                    if (!eat(r, ']')) {
+                        do ok = read_line(r, s, s->n_rooms - 1);
+                        while (ok && eat(r, ','));
+                        ok = ok && expect(r, ']');
+                    }
+                } while (ok && eat(r, ','));
+                ok = ok && expect(r, '}');
+            }
+        } else if (ok) {
+            ok = skip_value(r, 1);
+        }
+        free(key.p);
+        if (!ok) return false;
+    } while (eat(r, ','));
+    if (!expect(r, '}')) return false;
+    skip_ws(r);
+    if (r->at != r->len) return fail_at(r, "trailing bytes");
+    return has_version || fail_at(r, "no \"version\" field");
+}
+
+// Forgets the whole state (before a restore replaces it).
+static void clear_state(void) {
+    for (size_t i = 0; i < n_members; i++) free_member(&members[i]);
+    n_members = 0;
+    while (n_histories) forget_history(histories[0]->room);
+    for (size_t i = 0; i < n_idle; i++) free(idle[i]);
+    n_idle = 0;
+    for (size_t i = 0; i < n_larges; i++) free(larges[i].room);
+    n_larges = 0;
+}
+
+bool exports_wsplug_plugin_state_restore(stateful_plugin_list_u8_t *bytes, plugin_string_t *err) {
+    if (bytes->len == 0) {
+        stateful_plugin_list_u8_free(bytes);
+        return true; // nothing handed over: start fresh
+    }
+    reader_t r = {bytes->ptr, bytes->len, 0, {0}};
+    snapshot_t s = {0};
+    bool ok = read_snapshot(&r, &s);
+    stateful_plugin_list_u8_free(bytes);
+    if (!ok) {
+        buf_t why = {0};
+        buf_puts(&why, "malformed chat snapshot: ");
+        if (r.err.len >= 12 && memcmp(r.err.p, "unsupported ", 12) == 0) why.len = 0;
+        else if (r.err.len >= 11 && memcmp(r.err.p, "connection ", 11) == 0) {
+            why.len = 0;
+            buf_puts(&why, "invalid chat snapshot: ");
+        }
+        buf_put(&why, r.err.p, r.err.len);
+        free(r.err.p);
+        snapshot_free(&s);
+        *err = buf_take(&why);
+        return false;
+    }
+    clear_state();
+    for (size_t i = 0; i < s.n_members; i++) {
+        member_t *m = &s.members[i];
+        enter_room(m->room);
+        if (n_members == cap_members) {
+            cap_members = cap_members ? cap_members * 2 : 16;
+            members = xrealloc(members, cap_members * sizeof *members);
+        }
+        members[n_members++] = *m; // moved
+    }
+    s.n_members = 0;
+    for (size_t i = 0; i < s.n_lines; i++) {
+        line_t *line = &s.lines[i];
+        history_push(s.rooms[s.line_room[i]], line->nick, line->text, line->text_len);
+    }
+    // Rooms with a history but no members are idle, in the snapshot's order.
+    for (size_t i = 0; i < s.n_rooms; i++) {
+        if (room_size(s.rooms[i]) == 0 && find_history(s.rooms[i])) left_room(s.rooms[i]);
+    }
+    bound_history();
+    snapshot_free(&s);
+    buf_t line = {0};
+    buf_puts(&line, "restored: ");
+    buf_u64(&line, n_members);
+    buf_puts(&line, " connections, ");
+    buf_u64(&line, n_histories);
+    buf_puts(&line, " histories");
+    log_buf(WSPLUG_PLUGIN_HOST_LEVEL_INFO, &line);
+    return true;
 }
