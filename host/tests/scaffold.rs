@@ -37,7 +37,9 @@ fn repo() -> PathBuf {
 
 /// `wsplug new shout --lang LANG --dir DIR`: checks what it prints.
 fn scaffold(lang: &str) -> Project {
-    let root = std::env::temp_dir().join(format!("wsplug-scaffold-{}-{lang}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let root = std::env::temp_dir().join(format!("wsplug-scaffold-{}-{lang}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     assert!(!root.starts_with(repo()), "the project must be outside the repository");
@@ -138,6 +140,22 @@ fn check_wrong_shape(lang: &str, file: &str, from: &str, to: &str, expected: &[&
 #[ignore = "installs language toolchains: run by .ci/run"]
 fn rust_scaffold_builds_and_answers() {
     check_starter("rust");
+}
+
+/// The Rust project keeps the size profile outside any workspace (the starter is about 74 KB with
+/// it, over 100 KB without), and a manifest that lost `crate-type = ["cdylib"]` (cargo then
+/// builds no .wasm at all) fails the build with that line named.
+#[test]
+#[ignore = "installs language toolchains: run by .ci/run"]
+fn a_rust_project_is_small_and_a_lost_cdylib_is_named() {
+    let project = scaffold("rust");
+    build(&project).unwrap_or_else(|out| panic!("./build.sh failed:\n{out}"));
+    let size = std::fs::metadata(project.dir.join("shout.wasm")).unwrap().len();
+    assert!(size < 100_000, "shout.wasm is {size} bytes: the size profile is not applied");
+    std::fs::remove_file(project.dir.join("shout.wasm")).unwrap();
+    edit(&project, "Cargo.toml", "crate-type = [\"cdylib\"]", "");
+    let out = build(&project).expect_err("a crate without cdylib has no component to copy");
+    assert!(out.contains("crate-type = [\"cdylib\"]"), "{out}");
 }
 
 #[test]

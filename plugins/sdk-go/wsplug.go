@@ -2,6 +2,8 @@
 // written by hand for wasm32 (there is no wit-bindgen for Go here: its generator and runtime are
 // Go modules, which cannot be fetched), and a small API over it:
 //
+// The component implements the world `stateful-plugin` (the handler, and the state it hands over).
+//
 //	func init() {
 //		Register(Plugin{
 //			OnMessage: func(conn ConnectionID, msg Message) []Action {
@@ -11,7 +13,7 @@
 //	}
 //
 // - Plugin: the handlers; only OnMessage is required (OnOpen admits everyone, OnClose does
-//   nothing).
+//   nothing, Snapshot and Restore hand nothing over).
 // - Messages (Text, Binary), targets (Sender, ToConnection, Everyone, Others, Topic), actions
 //   (Reply, Broadcast, Send, SendTo, Publish, Subscribe, Unsubscribe, Close) and admissions
 //   (Accept, Reject), each a value: a wrongly shaped action cannot be written.
@@ -150,10 +152,16 @@ func Accept(subprotocol string, actions ...Action) Admission {
 func Reject(status uint16, body string) Admission { return Admission{reject: true, status: status, body: body} }
 
 // Plugin holds the handlers of the plugin's events; only OnMessage is required.
+//
+// Snapshot and Restore hand the plugin's state over to its next version on a hot reload: the
+// old version's Snapshot, then the new version's Restore before any event (an error refuses the
+// new version, and the old one keeps serving). Without them, nothing is handed over.
 type Plugin struct {
 	OnOpen    func(conn Connection) Admission
 	OnMessage func(conn ConnectionID, msg Message) []Action
 	OnClose   func(conn ConnectionID, code uint16, reason string) []Action
+	Snapshot  func() []byte
+	Restore   func(snapshot []byte) error
 }
 
 var plugin Plugin
@@ -418,6 +426,42 @@ func onCloseExport(conn uint64, code, reasonPtr, reasonLen uint32) uint32 {
 	lowerActions(ret, actions)
 	return ret
 }
+
+// snapshot: func() -> list<u8>, returned as (ptr, len) in the return area.
+//
+//go:wasmexport wsplug:plugin/state@0.1.0#snapshot
+func snapshotExport() uint32 {
+	keep = nil
+	var b []byte
+	if plugin.Snapshot != nil {
+		b = plugin.Snapshot()
+	}
+	ret := retPtr()
+	lowerBytes(ret, b)
+	return ret
+}
+
+// restore: func(snapshot: list<u8>) -> result<_, string>: case u8 @0 (0 ok, 1 err), string @4.
+//
+//go:wasmexport wsplug:plugin/state@0.1.0#restore
+func restoreExport(ptr, n uint32) uint32 {
+	keep = nil
+	b := liftBytes(ptr, n)
+	ret := retPtr()
+	if plugin.Restore != nil {
+		if err := plugin.Restore(b); err != nil {
+			store8(ret, 1)
+			lowerString(ret+4, err.Error())
+		}
+	}
+	return ret
+}
+
+//go:wasmexport cabi_post_wsplug:plugin/state@0.1.0#snapshot
+func snapshotPost(ret uint32) { keep = nil }
+
+//go:wasmexport cabi_post_wsplug:plugin/state@0.1.0#restore
+func restorePost(ret uint32) { keep = nil }
 
 //go:wasmexport cabi_post_wsplug:plugin/handler@0.1.0#on-open
 func onOpenPost(ret uint32) { keep = nil }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds a Go plugin (the directory given: package main, its go.mod, no module dependencies) into a
-# WebAssembly component of the world `plugin`: target/plugins/$NAME.wasm at the repository root.
+# WebAssembly component of the world `stateful-plugin` (the SDK exports `state` too): target/plugins/$NAME.wasm at the repository root.
 # Callable from any directory; idempotent.
 #
 #   plugins/tools/build-go.sh NAME PLUGIN_DIR
@@ -44,6 +44,6 @@ cp "$HERE"/*.go "$HERE/go.mod" "$WORK/src/"
   export GOPATH="$TOOLCHAINS/gopath" GOCACHE="$TOOLCHAINS/gocache"
   GOOS=wasip1 GOARCH=wasm "$GO" build -buildmode=c-shared -trimpath -ldflags="-s -w" -o "$WORK/$NAME.core.wasm" .
 ) || fail "go build failed"
-"$TOOL" componentize --wasi-stub "$WORK/$NAME.core.wasm" "$OUT" "$WIT" plugin ||
+"$TOOL" componentize --wasi-stub "$WORK/$NAME.core.wasm" "$OUT" "$WIT" stateful-plugin ||
   fail "making a component of $NAME.core.wasm failed"
 echo "$NAME: built $OUT ($(wc -c <"$OUT") bytes)"

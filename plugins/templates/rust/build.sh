@@ -7,8 +7,10 @@ command -v cargo >/dev/null 2>&1 || { echo "build.sh: cargo not found: install R
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
-cargo build --release --target wasm32-wasip2
 wasm="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/{{crate}}.wasm"
+# Removed first, so that a stale component is never taken for this build's (cargo rebuilds it).
+rm -f "$wasm"
+cargo build --release --target wasm32-wasip2
 [ -e "$wasm" ] || {
   echo "build.sh: cargo wrote no $wasm: is crate-type = [\"cdylib\"] in Cargo.toml's [lib]?" >&2
   exit 1
