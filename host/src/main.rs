@@ -47,6 +47,19 @@ enum Cmd {
         /// The component to check.
         file: PathBuf,
     },
+    /// Run a scripted conversation with a plugin, without a server: connections open, send
+    /// messages and close, the plugin is reloaded to another file; each step's actions are
+    /// printed and compared with the script's expected lines. Exits 1 with a diff on a difference.
+    /// The script's format: `wsplug test --help` and README.md, "Testing a plugin".
+    Test {
+        /// The component to run.
+        plugin: PathBuf,
+        /// The script.
+        script: PathBuf,
+        /// Write the actual lines into the script as its expectations instead of comparing.
+        #[arg(long)]
+        bless: bool,
+    },
     /// Write a new plugin project into a folder of its own (./NAME unless --dir names one): the
     /// starter source, the SDK of the language, the contract, a README and `build.sh`, the one
     /// command that builds NAME.wasm (installing the language's toolchain on first use).
@@ -73,8 +86,14 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A scripted run prints its own report: the plugin's log lines (each checkpoint's, ...) only
+    // when asked for with WSPLUG_LOG.
+    let default_level = if matches!(cli.command, Some(Cmd::Test { .. })) { "warn" } else { "info" };
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WSPLUG_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WSPLUG_LOG").unwrap_or_else(|_| default_level.into()),
+        )
         .with_writer(std::io::stderr);
     match std::env::var("WSPLUG_LOG_FORMAT").as_deref() {
         // One JSON object per line, for a log pipeline.
@@ -89,7 +108,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -114,6 +132,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
         })?;
         print!("{}", wsplug::plugin::check_report(&plugin));
+        return Ok(());
+    }
+    if let Some(Cmd::Test { plugin, script, bless }) = &cli.command {
+        let outcome = wsplug::plugin::script::run(plugin, script, *bless)?;
+        print!("{}", outcome.report);
+        if *bless {
+            println!("{}: wrote the lines of {} steps", script.display(), outcome.steps);
+        } else if outcome.failed > 0 {
+            anyhow::bail!("{}: {} of {} steps differ from the script", script.display(), outcome.failed, outcome.steps);
+        } else {
+            println!("{}: {} steps as expected", script.display(), outcome.steps);
+        }
         return Ok(());
     }
     if let Some(Cmd::New { name, lang, dir }) = &cli.command {

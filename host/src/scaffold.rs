@@ -62,6 +62,7 @@ macro_rules! repo {
 
 const CONTRACT: &str = repo!("wit/wsplug.wit");
 const README: &str = repo!("plugins/templates/README.md");
+const SCRIPT: &str = repo!("plugins/templates/shout.test");
 
 const RUST: &[Template] = &[
     file("Cargo.toml", repo!("plugins/templates/rust/Cargo.toml")),
@@ -310,6 +311,7 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created> {
         write("wit/wsplug.wit", CONTRACT.to_owned(), false)?;
     }
     write("README.md", fill(README), false)?;
+    write(&format!("{name}.test"), fill(SCRIPT), false)?;
     write(".gitignore", format!("/{name}.wasm\n{}", profile.ignore), false)?;
     Ok(Created { dir: dir.to_owned(), files: written.len() })
 }

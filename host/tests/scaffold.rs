@@ -1,6 +1,7 @@
 //! `wsplug new` as a newcomer uses it, in every language: a project scaffolded into a temporary
 //! folder outside the repository, built with the one command its README gives (`./build.sh`),
-//! then served by `wsplug --route` and talked to over a WebSocket and through `wsplug connect`.
+//! then run through its own script (`wsplug test`), served by `wsplug --route` and talked to over
+//! a WebSocket and through `wsplug connect`.
 //! For the languages whose mistakes only show when the plugin runs (JavaScript, Python), a
 //! wrongly shaped return is then built in, and the client of a `dev = true` route must be told
 //! which action and field are wrong; in TypeScript the same mistake must stop the build.
@@ -94,6 +95,18 @@ fn check_starter(lang: &str) {
     let project = scaffold(lang);
     let seconds = build(&project).unwrap_or_else(|out| panic!("{lang}: ./build.sh failed:\n{out}"));
     eprintln!("{lang}: built in {seconds:.1} s");
+    // The project's own script, as its README says to run it.
+    let output = Command::new(env!("CARGO_BIN_EXE_wsplug"))
+        .args(["test", "shout.wasm", "shout.test"])
+        .current_dir(&project.dir)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && report.contains("steps as expected"),
+        "{lang}: {report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let server = serve(&project, false);
     assert_eq!(
         common::answer(server.addr, "/shout", None, 0x1, "hello, wsplug".as_bytes()),
@@ -131,9 +144,15 @@ fn check_wrong_shape(lang: &str, file: &str, from: &str, to: &str, expected: &[&
     for needle in expected {
         assert!(reason.contains(needle), "{lang}: the close reason {reason:?} does not say {needle:?}");
     }
-    // The server's ERROR line says it too (in full: with the traceback or the stack).
-    let log = server.log_text();
-    assert!(log.lines().any(|l| l.contains("ERROR") && l.contains("wrong shape") && l.contains(expected[1])), "{log}");
+    // The server's ERROR line says it too (in full: with the traceback or the stack). The log is
+    // read from the server's stderr by another thread: it may come a moment after the close.
+    let logged =
+        |log: &str| log.lines().any(|l| l.contains("ERROR") && l.contains("wrong shape") && l.contains(expected[1]));
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !logged(&server.log_text()) && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(logged(&server.log_text()), "{}", server.log_text());
 }
 
 #[test]

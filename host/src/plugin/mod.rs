@@ -6,6 +6,7 @@
 //!   per-call limits; plugin stdout/stderr and `log` into the host's log.
 //! - [`instance`]: one instantiated plugin; calls bounded by the CPU deadline; failures classified.
 //! - [`actions`]: the contract's rules on what a call returns (checked before anything is done).
+//! - [`script`]: `wsplug test`, a scripted conversation with a plugin, without a server.
 //! - [`recovery`]: checkpoints of a plugin's state, the rebuild backoff and the circuit breaker.
 //! - [`route`]: a plugin route's instances, each in a slot that the connections' tasks take in
 //!   turn to call it (no thread or queue of its own), validate and carry out its actions through
@@ -22,6 +23,7 @@ pub mod instance;
 pub mod recovery;
 pub mod route;
 pub mod sandbox;
+pub mod script;
 
 pub use engine::{LoadedPlugin, PluginEngine, check_report};
 pub use recovery::Checkpoints;
