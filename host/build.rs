@@ -23,6 +23,7 @@ fn main() {
         "plugins/echo",
         "plugins/chat",
         "plugins/guard",
+        "plugins/game",
         "tests/plugins",
     ] {
         watch_tree(&root.join(watched));
@@ -42,7 +43,7 @@ fn main() {
     }
     std::fs::create_dir_all(&out_dir).expect("create target/plugins");
     let release = build_dir.join(TARGET).join("release");
-    for name in ["echo", "chat", "guard", "hostile", "probe"] {
+    for name in ["echo", "chat", "guard", "game", "hostile", "probe"] {
         let from = release.join(format!("{name}.wasm"));
         let to = out_dir.join(format!("{name}.wasm"));
         copy_if_changed(&from, &to);

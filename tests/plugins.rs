@@ -622,21 +622,24 @@ fn compile_cache_serves_a_version_seen_before_and_survives_a_bad_entry() {
 #[test]
 fn a_plugin_built_for_another_contract_version_is_refused_by_name() {
     let mut bytes = std::fs::read(wsplug_tests::plugin_path("probe")).unwrap();
-    let (from, to) = (b"wsplug:plugin/", b"@0.1.0");
-    // Every `wsplug:plugin/NAME@0.1.0` becomes `@0.2.0`: the same component, built for 0.2.0.
+    let from = b"wsplug:plugin/";
+    // Every `wsplug:plugin/NAME@0.x.0` becomes `@0.9.0`: the same component, built for 0.9.0.
     let mut at = 0;
     while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from) {
         let start = at + i;
         if let Some(j) = bytes[start..].iter().take(64).position(|&b| b == b'@')
-            && bytes[start + j..].starts_with(to)
+            && (bytes[start + j..].starts_with(b"@0.1.0") || bytes[start + j..].starts_with(b"@0.2.0"))
         {
-            bytes[start + j + 3] = b'2';
+            bytes[start + j + 3] = b'9';
         }
         at = start + from.len();
     }
-    let file = std::path::Path::new("probe-0.2.0.wasm");
+    let file = std::path::Path::new("probe-0.9.0.wasm");
     let error = wsplug::plugin::PluginEngine::global().load_bytes(file, "probe", &bytes, None).unwrap_err().to_string();
-    assert!(error.contains("built for the plugin contract wsplug:plugin@0.2.0; this server speaks 0.1.0"), "{error}");
+    assert!(
+        error.contains("built for the plugin contract wsplug:plugin@0.9.0; this server speaks 0.1.0 and 0.2.0"),
+        "{error}"
+    );
 }
 
 /// A plugin that cannot be loaded at start-up is reported with the path as resolved (from the

@@ -198,6 +198,10 @@ pub struct RouteConfig {
     /// clients then see only "plugin error".
     #[serde(default)]
     pub dev: bool,
+    /// What the plugin may use beyond the sandbox (contract 0.2.0: timers, attachments;
+    /// `[routes.grants]`): nothing unless granted.
+    #[serde(default)]
+    pub grants: crate::plugin::platform::Grants,
 }
 
 fn one() -> usize {
@@ -341,6 +345,7 @@ impl Config {
             instances: 1,
             subprotocols: Vec::new(),
             sandbox: Default::default(),
+            grants: Default::default(),
             connection: Default::default(),
             checkpoint: Default::default(),
             deflate: None,

@@ -61,6 +61,8 @@ macro_rules! repo {
 }
 
 const CONTRACT: &str = repo!("wit/wsplug.wit");
+/// The contract's version 0.2.0 (timers, attachments), which the Rust SDK is generated from.
+const PLATFORM: &str = repo!("wit/platform/wsplug.wit");
 const README: &str = repo!("plugins/templates/README.md");
 const SCRIPT: &str = repo!("plugins/templates/shout.test");
 
@@ -72,6 +74,8 @@ const RUST: &[Template] = &[
     file("wsplug-sdk/src/lib.rs", repo!("plugins/sdk/src/lib.rs")),
     file("wsplug-sdk/src/query.rs", repo!("plugins/sdk/src/query.rs")),
     file("wsplug-sdk/wit/wsplug.wit", CONTRACT),
+    file("wsplug-sdk/wit/platform/wsplug.wit", PLATFORM),
+    file("wsplug-sdk/wit/platform/deps/wsplug.wit", CONTRACT),
 ];
 
 /// The Rust SDK's manifest outside the repository's workspace (the same dependency as its own).

@@ -3,7 +3,7 @@
 //! follow ([`check_action`]: that action is skipped). `route.rs` carries out what passes; the fuzz
 //! target `actions` (fuzz/host) checks these rules against arbitrary results.
 
-use super::bindings::wsplug::plugin::types::{self as wit, Action};
+use super::bindings::v1::types::{self as wit, Action};
 use super::sandbox::SandboxLimits;
 use crate::protocol::CloseCode;
 

@@ -1,13 +1,25 @@
-//! Host bindings generated from `wit/wsplug.wit` (world `plugin`).
+//! Host bindings generated from the plugin contract: the world `plugin-host` of
+//! `wit/platform/wsplug.wit` (version 0.2.0), which includes the 0.1.0 world `plugin` of
+//! `wit/wsplug.wit` and adds the imports of 0.2.0 (`timers`, `attachments`). Components of either
+//! version are run by these bindings: 0.2.0 only adds interfaces, so every 0.1.0 item keeps its
+//! name and type. The optional exports (`state`, `batch`, `timer-handler`) are looked up by name.
 
 wasmtime::component::bindgen!({
-    world: "plugin",
-    path: "../wit",
+    world: "plugin-host",
+    path: "../wit/platform",
     // Exports are called with `call_async`: a call runs on a fiber, so it can yield to the
     // connection's executor at every epoch tick (CPU deadlines without a thread per instance), and
-    // WASI's async host functions run on the caller's Tokio runtime. The `host` import stays sync.
+    // WASI's async host functions run on the caller's Tokio runtime. The host imports stay sync.
     exports: { default: async },
     // Messages and connections are lent to a call (copied once, into the guest), not copied into
     // owned values first; what a plugin returns is owned (`MessageResult`).
     ownership: Borrowing { duplicate_if_necessary: true },
 });
+
+/// The struct of the world (its exports `handler`, and the linker of every import).
+pub use self::PluginHost as Plugin;
+pub use self::PluginHostPre as PluginPre;
+/// The interfaces of version 0.1.0 (`types`, `host`) and of 0.2.0 (`timers`, `attachments`): the
+/// generated modules carry the version, since the contract's package has two.
+pub use self::wsplug::plugin0_1_0 as v1;
+pub use self::wsplug::plugin0_2_0 as v2;

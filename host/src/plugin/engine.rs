@@ -23,17 +23,27 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The WIT world every plugin implements.
 pub const WORLD: &str = "wsplug:plugin/plugin@0.1.0";
-/// The version of the plugin contract (`wit/`, package `wsplug:plugin`) this server speaks.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The newest version of the plugin contract (`wit/`, package `wsplug:plugin`) this server speaks.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+/// Every version it speaks: 0.2.0 only adds interfaces to 0.1.0.
+pub const CONTRACT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 
 /// The contract version a component was built for, when it names `wsplug:plugin` interfaces of
-/// another version than [`CONTRACT_VERSION`] (the linker would only say an import is missing).
+/// a version this server does not speak (the linker would only say an import is missing).
 fn contract_mismatch(component: &Component, engine: &Engine) -> Option<String> {
+    contract_versions(component, engine).into_iter().find(|version| !CONTRACT_VERSIONS.contains(&version.as_str()))
+}
+
+/// The versions of `wsplug:plugin` a component's imports and exports name.
+fn contract_versions(component: &Component, engine: &Engine) -> Vec<String> {
     let ty = component.component_type();
     let names = ty.imports(engine).map(|(n, _)| n).chain(ty.exports(engine).map(|(n, _)| n));
-    names
+    let mut versions: Vec<String> = names
         .filter_map(|name| name.strip_prefix("wsplug:plugin/")?.split_once('@').map(|(_, v)| v.to_owned()))
-        .find(|version| version != CONTRACT_VERSION)
+        .collect();
+    versions.sort();
+    versions.dedup();
+    versions
 }
 
 /// The shared engine and linker.
@@ -150,9 +160,10 @@ impl PluginEngine {
         }
         if let Some(version) = contract_mismatch(&component, &self.engine) {
             anyhow::bail!(
-                "{}: built for the plugin contract wsplug:plugin@{version}; this server speaks {CONTRACT_VERSION} \
+                "{}: built for the plugin contract wsplug:plugin@{version}; this server speaks {} \
                  (rebuild the plugin against this server's wit/, or run a server that speaks {version})",
-                what()
+                what(),
+                CONTRACT_VERSIONS.join(" and ")
             );
         }
         let pre = self
@@ -171,6 +182,11 @@ impl PluginEngine {
         let batch = component
             .get_export_index(None, BATCH_INTERFACE)
             .and_then(|iface| component.get_export_index(Some(&iface), "on-messages"));
+        let on_timer = component
+            .get_export_index(None, super::platform::TIMER_HANDLER_INTERFACE)
+            .and_then(|iface| component.get_export_index(Some(&iface), "on-timer"));
+        // The newest contract version it names: 0.2.0 when it uses anything of the platform.
+        let contract = contract_versions(&component, &self.engine).pop().unwrap_or_else(|| "0.1.0".into());
         Ok(LoadedPlugin {
             name: name.into(),
             path: path.to_owned(),
@@ -181,6 +197,8 @@ impl PluginEngine {
             hash: content_hash(bytes),
             state,
             batch,
+            on_timer,
+            contract,
             from_cache,
         })
     }
@@ -203,6 +221,10 @@ pub struct LoadedPlugin {
     pub state: Option<StateExports>,
     /// The optional `batch` interface's `on-messages`, when exported.
     pub batch: Option<ComponentExportIndex>,
+    /// The optional `timer-handler` interface's `on-timer` (contract 0.2.0), when exported.
+    pub on_timer: Option<ComponentExportIndex>,
+    /// The version of the contract it was built against: the newest its interfaces name.
+    pub contract: String,
     /// Whether the compiled code came from the artifact cache (then `compile_time` is load time).
     pub from_cache: bool,
 }
@@ -298,8 +320,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// What `wsplug check` reports about a component.
 pub fn check_report(plugin: &LoadedPlugin) -> String {
     let mut out = format!(
-        "{}: ok\n  implements: {WORLD}\n  size: {} bytes\n  compile time: {:.1} ms{}\n  imports:\n",
+        "{}: ok\n  implements: {WORLD} (built against the contract {})\n  size: {} bytes\n  compile time: {:.1} ms{}\n  imports:\n",
         plugin.path.display(),
+        plugin.contract,
         plugin.size,
         plugin.compile_time.as_secs_f64() * 1000.0,
         if plugin.from_cache { " (loaded from the compile cache)" } else { "" }
@@ -315,12 +338,27 @@ pub fn check_report(plugin: &LoadedPlugin) -> String {
         Some(_) => "  pipelined messages in one call: yes (exports wsplug:plugin/batch)\n",
         None => "  pipelined messages in one call: no (one call per message)\n",
     });
+    if plugin.on_timer.is_some() {
+        out.push_str("  timer events: yes (exports wsplug:plugin/timer-handler)\n");
+    }
+    let grants: Vec<&str> = plugin
+        .imports
+        .iter()
+        .filter_map(|i| super::platform::grant_of(i).map(|_| i.as_str()))
+        .map(|i| if i == super::platform::TIMERS_INTERFACE { "timers = true" } else { "attachments = true" })
+        .collect();
+    if !grants.is_empty() {
+        out.push_str(&format!("  grants its route needs ([routes.grants]): {}\n", grants.join(", ")));
+    }
     out
 }
 
 /// How the sandbox treats an imported interface.
 pub fn import_policy(import: &str) -> &'static str {
     let iface = import.split('@').next().unwrap_or(import);
+    if let Some(grant) = super::platform::grant_of(import) {
+        return grant;
+    }
     match iface {
         "wsplug:plugin/host" | "wsplug:plugin/types" => "provided (the wsplug contract)",
         i if i.starts_with("wasi:clocks/") || i.starts_with("wasi:random/") => "provided",

@@ -10,7 +10,7 @@ use wasmtime::component::TypedFunc;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::Plugin;
-use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, MessageParam, MessageResult};
+use super::bindings::v1::types::{Action, Admission, Connection, MessageParam, MessageResult};
 use super::engine::{EPOCH_TICK, LoadedPlugin, PluginEngine};
 use super::sandbox::{PluginState, SandboxLimits};
 
@@ -44,6 +44,9 @@ type RestoreFunc = TypedFunc<(Vec<u8>,), (Result<(), String>,)>;
 /// `batch.on-messages`: a connection's messages in, their actions out.
 type BatchFunc = TypedFunc<(u64, Vec<MessageResult>), (Vec<Action>,)>;
 
+/// `timer-handler.on-timer`: a timer's name in, actions out.
+type TimerFunc = TypedFunc<(String,), (Vec<Action>,)>;
+
 /// An instantiated plugin and its store.
 pub struct PluginInstance {
     store: Store<PluginState>,
@@ -53,6 +56,7 @@ pub struct PluginInstance {
     snapshot: Option<TypedFunc<(), (Vec<u8>,)>>,
     restore: Option<RestoreFunc>,
     on_messages: Option<BatchFunc>,
+    on_timer: Option<TimerFunc>,
 }
 
 impl PluginInstance {
@@ -98,7 +102,8 @@ impl PluginInstance {
             None => (None, None),
         };
         let on_messages = plugin.batch.and_then(|f| instance.get_typed_func(&mut store, f).ok());
-        Ok(Self { store, bindings, deadline_ticks, snapshot, restore, on_messages })
+        let on_timer = plugin.on_timer.and_then(|f| instance.get_typed_func(&mut store, f).ok());
+        Ok(Self { store, bindings, deadline_ticks, snapshot, restore, on_messages, on_timer })
     }
 
     /// [`PluginInstance::new`] for callers outside the async workers (`wsplug check`, start-up).
@@ -158,14 +163,17 @@ impl PluginInstance {
 
     pub async fn on_open(&mut self, conn: Connection<'_>) -> Result<Admission, CallError> {
         self.arm();
-        let r = self.bindings.wsplug_plugin_handler().call_on_open(&mut self.store, conn).await;
-        r.map_err(|e| classify(&self.store, e))
+        self.store.data_mut().platform.opening = Some(conn.id);
+        let r = self.bindings.wsplug_plugin0_1_0_handler().call_on_open(&mut self.store, conn).await;
+        let r = self.settled(r);
+        self.store.data_mut().platform.opening = None;
+        r
     }
 
     pub async fn on_message(&mut self, id: u64, message: MessageParam<'_>) -> Result<Vec<Action>, CallError> {
         self.arm();
-        let r = self.bindings.wsplug_plugin_handler().call_on_message(&mut self.store, id, message).await;
-        r.map_err(|e| classify(&self.store, e))
+        let r = self.bindings.wsplug_plugin0_1_0_handler().call_on_message(&mut self.store, id, message).await;
+        self.settled(r)
     }
 
     /// Whether the plugin takes several messages in one call (`batch.on-messages`).
@@ -178,13 +186,55 @@ impl PluginInstance {
         let Some(f) = self.on_messages else { return Ok(Vec::new()) };
         self.arm();
         let r = f.call_async(&mut self.store, (id, messages)).await;
-        r.map(|(actions,)| actions).map_err(|e| classify(&self.store, e))
+        self.settled(r.map(|(actions,)| actions))
     }
 
     pub async fn on_close(&mut self, id: u64, code: u16, reason: &str) -> Result<Vec<Action>, CallError> {
         self.arm();
-        let r = self.bindings.wsplug_plugin_handler().call_on_close(&mut self.store, id, code, reason).await;
-        r.map_err(|e| classify(&self.store, e))
+        let r = self.bindings.wsplug_plugin0_1_0_handler().call_on_close(&mut self.store, id, code, reason).await;
+        self.settled(r)
+    }
+
+    /// Whether the plugin handles timer events (`timer-handler.on-timer`, contract 0.2.0).
+    pub fn has_timers(&self) -> bool {
+        self.on_timer.is_some()
+    }
+
+    /// `timer-handler.on-timer` (when [`PluginInstance::has_timers`]; else no actions).
+    pub async fn on_timer(&mut self, name: &str) -> Result<Vec<Action>, CallError> {
+        let Some(f) = self.on_timer else { return Ok(Vec::new()) };
+        self.arm();
+        let r = f.call_async(&mut self.store, (name.to_owned(),)).await;
+        self.settled(r.map(|(actions,)| actions))
+    }
+
+    /// Links the instance to its slot's timers and attachments, which outlive it.
+    pub fn link_platform(&mut self, shared: super::platform::Shared, max_timers: usize) {
+        let platform = &mut self.store.data_mut().platform;
+        platform.shared = shared;
+        platform.max_timers = max_timers;
+    }
+
+    /// Keeps a line for every use of timers and attachments that takes effect (`wsplug test`).
+    pub fn keep_platform_log(&mut self) {
+        self.store.data_mut().platform.log = Some(Vec::new());
+    }
+
+    /// The lines kept since the last time (see [`PluginInstance::keep_platform_log`]).
+    pub fn take_platform_log(&mut self) -> Vec<String> {
+        self.store.data_mut().platform.log.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// A call's result: on success, what it did with timers and attachments takes effect (before
+    /// its actions are carried out); a failure is classified and its uses are dropped.
+    fn settled<T>(&mut self, r: wasmtime::Result<T>) -> Result<T, CallError> {
+        match r {
+            Ok(value) => {
+                self.store.data_mut().platform.commit();
+                Ok(value)
+            }
+            Err(e) => Err(classify(&self.store, e)),
+        }
     }
 }
 
@@ -251,6 +301,7 @@ fn arm(store: &mut Store<PluginState>, deadline_ticks: u64) {
     store.set_epoch_deadline(1);
     store.data_mut().limiter.hit = false;
     store.data().stderr_tail.clear();
+    store.data_mut().platform.clear();
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! - [`sandbox`]: what an instance may use (WASI without files, sockets or env), its memory cap and
 //!   per-call limits; plugin stdout/stderr and `log` into the host's log.
 //! - [`instance`]: one instantiated plugin; calls bounded by the CPU deadline; failures classified.
+//! - [`platform`]: contract 0.2.0's timers and attachments, and the route grants that allow them.
 //! - [`actions`]: the contract's rules on what a call returns (checked before anything is done).
 //! - [`script`]: `wsplug test`, a scripted conversation with a plugin, without a server.
 //! - [`recovery`]: checkpoints of a plugin's state, the rebuild backoff and the circuit breaker.
@@ -20,6 +21,7 @@ pub mod actions;
 pub mod bindings;
 pub mod engine;
 pub mod instance;
+pub mod platform;
 pub mod recovery;
 pub mod route;
 pub mod sandbox;

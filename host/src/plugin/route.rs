@@ -30,9 +30,10 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use super::actions::{check_action, check_totals};
-use super::bindings::wsplug::plugin::types::{self as wit, Action, Admission, Target};
+use super::bindings::v1::types::{self as wit, Action, Admission, Target};
 use super::engine::LoadedPlugin;
 use super::instance::{CallError, PluginInstance};
+use super::platform::{Grants, Shared};
 use super::recovery::{Checkpoints, Health};
 use super::sandbox::SandboxLimits;
 use crate::protocol::frame::OpCode;
@@ -73,6 +74,8 @@ pub struct RouteSettings {
     pub checkpoints: Checkpoints,
     /// Failure reasons go to the client (`dev = true`), not only to the log.
     pub dev: bool,
+    /// What the plugin may use beyond the sandbox (timers, attachments).
+    pub grants: Grants,
 }
 
 impl RouteSettings {
@@ -85,6 +88,7 @@ impl RouteSettings {
             subprotocols: route.subprotocols.clone(),
             checkpoints: route.checkpoint,
             dev: route.dev,
+            grants: route.grants.clone(),
         }
     }
 }
@@ -92,14 +96,17 @@ impl RouteSettings {
 impl PluginRoute {
     /// Instantiates the plugin `settings.instances` times, failing fast if it cannot start.
     pub async fn start(plugin: LoadedPlugin, settings: RouteSettings) -> anyhow::Result<Self> {
+        settings.grants.check(&plugin.imports).map_err(|e| anyhow::anyhow!("plugin {}: {e}", plugin.path.display()))?;
         let hub = Arc::new(Hub::new(&settings.path));
         let count = settings.instances.max(1);
         let mut instances = Vec::with_capacity(count);
         for index in 0..count {
-            let instance = PluginInstance::new(&plugin, &settings.sandbox)
+            let mut instance = PluginInstance::new(&plugin, &settings.sandbox)
                 .await
                 .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", plugin.path.display()))?;
-            instances.push(Arc::new_cyclic(|this| {
+            let platform = Shared::default();
+            instance.link_platform(platform.clone(), settings.grants.max_timers);
+            let slot = Arc::new_cyclic(|this| {
                 Mutex::new(InstanceSlot {
                     index,
                     count,
@@ -117,9 +124,12 @@ impl PluginRoute {
                     checkpoint_due: false,
                     health: Health::default(),
                     last_failure: String::new(),
+                    platform,
                     this: this.clone(),
                 })
-            }));
+            });
+            tokio::spawn(timer_task(Arc::downgrade(&slot), slot.try_lock().expect("a new slot").platform.clone()));
+            instances.push(slot);
         }
         Ok(Self { hub, instances, current: std::sync::Mutex::new((plugin, settings)) })
     }
@@ -149,6 +159,7 @@ impl PluginRoute {
     /// file again is tried again.
     pub async fn swap(&self, plugin: LoadedPlugin, settings: Option<RouteSettings>) -> Result<(), String> {
         let settings = settings.unwrap_or_else(|| self.settings());
+        settings.grants.check(&plugin.imports)?;
         // In index order; nothing else holds two slots, so this cannot deadlock.
         let mut slots = Vec::with_capacity(self.instances.len());
         for slot in &self.instances {
@@ -293,8 +304,18 @@ pub struct InstanceSlot {
     health: Health,
     /// What the last failed call reported (for `dev` routes' clients).
     last_failure: String,
-    /// This slot's own lock, for the checkpoint task.
+    /// The instance's timers and its connections' attachments (contract 0.2.0): the slot's, so
+    /// that they outlive the instance (a reload, a rebuild after a failure).
+    platform: Shared,
+    /// This slot's own lock, for the checkpoint and timer tasks.
     this: Weak<Mutex<InstanceSlot>>,
+}
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        // The timer task waits on this: it then finds the slot gone and ends.
+        self.platform.timers_changed.notify_one();
+    }
 }
 
 /// Which connection an action list belongs to, and its outbound queue (the target of `reply`).
@@ -323,6 +344,7 @@ impl InstanceSlot {
             };
             self.health.rebuilt();
             self.hub.metrics().plugin_rebuilds.inc();
+            fresh.link_platform(self.platform.clone(), self.settings.grants.max_timers);
             if let Some(checkpoint) = self.checkpoint.clone()
                 && fresh.has_restore()
             {
@@ -341,6 +363,7 @@ impl InstanceSlot {
                         tracing::error!(plugin = &*self.plugin.name, route = %self.settings.path, "restoring the last checkpoint {why}; the instance starts without state");
                         self.checkpoint = None;
                         fresh = PluginInstance::new(&self.plugin, &self.settings.sandbox).await?;
+                        fresh.link_platform(self.platform.clone(), self.settings.grants.max_timers);
                     }
                 }
             }
@@ -366,6 +389,7 @@ impl InstanceSlot {
                 Ok(subprotocol) => match accept(subprotocol.as_deref()) {
                     Some(out) => {
                         self.attached.insert(info.id, self.generation);
+                        self.platform.attachments.lock().expect("attachments lock").entry(info.id).or_default();
                         self.apply(Some((info.id, &out)), acceptance.actions);
                         self.counted(1);
                         Admit::Accepted
@@ -398,6 +422,10 @@ impl InstanceSlot {
                 Admit::Rejected { status: 500, body: format!("{}\n", self.client_reason(&self.last_failure)) }
             }
         };
+        if !matches!(admit, Admit::Accepted) {
+            // What its on-open attached goes with it.
+            self.platform.attachments.lock().expect("attachments lock").remove(&info.id);
+        }
         self.batch.flush();
         admit
     }
@@ -501,14 +529,58 @@ impl InstanceSlot {
         self.detached.remove(&id);
         self.attached.remove(&id);
         self.hub.metrics().plugin_calls.inc();
+        // Its attachment is kept for its on-close (which may read it), and dropped after.
         let result = match self.instance().await {
             Ok(i) => i.on_close(id, code, reason).await,
             Err(e) => Err(e),
         };
+        self.platform.attachments.lock().expect("attachments lock").remove(&id);
         match result {
             Ok(actions) => self.apply(None, actions),
             Err(e) => {
                 self.failed("on-close", &e);
+            }
+        }
+        self.batch.flush();
+    }
+
+    /// Fires every timer due by now, earliest first, each as an `on-timer` call whose actions
+    /// have no sender.
+    async fn fire_due_timers(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some(name) = self.platform.take_due(now) {
+            let has_timers = match self.instance().await {
+                Ok(i) => i.has_timers(),
+                Err(e) => {
+                    tracing::warn!(plugin = &*self.plugin.name, route = %self.settings.path, timer = name, "timer not fired: {e}");
+                    continue;
+                }
+            };
+            if !has_timers {
+                // A version without on-timer (a reload to it, say): its timers have nowhere to go.
+                tracing::warn!(plugin = &*self.plugin.name, route = %self.settings.path, timer = name, "timer dropped: this version of the plugin exports no timer-handler");
+                self.platform.timers.lock().expect("timers lock").remove(&name);
+                continue;
+            }
+            self.counted(1);
+            self.hub.metrics().plugin_calls.inc();
+            let result = match self.instance().await {
+                Ok(i) => i.on_timer(&name).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(actions) => {
+                    let (allowed, refused): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| match a {
+                        Action::Broadcast(_) => true,
+                        Action::Send(o) => !matches!(o.to, Target::Sender),
+                        _ => false,
+                    });
+                    if !refused.is_empty() {
+                        self.violation(None, &format!("on-timer {name:?} returned {} actions for a sender (reply, close, subscribe, unsubscribe, send to sender): a timer has none", refused.len()));
+                    }
+                    self.apply(None, allowed);
+                }
+                Err(e) => self.failed("on-timer", &e),
             }
         }
         self.batch.flush();
@@ -660,6 +732,7 @@ impl InstanceSlot {
     async fn prepare(&mut self, plugin: &LoadedPlugin, settings: &RouteSettings) -> Result<Prepared, String> {
         let mut next =
             PluginInstance::new(plugin, &settings.sandbox).await.map_err(|e| format!("instantiation {e}"))?;
+        next.link_platform(self.platform.clone(), settings.grants.max_timers);
         let mut checkpoint = self.checkpoint.clone();
         if next.has_restore() {
             let snapshot = match self.instance.as_mut() {
@@ -812,6 +885,28 @@ async fn checkpoint_timer(slot: Weak<Mutex<InstanceSlot>>, mut every: Duration) 
     }
 }
 
+/// Fires a slot's timers when they are due, until the slot is gone: sleeps until the earliest
+/// one (or until the timers change), then takes the slot like any event.
+async fn timer_task(slot: Weak<Mutex<InstanceSlot>>, platform: Shared) {
+    loop {
+        if slot.strong_count() == 0 {
+            return;
+        }
+        match platform.next_due() {
+            None => platform.timers_changed.notified().await,
+            Some(due) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = platform.timers_changed.notified() => continue,
+                }
+            }
+        }
+        let Some(slot) = slot.upgrade() else { return };
+        let mut slot = slot.lock().await;
+        slot.fire_due_timers().await;
+    }
+}
+
 /// Calls `on-open` with the connection as the server keeps it (lent, not copied, to the call).
 async fn on_open(instance: &mut PluginInstance, info: &ConnInfo, resumed: bool) -> Result<Admission, CallError> {
     let headers: Vec<(&str, &str)> = info.headers().collect();
@@ -854,6 +949,7 @@ mod tests {
             subprotocols: Vec::new(),
             checkpoints: Checkpoints::default(),
             dev: false,
+            grants: Grants::default(),
         };
         let route = PluginRoute::start(plugin, settings).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

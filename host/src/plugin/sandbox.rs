@@ -11,7 +11,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::wsplug::plugin::{host, types};
+use super::bindings::v1::{host, types};
 
 /// Per-route sandbox limits, `[routes.sandbox]` in the config.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -62,6 +62,8 @@ pub struct PluginState {
     /// The last lines the plugin wrote to stderr during the current call: what a failure
     /// report quotes (a Rust panic message, a Python traceback, a JavaScript exception).
     pub stderr_tail: StderrTail,
+    /// Timers and attachments (contract 0.2.0): the slot's, and the current call's pending uses.
+    pub platform: super::platform::CallPlatform,
 }
 
 impl PluginState {
@@ -85,6 +87,7 @@ impl PluginState {
             limiter: MemoryLimiter::new(limits.memory),
             ticks_left: 0,
             stderr_tail,
+            platform: Default::default(),
         }
     }
 }

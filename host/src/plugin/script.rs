@@ -16,7 +16,14 @@
 //! close 1 1000 bye              # code and reason optional (1005, "")
 //! reload next.wasm              # another file (relative to the script): state handed over,
 //! > conn 1: accept              #   open connections re-attached (on-open, resumed)
+//! timer tick                    # the timer `tick` fires (contract 0.2.0)
+//! > broadcast text "tick"
 //! ```
+//!
+//! What a step does with timers and attachments (contract 0.2.0) is shown after its actions:
+//! `timer set "NAME" after N ms [every N ms]`, `timer cancel "NAME"`, `attach ID "VALUE"`. Timers
+//! fire only when a `timer NAME` step says so (`no timer "NAME" is set` if it is not); a one-shot
+//! timer is gone once fired.
 //!
 //! What a step produces, one line each, in order: for `open`, the admission (`accept`,
 //! `accept protocol "P"` or `reject STATUS "BODY"`) then its actions; for `text`, `binary` and
@@ -39,8 +46,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::bindings::wsplug::plugin::types::{Action, Admission, Connection, MessageParam, MessageResult, Target};
+use super::bindings::v1::types::{Action, Admission, Connection, MessageParam, MessageResult, Target};
 use super::instance::{CallError, PluginInstance};
+use super::platform::{Grants, Shared};
 use super::{LoadedPlugin, PluginEngine, SandboxLimits, actions};
 
 /// One step of a script.
@@ -51,6 +59,7 @@ enum Step {
     Binary { id: u64, bytes: Vec<u8> },
     Close { id: u64, code: u16, reason: String },
     Reload { file: PathBuf },
+    Timer { name: String },
 }
 
 /// A step, where it is, and what it must produce.
@@ -195,13 +204,24 @@ fn parse_step(line: &str, base: &Path) -> Result<Step> {
             };
             Step::Close { id, code, reason }
         }
+        "timer" => {
+            let name = if rest.starts_with('"') {
+                serde_json::from_str(rest).context("a bad quoted string")?
+            } else {
+                rest.to_owned()
+            };
+            if name.is_empty() {
+                bail!("timer needs a name, e.g. timer tick");
+            }
+            Step::Timer { name }
+        }
         "reload" => {
             if rest.is_empty() {
                 bail!("reload needs a file, e.g. reload next.wasm");
             }
             Step::Reload { file: base.join(rest) }
         }
-        other => bail!("unknown step {other:?}: open, text, binary, close or reload"),
+        other => bail!("unknown step {other:?}: open, text, binary, close, timer or reload"),
     })
 }
 
@@ -251,6 +271,8 @@ struct Runner {
     open: BTreeMap<u64, Step>,
     /// The state last handed over (after each successful step), for a rebuild after a failure.
     checkpoint: Vec<u8>,
+    /// The instance's timers and attachments, which outlive it (as a route slot's do).
+    platform: Shared,
 }
 
 struct Played {
@@ -266,15 +288,22 @@ impl Runner {
             instance: None,
             open: BTreeMap::new(),
             checkpoint: Vec::new(),
+            platform: Shared::default(),
         }
     }
 
+    /// A new instance of `plugin`, linked to the timers and attachments, its uses logged.
+    async fn instantiate(&self, plugin: &LoadedPlugin) -> Result<PluginInstance> {
+        let mut instance = PluginInstance::new(plugin, &self.limits)
+            .await
+            .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", plugin.path.display()))?;
+        instance.link_platform(self.platform.clone(), Grants::default().max_timers);
+        instance.keep_platform_log();
+        Ok(instance)
+    }
+
     async fn play(mut self, steps: &[Scripted]) -> Result<Played> {
-        self.instance = Some(
-            PluginInstance::new(&self.plugin, &self.limits)
-                .await
-                .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", self.plugin.path.display()))?,
-        );
+        self.instance = Some(self.instantiate(&self.plugin).await?);
         let mut actual = Vec::new();
         for scripted in steps {
             actual.push(self.step(&scripted.step).await?);
@@ -291,9 +320,14 @@ impl Runner {
         let result = match step {
             Step::Open { id, .. } => {
                 let admission = open_step(self.instance(), step, false).await;
+                let mut attachments = self.platform.attachments.lock().expect("attachments lock");
                 if let Ok(Admission::Accept(_)) = &admission {
                     self.open.insert(*id, step.clone());
+                    attachments.entry(*id).or_default();
+                } else {
+                    attachments.remove(id);
                 }
+                drop(attachments);
                 admission.map(|a| admission_lines(&a, &mut out))
             }
             Step::Text { id, text } => {
@@ -304,14 +338,29 @@ impl Runner {
             }
             Step::Close { id, code, reason } => {
                 self.open.remove(id);
-                self.instance().on_close(*id, *code, reason).await.map(|a| action_lines(&a, &mut out))
+                let r = self.instance().on_close(*id, *code, reason).await.map(|a| action_lines(&a, &mut out));
+                self.platform.attachments.lock().expect("attachments lock").remove(id);
+                r
+            }
+            Step::Timer { name } => {
+                let timer = self.platform.timers.lock().expect("timers lock").get(name).copied();
+                match timer {
+                    None => {
+                        out.push(format!("no timer {} is set", quoted(name)));
+                        Ok(())
+                    }
+                    Some(timer) => {
+                        if timer.every.is_none() {
+                            self.platform.timers.lock().expect("timers lock").remove(name);
+                        }
+                        self.instance().on_timer(name).await.map(|a| action_lines(&a, &mut out))
+                    }
+                }
             }
             Step::Reload { file } => {
                 let next = PluginEngine::global().load(file, self.cache.as_deref())?;
                 let snapshot = self.instance().snapshot().await.map_err(|e| anyhow::anyhow!("snapshot {e}"))?;
-                let mut instance = PluginInstance::new(&next, &self.limits)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", file.display()))?;
+                let mut instance = self.instantiate(&next).await?;
                 match instance.restore(snapshot).await {
                     Ok(Ok(())) => {}
                     Ok(Err(why)) => {
@@ -329,6 +378,7 @@ impl Runner {
                 Ok(())
             }
         };
+        out.extend(self.instance().take_platform_log());
         match result {
             Ok(()) => {
                 if self.instance().has_snapshot() {
@@ -349,9 +399,7 @@ impl Runner {
     /// After a failure: a fresh instance from the last checkpoint, the other connections
     /// re-attached.
     async fn rebuild(&mut self, out: &mut Vec<String>) -> Result<()> {
-        let mut instance = PluginInstance::new(&self.plugin, &self.limits)
-            .await
-            .map_err(|e| anyhow::anyhow!("rebuilding the instance: {e}"))?;
+        let mut instance = self.instantiate(&self.plugin.clone()).await?;
         match instance.restore(self.checkpoint.clone()).await {
             Ok(Ok(())) => {}
             Ok(Err(why)) => out.push(format!("rebuilt without its state: {why}")),
@@ -359,6 +407,7 @@ impl Runner {
         }
         self.instance = Some(instance);
         self.reattach(out).await;
+        out.extend(self.instance().take_platform_log());
         Ok(())
     }
 

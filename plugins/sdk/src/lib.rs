@@ -64,13 +64,17 @@ extern crate self as wsplug_sdk;
 #[doc(hidden)]
 pub use wit_bindgen;
 
-/// The raw bindings generated from `wit/wsplug.wit`. Use the re-exports at the crate root.
+/// The raw bindings generated from the contract: the world `platform-plugin` of
+/// `wit/platform/wsplug.wit` (version 0.2.0, which includes the 0.1.0 world `batched-plugin` of
+/// `wit/wsplug.wit`). Use the re-exports at the crate root.
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "batched-plugin",
-        path: "wit",
+        world: "platform-plugin",
+        path: "wit/platform",
+        // The 0.1.0 interfaces live in a dependency package (wit/platform/deps).
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "wsplug_sdk::bindings",
@@ -81,15 +85,61 @@ pub mod bindings {
 
 mod query;
 
+/// Named timers of the instance (contract 0.2.0; the route must grant `timers = true`, or the
+/// plugin is refused at load). They fire as [`Plugin::on_timer`] calls, in order with the
+/// instance's other events, and outlive a hot reload. What a call sets or cancels takes effect
+/// when the call succeeds.
+pub mod timers {
+    use crate::bindings::wsplug::plugin0_2_0::timers;
+
+    /// Sets the timer `name` (replacing one of that name): due after `after_ms`, then every
+    /// `every_ms` if given. An error says why not (a bad name or delay, the route's `max_timers`).
+    pub fn set(name: &str, after_ms: u64, every_ms: Option<u64>) -> Result<(), String> {
+        timers::set(name, after_ms, every_ms)
+    }
+
+    /// Cancels the timer `name`, if set.
+    pub fn cancel(name: &str) {
+        timers::cancel(name)
+    }
+
+    /// The names of the instance's timers, sorted.
+    pub fn names() -> Vec<String> {
+        timers::names()
+    }
+}
+
+/// A small value per connection (at most 16 KiB) that the host keeps for the plugin across hot
+/// reloads and instance rebuilds, until the connection closes (contract 0.2.0; the route must
+/// grant `attachments = true`). What a call attaches takes effect when the call succeeds.
+pub mod attachments {
+    use crate::ConnectionId;
+    use crate::bindings::wsplug::plugin0_2_0::attachments;
+
+    /// Attaches `value` to `conn` (an open connection of this instance, or the one opening);
+    /// an empty value removes it.
+    pub fn set(conn: ConnectionId, value: &[u8]) -> Result<(), String> {
+        attachments::set(conn, value)
+    }
+
+    /// What `conn` has attached.
+    pub fn get(conn: ConnectionId) -> Option<Vec<u8>> {
+        attachments::get(conn)
+    }
+}
+
 /// The generated trait of the contract's `batch` interface; [`Plugin`] implementors get it for
 /// free (each message goes to [`Plugin::on_message`], in order).
-pub use bindings::exports::wsplug::plugin::batch::Guest as BatchGuest;
-pub use bindings::exports::wsplug::plugin::handler::Guest;
+pub use bindings::exports::wsplug::plugin0_1_0::batch::Guest as BatchGuest;
+pub use bindings::exports::wsplug::plugin0_1_0::handler::Guest;
 /// The generated trait of the contract's `state` interface; [`Plugin`] implementors get it for
 /// free.
-pub use bindings::exports::wsplug::plugin::state::Guest as StateGuest;
-pub use bindings::wsplug::plugin::host::Level;
-pub use bindings::wsplug::plugin::types::{
+pub use bindings::exports::wsplug::plugin0_1_0::state::Guest as StateGuest;
+/// The generated trait of the contract's `timer-handler` interface (0.2.0); [`Plugin`]
+/// implementors get it for free (each timer goes to [`Plugin::on_timer`]).
+pub use bindings::exports::wsplug::plugin0_2_0::timer_handler::Guest as TimerGuest;
+pub use bindings::wsplug::plugin0_1_0::host::Level;
+pub use bindings::wsplug::plugin0_1_0::types::{
     Acceptance, Action, Admission, CloseFrame, Connection, ConnectionId, Message, Outgoing, Rejection, Target,
 };
 pub use query::{percent_decode, query_param, query_params};
@@ -147,6 +197,15 @@ pub trait Plugin {
         let _ = snapshot;
         Ok(())
     }
+
+    /// The timer `name`, set with [`timers::set`], is due (contract 0.2.0; the route must grant
+    /// `timers`). There is no sender: return broadcasts and sends to connections or topics.
+    ///
+    /// The default does nothing.
+    fn on_timer(name: String) -> Vec<Action> {
+        let _ = name;
+        Vec::new()
+    }
 }
 
 impl<T: Plugin> Guest for T {
@@ -169,6 +228,12 @@ impl<T: Plugin> BatchGuest for T {
     }
 }
 
+impl<T: Plugin> TimerGuest for T {
+    fn on_timer(name: String) -> Vec<Action> {
+        <T as Plugin>::on_timer(name)
+    }
+}
+
 impl<T: Plugin> StateGuest for T {
     fn snapshot() -> Vec<u8> {
         <T as Plugin>::snapshot()
@@ -181,7 +246,7 @@ impl<T: Plugin> StateGuest for T {
 
 /// Exports a type that implements [`Plugin`] as the component's `handler`, `state` and `batch`
 /// interfaces (`wsplug:plugin/handler@0.1.0`, `wsplug:plugin/state@0.1.0` and
-/// `wsplug:plugin/batch@0.1.0`).
+/// `wsplug:plugin/batch@0.1.0`) and `timer-handler` (`wsplug:plugin/timer-handler@0.2.0`).
 ///
 /// Use it once, at the root of a `cdylib` crate: `wsplug_sdk::export_plugin!(MyPlugin);`.
 /// The argument is a plain type name (bring it into scope first).
@@ -329,7 +394,7 @@ pub mod log {
     /// to stderr instead.
     pub fn log(level: Level, message: &str) {
         #[cfg(target_arch = "wasm32")]
-        crate::bindings::wsplug::plugin::host::log(level, message);
+        crate::bindings::wsplug::plugin0_1_0::host::log(level, message);
         #[cfg(not(target_arch = "wasm32"))]
         eprintln!("[{level:?}] {message}");
     }

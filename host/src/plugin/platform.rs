@@ -1,0 +1,315 @@
+//! The platform of contract 0.2.0 (`wit/platform/wsplug.wit`) as the host provides it: `timers`
+//! and `attachments`, and the route grants that allow them.
+//!
+//! What a call does with them is pending in its store (the call reads its own writes) and takes
+//! effect when the call succeeds ([`CallPlatform::commit`], run by the instance right after a
+//! successful call, before the slot carries out its actions), like its actions: a failed call sets
+//! no timer and attaches nothing. The committed timers and attachments belong to the slot
+//! ([`Shared`]), not to the instance, so they outlive a hot reload and an instance rebuilt after a
+//! failure.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::bindings::v2::{attachments, timers};
+use super::sandbox::PluginState;
+
+/// The longest timer name, in bytes.
+pub const MAX_TIMER_NAME: usize = 128;
+/// The largest value attached to one connection.
+pub const MAX_ATTACHMENT: usize = 16 << 10;
+/// The interfaces of 0.2.0, by the grant that allows each.
+pub const TIMERS_INTERFACE: &str = "wsplug:plugin/timers@0.2.0";
+pub const ATTACHMENTS_INTERFACE: &str = "wsplug:plugin/attachments@0.2.0";
+/// The optional export of timer events.
+pub const TIMER_HANDLER_INTERFACE: &str = "wsplug:plugin/timer-handler@0.2.0";
+
+/// What a route grants its plugin beyond the sandbox, `[routes.grants]` in the config: nothing
+/// unless said.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// The `timers` interface.
+    pub timers: bool,
+    /// Most timers one instance may have set at once. Default 100.
+    pub max_timers: usize,
+    /// The `attachments` interface.
+    pub attachments: bool,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self { timers: false, max_timers: 100, attachments: false }
+    }
+}
+
+impl Grants {
+    /// Refuses a plugin that imports an interface this route does not grant, naming the grant.
+    pub fn check(&self, imports: &[String]) -> Result<(), String> {
+        for import in imports {
+            let (granted, grant) = match import.as_str() {
+                TIMERS_INTERFACE => (self.timers, "timers = true"),
+                ATTACHMENTS_INTERFACE => (self.attachments, "attachments = true"),
+                _ => continue,
+            };
+            if !granted {
+                return Err(format!(
+                    "imports {import}, which this route does not grant: add `{grant}` to its [routes.grants]"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The grant a 0.2.0 import needs, for `wsplug check`.
+pub fn grant_of(import: &str) -> Option<&'static str> {
+    match import {
+        TIMERS_INTERFACE => Some("needs the grant `timers = true`"),
+        ATTACHMENTS_INTERFACE => Some("needs the grant `attachments = true`"),
+        _ => None,
+    }
+}
+
+/// A timer as the slot keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    pub due: Instant,
+    pub every: Option<Duration>,
+}
+
+impl Timer {
+    /// After firing at `now`: the next tick of a repeating timer (the missed ones fold into
+    /// this firing), or `None` for a one-shot.
+    pub fn next(self, now: Instant) -> Option<Timer> {
+        let every = self.every?;
+        let mut due = self.due + every;
+        if due <= now {
+            let behind = now.duration_since(due).as_nanos() / every.as_nanos().max(1) + 1;
+            due += every * u32::try_from(behind).unwrap_or(u32::MAX);
+        }
+        Some(Timer { due, every: Some(every) })
+    }
+}
+
+/// What a slot keeps for its instances, shared with the instance's store.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// The instance's timers, by name.
+    pub timers: Arc<Mutex<BTreeMap<String, Timer>>>,
+    /// Wakes the slot's timer task when the timers changed.
+    pub timers_changed: Arc<tokio::sync::Notify>,
+    /// The live connections of the slot, each with what it has attached (empty: nothing).
+    pub attachments: Arc<Mutex<HashMap<u64, Vec<u8>>>>,
+}
+
+impl Shared {
+    /// The earliest due time, if any timer is set.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.timers.lock().expect("timers lock").values().map(|t| t.due).min()
+    }
+
+    /// Takes the earliest timer due by `now`, rescheduling a repeating one: its name.
+    pub fn take_due(&self, now: Instant) -> Option<String> {
+        let mut timers = self.timers.lock().expect("timers lock");
+        let (name, timer) = timers.iter().filter(|(_, t)| t.due <= now).min_by_key(|(_, t)| t.due)?;
+        let (name, timer) = (name.clone(), *timer);
+        match timer.next(now) {
+            Some(next) => {
+                timers.insert(name.clone(), next);
+            }
+            None => {
+                timers.remove(&name);
+            }
+        }
+        Some(name)
+    }
+}
+
+enum TimerOp {
+    Set(String, Duration, Option<Duration>),
+    Cancel(String),
+}
+
+/// The platform as one call sees it: the slot's shared tables, and the call's pending uses.
+pub struct CallPlatform {
+    pub shared: Shared,
+    pub max_timers: usize,
+    /// The connection of the `on-open` call under way (not admitted yet, but it may attach).
+    pub opening: Option<u64>,
+    timer_ops: Vec<TimerOp>,
+    attach_ops: Vec<(u64, Vec<u8>)>,
+    /// When kept (`wsplug test`), a line for every use that took effect.
+    pub log: Option<Vec<String>>,
+}
+
+impl Default for CallPlatform {
+    /// Unlinked (`wsplug check`'s probe, `wsplug test`): tables of its own, the default limit.
+    fn default() -> Self {
+        Self {
+            shared: Shared::default(),
+            max_timers: Grants::default().max_timers,
+            opening: None,
+            timer_ops: Vec::new(),
+            attach_ops: Vec::new(),
+            log: None,
+        }
+    }
+}
+
+impl CallPlatform {
+    /// Forgets what a previous call left pending (a failed call's uses never take effect).
+    pub fn clear(&mut self) {
+        self.timer_ops.clear();
+        self.attach_ops.clear();
+    }
+
+    /// Applies the call's pending uses: it succeeded.
+    pub fn commit(&mut self) {
+        if !self.timer_ops.is_empty() {
+            let now = Instant::now();
+            let mut timers = self.shared.timers.lock().expect("timers lock");
+            for op in self.timer_ops.drain(..) {
+                match op {
+                    TimerOp::Set(name, after, every) => {
+                        if let Some(log) = &mut self.log {
+                            let every = every.map(|e| format!(" every {} ms", e.as_millis())).unwrap_or_default();
+                            log.push(format!("timer set {} after {} ms{every}", quoted(&name), after.as_millis()));
+                        }
+                        timers.insert(name, Timer { due: now + after, every });
+                    }
+                    TimerOp::Cancel(name) => {
+                        if let Some(log) = &mut self.log {
+                            log.push(format!("timer cancel {}", quoted(&name)));
+                        }
+                        timers.remove(&name);
+                    }
+                }
+            }
+            drop(timers);
+            self.shared.timers_changed.notify_one();
+        }
+        if !self.attach_ops.is_empty() {
+            let mut attached = self.shared.attachments.lock().expect("attachments lock");
+            for (conn, value) in self.attach_ops.drain(..) {
+                // The connection may have closed since (a resumed one's on-open, say): only live
+                // ones (and the one opening, whose admission the slot completes) keep values.
+                if attached.contains_key(&conn) || Some(conn) == self.opening {
+                    if let Some(log) = &mut self.log {
+                        log.push(format!("attach {conn} {}", quoted(&String::from_utf8_lossy(&value))));
+                    }
+                    attached.insert(conn, value);
+                }
+            }
+        }
+    }
+
+    /// The timer names once the call's pending operations apply.
+    fn names(&self) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self.shared.timers.lock().expect("timers lock").keys().cloned().collect();
+        for op in &self.timer_ops {
+            match op {
+                TimerOp::Set(name, ..) => names.insert(name.clone()),
+                TimerOp::Cancel(name) => names.remove(name),
+            };
+        }
+        names
+    }
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+impl timers::Host for PluginState {
+    fn set(&mut self, name: String, after_ms: u64, every_ms: Option<u64>) -> Result<(), String> {
+        if name.is_empty() || name.len() > MAX_TIMER_NAME {
+            return Err(format!("a timer name is 1 to {MAX_TIMER_NAME} bytes, not {}", name.len()));
+        }
+        if after_ms == 0 || every_ms == Some(0) {
+            return Err("a timer's delays are at least 1 ms".into());
+        }
+        // A year: beyond it, a delay is a mistake (and Instant arithmetic would overflow).
+        const MAX_MS: u64 = 366 * 24 * 3600 * 1000;
+        if after_ms > MAX_MS || every_ms.is_some_and(|ms| ms > MAX_MS) {
+            return Err(format!("a timer's delays are at most {MAX_MS} ms (a year)"));
+        }
+        let platform = &mut self.platform;
+        let names = platform.names();
+        if !names.contains(&name) && names.len() >= platform.max_timers {
+            return Err(format!(
+                "this instance has {} timers, its route's limit (max_timers): cancel one first",
+                platform.max_timers
+            ));
+        }
+        platform.timer_ops.push(TimerOp::Set(
+            name,
+            Duration::from_millis(after_ms),
+            every_ms.map(Duration::from_millis),
+        ));
+        Ok(())
+    }
+
+    fn cancel(&mut self, name: String) {
+        self.platform.timer_ops.push(TimerOp::Cancel(name));
+    }
+
+    fn names(&mut self) -> Vec<String> {
+        self.platform.names().into_iter().collect()
+    }
+}
+
+impl attachments::Host for PluginState {
+    fn set(&mut self, conn: u64, value: Vec<u8>) -> Result<(), String> {
+        if value.len() > MAX_ATTACHMENT {
+            return Err(format!("an attachment is at most {MAX_ATTACHMENT} bytes, not {}", value.len()));
+        }
+        let platform = &mut self.platform;
+        let live = platform.shared.attachments.lock().expect("attachments lock").contains_key(&conn);
+        if !live && platform.opening != Some(conn) {
+            return Err(format!("connection {conn} is not an open connection of this instance"));
+        }
+        platform.attach_ops.push((conn, value));
+        Ok(())
+    }
+
+    fn get(&mut self, conn: u64) -> Option<Vec<u8>> {
+        let platform = &self.platform;
+        let value = match platform.attach_ops.iter().rev().find(|(c, _)| *c == conn) {
+            Some((_, value)) => value.clone(),
+            None => platform.shared.attachments.lock().expect("attachments lock").get(&conn)?.clone(),
+        };
+        (!value.is_empty()).then_some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeating_timer_that_fell_behind_fires_once_and_keeps_its_phase() {
+        let start = Instant::now();
+        let every = Duration::from_millis(10);
+        let timer = Timer { due: start, every: Some(every) };
+        // On time: the next tick.
+        assert_eq!(timer.next(start).unwrap().due, start + every);
+        // 35 ms late: ticks at 10, 20, 30 are folded into this firing; the next is at 40.
+        assert_eq!(timer.next(start + Duration::from_millis(35)).unwrap().due, start + Duration::from_millis(40));
+        assert_eq!(Timer { due: start, every: None }.next(start), None);
+    }
+
+    #[test]
+    fn grants_refuse_an_ungranted_import_by_name() {
+        let imports = vec!["wsplug:plugin/host@0.1.0".to_owned(), TIMERS_INTERFACE.to_owned()];
+        let e = Grants::default().check(&imports).unwrap_err();
+        assert!(e.contains(TIMERS_INTERFACE) && e.contains("timers = true"), "{e}");
+        assert!(Grants { timers: true, ..Grants::default() }.check(&imports).is_ok());
+        let e = Grants { timers: true, ..Grants::default() }.check(&[ATTACHMENTS_INTERFACE.to_owned()]).unwrap_err();
+        assert!(e.contains("attachments = true"), "{e}");
+    }
+}

@@ -1,0 +1,112 @@
+//! The platform of contract 0.2.0 over real connections: timers that tick into a room and keep
+//! ticking across a hot reload and an instance rebuilt after a trap, attachments that keep a
+//! player's name across both, grants that refuse a plugin which imports what its route does not
+//! allow, and a 0.1.0 plugin served beside a 0.2.0 one.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use wsplug_tests::{Client, TempDir, TestServer, next_message, plugin_path, with_custom_section, write_atomically};
+
+const GRANTED: &str = "[routes.grants]\ntimers = true\nattachments = true\n";
+
+/// The next JSON event of `type` (others skipped), within 10 s.
+async fn next_event(ws: &mut Client, kind: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let msg = tokio::time::timeout(left, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} event within 10 s"))
+            .expect("connection open")
+            .expect("a message");
+        if let Message::Text(t) = msg
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+            && v["type"] == kind
+        {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn timers_tick_and_attachments_hold_across_a_hot_reload_and_a_trap() {
+    let dir = TempDir::new("platform");
+    let plugin = dir.join("game.wasm");
+    let game = std::fs::read(plugin_path("game")).unwrap();
+    write_atomically(&plugin, &game);
+    let config = dir.join("wsplug.toml");
+    std::fs::write(&config, format!("[[routes]]\npath = \"/game\"\nplugin = \"game.wasm\"\n{GRANTED}")).unwrap();
+    let server = TestServer::from_file(&config, true).await;
+
+    let mut ada = server.connect("/game?name=ada").await;
+    assert_eq!(next_event(&mut ada, "welcome").await["name"], "ada");
+    // The timer set by the first on-open ticks on its own, every 100 ms.
+    let first = next_event(&mut ada, "tick").await["n"].as_u64().unwrap();
+    let second = next_event(&mut ada, "tick").await["n"].as_u64().unwrap();
+    assert_eq!(second, first + 1);
+
+    // A hot reload: nobody sets the timer again, yet it keeps ticking, and the count goes on.
+    write_atomically(&plugin, &with_custom_section(&game, b"v2"));
+    let welcome = next_event(&mut ada, "welcome").await;
+    assert_eq!(welcome["name"], "ada", "the attachment survived the reload: {welcome}");
+    let after_reload = next_event(&mut ada, "tick").await["n"].as_u64().unwrap();
+    assert!(after_reload > second, "the count was handed over: {after_reload} after {second}");
+
+    // A trap rebuilds the instance: the connection that caused it is closed, the other one keeps
+    // its name (an attachment, not the plugin's state) and the timer still fires.
+    let mut bob = server.connect("/game?name=bob").await;
+    next_event(&mut bob, "welcome").await;
+    bob.send(Message::text("panic")).await.unwrap();
+    let close = next_message(&mut bob).await;
+    assert!(matches!(&close, Message::Close(Some(f)) if u16::from(f.code) == 1011), "{close:?}");
+    next_event(&mut ada, "tick").await;
+    ada.send(Message::text("move east")).await.unwrap();
+    let moved = next_event(&mut ada, "moved").await;
+    assert_eq!((&moved["name"], &moved["to"]), (&"ada".into(), &"east".into()), "{moved}");
+    next_event(&mut ada, "tick").await;
+
+    // The last player leaving cancels the timer: the plugin says so itself.
+    ada.send(Message::text("/pause")).await.unwrap();
+    ada.send(Message::text("/timers")).await.unwrap();
+    loop {
+        match next_message(&mut ada).await {
+            Message::Text(t) if t.as_str() == "" => break,
+            Message::Text(t) if t.starts_with('{') || t.as_str() == "paused" => continue,
+            other => panic!("expected no timers, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_that_imports_an_ungranted_interface_is_refused_naming_the_grant() {
+    let route = format!("[[routes]]\npath = \"/game\"\nplugin = \"{}\"\n", plugin_path("game").display());
+    for (grants, missing) in [("", "timers = true"), ("[routes.grants]\ntimers = true\n", "attachments = true")] {
+        let base = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut config = wsplug::config::Config::parse(&format!("{route}{grants}"), "test config", base).unwrap();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let e = format!("{:#}", wsplug::Server::bind(&config).await.err().expect("refused"));
+        assert!(e.contains("game.wasm") && e.contains(missing) && e.contains("[routes.grants]"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_0_1_0_plugin_and_a_0_2_0_plugin_run_side_by_side() {
+    let old = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/echo-0.1.0.wasm");
+    let loaded = wsplug::plugin::PluginEngine::global().load(&old, None).unwrap();
+    assert_eq!(loaded.contract, "0.1.0");
+    assert_eq!(wsplug::plugin::PluginEngine::global().load(&plugin_path("game"), None).unwrap().contract, "0.2.0");
+    let server = TestServer::start(&format!(
+        "[[routes]]\npath = \"/old\"\nplugin = \"{}\"\n[[routes]]\npath = \"/game\"\nplugin = \"{}\"\n{GRANTED}",
+        old.display(),
+        plugin_path("game").display()
+    ))
+    .await;
+    let mut echo = server.connect("/old").await;
+    echo.send(Message::text("built against 0.1.0")).await.unwrap();
+    assert_eq!(next_message(&mut echo).await, Message::text("built against 0.1.0"));
+    let mut player = server.connect("/game?name=cy").await;
+    assert_eq!(next_event(&mut player, "welcome").await["name"], "cy");
+    next_event(&mut player, "tick").await;
+}
