@@ -43,7 +43,7 @@ pub fn config(data: &[u8]) {
 /// and what they let through keeps the rules the host relies on when it carries it out.
 pub fn actions(data: &[u8]) {
     use wsplug::plugin::actions::{MAX_TOPIC, action_bytes, check_action, check_totals};
-    use wsplug::plugin::bindings::wsplug::plugin::types::{Action, CloseFrame, MessageResult, Outgoing, Target};
+    use wsplug::plugin::bindings::v1::types::{Action, CloseFrame, MessageResult, Outgoing, Target};
     use wsplug::protocol::CloseCode;
 
     let limits = wsplug::plugin::sandbox::SandboxLimits { max_actions: 8, max_action_bytes: 600, ..Default::default() };

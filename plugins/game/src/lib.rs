@@ -99,7 +99,8 @@ impl Plugin for Game {
         if snapshot.is_empty() {
             return Ok(());
         }
-        let doc: serde_json::Value = serde_json::from_slice(&snapshot).map_err(|e| format!("malformed game snapshot: {e}"))?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&snapshot).map_err(|e| format!("malformed game snapshot: {e}"))?;
         match doc["version"].as_u64() {
             Some(SNAPSHOT_VERSION) => {}
             other => return Err(format!("unsupported game snapshot version {other:?}")),
