@@ -95,6 +95,8 @@ const JS_SDK: &[Template] = &[
     file("wsplug.js", repo!("plugins/sdk-js/wsplug.js")),
     file("wsplug.d.ts", repo!("plugins/sdk-js/wsplug.d.ts")),
     file("contract.d.ts", repo!("plugins/sdk-js/contract.d.ts")),
+    file("platform.js", repo!("plugins/sdk-js/platform.js")),
+    file("platform.d.ts", repo!("plugins/sdk-js/platform.d.ts")),
     file(".npmrc", repo!("plugins/templates/js/.npmrc")),
     script("tools/build-js.sh", repo!("plugins/tools/build-js.sh")),
 ];

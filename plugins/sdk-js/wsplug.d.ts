@@ -28,10 +28,16 @@ export interface PluginDefinition {
   snapshot?(): Uint8Array | string;
   /** Takes over a snapshot of the previous version; throw to refuse it (default: ignore it). */
   restore?(snapshot: Uint8Array): void;
+  /** A timer set with platform.js's setTimer is due (contract 0.2.0; default: nothing). */
+  onTimer?(name: string): Action[];
 }
 
 /** The contract's exports, checked: `export const { handler, state } = definePlugin({ ... })`. */
-export function definePlugin(plugin: PluginDefinition): { handler: Handler; state: State };
+export function definePlugin(plugin: PluginDefinition): {
+  handler: Handler;
+  state: State;
+  timerHandler: { onTimer(name: string): Action[] };
+};
 
 /** Writes to the server's log. `console.log` and friends do the same. */
 export function log(level: Level, ...args: unknown[]): void;

@@ -245,9 +245,10 @@ function checked(name, check, fn) {
 }
 
 /**
- * The contract's exports from `plugin`: `{ onOpen?, onMessage, onClose?, snapshot?, restore? }`.
- * Export what it returns: `export const { handler, state } = definePlugin({ ... })` (a plugin
- * built for the world `plugin`, without hand-over, exports only `handler`).
+ * The contract's exports from `plugin`: `{ onOpen?, onMessage, onClose?, snapshot?, restore?,
+ * onTimer? }`. Export what it returns: `export const { handler, state } = definePlugin({ ... })`
+ * (a plugin built for the world `plugin`, without hand-over, exports only `handler`; one built for
+ * `platform-plugin`, contract 0.2.0, also `timerHandler`).
  */
 export function definePlugin(plugin) {
   if (!plugin || typeof plugin.onMessage !== "function") {
@@ -255,7 +256,12 @@ export function definePlugin(plugin) {
   }
   const onOpen = plugin.onOpen ? plugin.onOpen.bind(plugin) : () => accept();
   const onClose = plugin.onClose ? plugin.onClose.bind(plugin) : () => [];
+  const onTimer = plugin.onTimer ? plugin.onTimer.bind(plugin) : () => [];
   return {
+    // Contract 0.2.0 (a plugin built for a world of wit/platform/ exports it; see platform.js).
+    timerHandler: {
+      onTimer: checked("onTimer", (r) => checkActions("the result", r), onTimer),
+    },
     handler: {
       onOpen: checked("onOpen", checkAdmission, onOpen),
       onMessage: checked("onMessage", (r) => checkActions("the result", r), plugin.onMessage.bind(plugin)),

@@ -9,6 +9,8 @@
 #   WSPLUG_WIT         the contract, wit/wsplug.wit (file or directory)
 #   WSPLUG_OUT         the component to write
 #   WSPLUG_TOOLCHAINS  the toolchain cache (e.g. ~/.cache/wsplug/toolchains)
+# and WSPLUG_MODULE_ROOT, when set, is the directory the JavaScript's imports may reach (SOURCE is
+# then relative to it): a plugin of plugins/ that imports the SDK as ../sdk-js/wsplug.js.
 set -euo pipefail
 
 # Usage: build-js.sh NAME SOURCE PLUGIN_DIR [WORLD] (each plugins/*-js/build.sh calls this).
@@ -77,8 +79,10 @@ case $SOURCE in
     js="build/js/${SOURCE%.ts}.js"
     ;;
 esac
-# --sync: the host runs plain (non-async) component exports. The module root is this directory.
-node "$cli" --wit "$wit" --world "$WORLD" --sync --js "$js" -o "$out.tmp" >/dev/null \
+# --sync: the host runs plain (non-async) component exports. The module root is this directory
+# unless WSPLUG_MODULE_ROOT says otherwise.
+cd "${WSPLUG_MODULE_ROOT:-$here}"
+node "$cli" --wit "$wit" --world "$WORLD" --sync --module-root . --js "$js" -o "$out.tmp" >/dev/null \
     || { rm -f "$out.tmp"; fail "componentize-qjs failed (see above)"; }
 mv -f "$out.tmp" "$out"
 echo "$NAME: built $out ($(wc -c <"$out") bytes)"
