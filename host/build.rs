@@ -24,6 +24,7 @@ fn main() {
         "plugins/chat",
         "plugins/guard",
         "plugins/game",
+        "plugins/counter",
         "tests/plugins",
     ] {
         watch_tree(&root.join(watched));
@@ -43,7 +44,7 @@ fn main() {
     }
     std::fs::create_dir_all(&out_dir).expect("create target/plugins");
     let release = build_dir.join(TARGET).join("release");
-    for name in ["echo", "chat", "guard", "game", "hostile", "probe"] {
+    for name in ["echo", "chat", "guard", "game", "counter", "hostile", "probe"] {
         let from = release.join(format!("{name}.wasm"));
         let to = out_dir.join(format!("{name}.wasm"));
         copy_if_changed(&from, &to);

@@ -1,7 +1,8 @@
 //! The platform of contract 0.2.0 over real connections: timers that tick into a room and keep
 //! ticking across a hot reload and an instance rebuilt after a trap, attachments that keep a
-//! player's name across both, grants that refuse a plugin which imports what its route does not
-//! allow, and a 0.1.0 plugin served beside a 0.2.0 one.
+//! player's name across both, a key-value store shared by a route's instances, bounded by its
+//! quota and kept across a restart, grants that refuse a plugin which imports what its route
+//! does not allow, and a 0.1.0 plugin served beside a 0.2.0 one.
 
 use std::time::Duration;
 
@@ -89,6 +90,12 @@ async fn a_plugin_that_imports_an_ungranted_interface_is_refused_naming_the_gran
         let e = format!("{:#}", wsplug::Server::bind(&config).await.err().expect("refused"));
         assert!(e.contains("game.wasm") && e.contains(missing) && e.contains("[routes.grants]"), "{e}");
     }
+    let route = format!("[[routes]]\npath = \"/counter\"\nplugin = \"{}\"\n", plugin_path("counter").display());
+    let base = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut config = wsplug::config::Config::parse(&route, "test config", base).unwrap();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let e = format!("{:#}", wsplug::Server::bind(&config).await.err().expect("refused"));
+    assert!(e.contains("wsplug:plugin/kv@0.2.0") && e.contains("kv = \"STORE-NAME\""), "{e}");
 }
 
 #[tokio::test]
@@ -109,4 +116,62 @@ async fn a_0_1_0_plugin_and_a_0_2_0_plugin_run_side_by_side() {
     let mut player = server.connect("/game?name=cy").await;
     assert_eq!(next_event(&mut player, "welcome").await["name"], "cy");
     next_event(&mut player, "tick").await;
+}
+
+/// Sends one text command and returns the text answer.
+async fn ask(ws: &mut Client, command: &str) -> String {
+    ws.send(Message::text(command)).await.unwrap();
+    match next_message(ws).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("{command}: expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn kv_counters_are_shared_by_instances_and_survive_a_restart() {
+    let dir = TempDir::new("kv");
+    let config = format!(
+        "data_dir = \"{}\"\n[[routes]]\npath = \"/counter\"\nplugin = \"{}\"\ninstances = 2\n\
+         [routes.grants]\nkv = \"counters\"\nkv_quota = \"4KiB\"\n",
+        dir.0.display(),
+        plugin_path("counter").display()
+    );
+    {
+        let server = TestServer::start(&config).await;
+        // Connections are pinned to instances by id: two in a row are on different instances.
+        let mut a = server.connect("/counter").await;
+        let mut b = server.connect("/counter").await;
+        assert_eq!(ask(&mut a, "incr visits").await, "visits=1");
+        assert_eq!(ask(&mut b, "incr visits").await, "visits=2");
+        assert_eq!(ask(&mut a, "get visits").await, "visits=2");
+        // The quota (4 KiB of keys and values): a write past it fails its call (1011), and
+        // nothing of it is stored.
+        let mut refused = None;
+        for i in 0..200 {
+            a.send(Message::text(format!("incr counter-with-a-long-name-{i:04}"))).await.unwrap();
+            match next_message(&mut a).await {
+                Message::Text(_) => continue,
+                Message::Close(Some(f)) => {
+                    assert_eq!(u16::from(f.code), 1011);
+                    refused = Some(i);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The quota counts keys and values: "count/visits" and "2" take 13 bytes, each long counter
+        // 35 + 1, so exactly (4096 - 13) / 36 = 113 of them fit and the 114th is refused.
+        let refused = refused.expect("the quota refused a write");
+        assert_eq!(refused, (4096 - 13) / 36, "refused at {refused}");
+        let name = format!("counter-with-a-long-name-{refused:04}");
+        assert_eq!(ask(&mut b, &format!("get {name}")).await, format!("{name}=0"), "the refused write is not stored");
+        assert_eq!(ask(&mut b, "get visits").await, "visits=2");
+        server.shutdown.shutdown();
+        tokio::time::timeout(Duration::from_secs(10), server.task).await.expect("shut down").unwrap().unwrap();
+    }
+    // A new server on the same data directory: the counters are still there.
+    let server = TestServer::start(&config).await;
+    let mut c = server.connect("/counter").await;
+    assert_eq!(ask(&mut c, "incr visits").await, "visits=3");
+    assert!(std::fs::metadata(dir.join("counters.redb")).is_ok_and(|m| m.len() > 0));
 }

@@ -113,7 +113,7 @@ fn mount(config: &Config) -> anyhow::Result<Routes> {
                 let plugin =
                     PluginEngine::global().load(file, config.effective_cache_dir().as_deref()).with_context(origin)?;
                 tracing::info!(path = %r.path, plugin = %plugin.path.display(), size = plugin.size, compile_ms = plugin.compile_time.as_millis() as u64, cached = plugin.from_cache, "plugin loaded");
-                let settings = RouteSettings::new(r, &config.limits);
+                let settings = RouteSettings::new(r, config);
                 Handler::Events(Arc::new(PluginRoute::start_blocking(plugin, settings)?))
             }
             (None, None) => anyhow::bail!("route {} has no handler", r.path),

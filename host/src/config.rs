@@ -38,6 +38,10 @@ pub struct Config {
     /// `$XDG_CACHE_HOME/wsplug`, else `~/.cache/wsplug`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Where plugins' key-value stores are kept (`DIR/NAME.redb`), or `"memory"` (gone at exit).
+    /// Default: `$WSPLUG_DATA_DIR`, else `$XDG_DATA_HOME/wsplug`, else `~/.local/share/wsplug`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
     /// Turns the compile cache off. Default true.
     #[serde(default = "yes")]
     pub compile_cache: bool,
@@ -364,6 +368,15 @@ impl Config {
         match &self.cache_dir {
             Some(dir) => Some(self.resolve(dir)),
             None => crate::plugin::engine::default_cache_dir(),
+        }
+    }
+
+    /// Where key-value stores live.
+    pub fn effective_data_dir(&self) -> crate::storage::Location {
+        match &self.data_dir {
+            Some(dir) if dir.as_os_str() == "memory" => crate::storage::Location::Memory,
+            Some(dir) => crate::storage::Location::Dir(self.resolve(dir)),
+            None => crate::storage::Location::Dir(crate::storage::default_data_dir()),
         }
     }
 

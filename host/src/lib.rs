@@ -33,5 +33,6 @@ pub use wsplug_protocol as protocol;
 pub mod reload;
 pub mod scaffold;
 pub mod server;
+pub mod storage;
 
 pub use app::Server;

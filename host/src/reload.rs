@@ -336,7 +336,7 @@ impl Reloader {
         for route in &new.routes {
             let r = route.get_ref();
             let file = r.plugin.as_ref().map(|f| normalize(&new.resolve(f)));
-            let settings = RouteSettings::new(r, &new.limits);
+            let settings = RouteSettings::new(r, &new);
             let old = live.routes.get(&r.path).cloned();
             let reusable = old.as_ref().is_some_and(|o| match (plugin_of(o), &file) {
                 (Some(p), Some(_)) => p.instances() == r.instances,

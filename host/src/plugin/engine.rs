@@ -344,8 +344,12 @@ pub fn check_report(plugin: &LoadedPlugin) -> String {
     let grants: Vec<&str> = plugin
         .imports
         .iter()
-        .filter_map(|i| super::platform::grant_of(i).map(|_| i.as_str()))
-        .map(|i| if i == super::platform::TIMERS_INTERFACE { "timers = true" } else { "attachments = true" })
+        .filter_map(|i| match i.as_str() {
+            super::platform::TIMERS_INTERFACE => Some("timers = true"),
+            super::platform::ATTACHMENTS_INTERFACE => Some("attachments = true"),
+            super::platform::KV_INTERFACE => Some("kv = \"STORE-NAME\""),
+            _ => None,
+        })
         .collect();
     if !grants.is_empty() {
         out.push_str(&format!("  grants its route needs ([routes.grants]): {}\n", grants.join(", ")));

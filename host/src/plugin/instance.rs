@@ -165,7 +165,7 @@ impl PluginInstance {
         self.arm();
         self.store.data_mut().platform.opening = Some(conn.id);
         let r = self.bindings.wsplug_plugin0_1_0_handler().call_on_open(&mut self.store, conn).await;
-        let r = self.settled(r);
+        let r = self.settled(r).await;
         self.store.data_mut().platform.opening = None;
         r
     }
@@ -173,7 +173,7 @@ impl PluginInstance {
     pub async fn on_message(&mut self, id: u64, message: MessageParam<'_>) -> Result<Vec<Action>, CallError> {
         self.arm();
         let r = self.bindings.wsplug_plugin0_1_0_handler().call_on_message(&mut self.store, id, message).await;
-        self.settled(r)
+        self.settled(r).await
     }
 
     /// Whether the plugin takes several messages in one call (`batch.on-messages`).
@@ -186,13 +186,13 @@ impl PluginInstance {
         let Some(f) = self.on_messages else { return Ok(Vec::new()) };
         self.arm();
         let r = f.call_async(&mut self.store, (id, messages)).await;
-        self.settled(r.map(|(actions,)| actions))
+        self.settled(r.map(|(actions,)| actions)).await
     }
 
     pub async fn on_close(&mut self, id: u64, code: u16, reason: &str) -> Result<Vec<Action>, CallError> {
         self.arm();
         let r = self.bindings.wsplug_plugin0_1_0_handler().call_on_close(&mut self.store, id, code, reason).await;
-        self.settled(r)
+        self.settled(r).await
     }
 
     /// Whether the plugin handles timer events (`timer-handler.on-timer`, contract 0.2.0).
@@ -205,7 +205,7 @@ impl PluginInstance {
         let Some(f) = self.on_timer else { return Ok(Vec::new()) };
         self.arm();
         let r = f.call_async(&mut self.store, (name.to_owned(),)).await;
-        self.settled(r.map(|(actions,)| actions))
+        self.settled(r.map(|(actions,)| actions)).await
     }
 
     /// Links the instance to its slot's timers and attachments, which outlive it.
@@ -225,16 +225,26 @@ impl PluginInstance {
         self.store.data_mut().platform.log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// A call's result: on success, what it did with timers and attachments takes effect (before
-    /// its actions are carried out); a failure is classified and its uses are dropped.
-    fn settled<T>(&mut self, r: wasmtime::Result<T>) -> Result<T, CallError> {
-        match r {
-            Ok(value) => {
-                self.store.data_mut().platform.commit();
-                Ok(value)
+    /// A call's result: on success, what it did with timers, attachments and the key-value store
+    /// takes effect (before its actions are carried out); a failure is classified and its uses
+    /// are dropped.
+    ///
+    /// Its key-value writes commit first, in one durable transaction (on the blocking pool: file
+    /// I/O and an fsync); if the store refuses them (a lost compare-and-swap, the quota, an I/O
+    /// error), the call fails and nothing of it takes effect.
+    async fn settled<T>(&mut self, r: wasmtime::Result<T>) -> Result<T, CallError> {
+        let value = r.map_err(|e| classify(&self.store, e))?;
+        if let Some((store, writes, expected)) = self.store.data_mut().platform.take_kv() {
+            let committed = tokio::task::spawn_blocking(move || store.commit(&writes, &expected))
+                .await
+                .unwrap_or_else(|e| Err(format!("the commit task failed: {e}")));
+            if let Err(e) = committed {
+                self.store.data_mut().platform.clear();
+                return Err(CallError::Failed(format!("its key-value writes were refused: {e}")));
             }
-            Err(e) => Err(classify(&self.store, e)),
         }
+        self.store.data_mut().platform.commit();
+        Ok(value)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The platform of contract 0.2.0 (`wit/platform/wsplug.wit`) as the host provides it: `timers`
-//! and `attachments`, and the route grants that allow them.
+//! The platform of contract 0.2.0 (`wit/platform/wsplug.wit`) as the host provides it: `timers`,
+//! `attachments` and `kv` (over [`crate::storage`]), and the route grants that allow them.
 //!
 //! What a call does with them is pending in its store (the call reads its own writes) and takes
 //! effect when the call succeeds ([`CallPlatform::commit`], run by the instance right after a
@@ -15,8 +15,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::bindings::v2::{attachments, timers};
+use super::bindings::v2::{attachments, kv, timers};
 use super::sandbox::PluginState;
+use crate::storage::{MAX_KEY, MAX_VALUE, Store, Write};
 
 /// The longest timer name, in bytes.
 pub const MAX_TIMER_NAME: usize = 128;
@@ -25,6 +26,7 @@ pub const MAX_ATTACHMENT: usize = 16 << 10;
 /// The interfaces of 0.2.0, by the grant that allows each.
 pub const TIMERS_INTERFACE: &str = "wsplug:plugin/timers@0.2.0";
 pub const ATTACHMENTS_INTERFACE: &str = "wsplug:plugin/attachments@0.2.0";
+pub const KV_INTERFACE: &str = "wsplug:plugin/kv@0.2.0";
 /// The optional export of timer events.
 pub const TIMER_HANDLER_INTERFACE: &str = "wsplug:plugin/timer-handler@0.2.0";
 
@@ -39,11 +41,16 @@ pub struct Grants {
     pub max_timers: usize,
     /// The `attachments` interface.
     pub attachments: bool,
+    /// The `kv` interface, on the store of this name (`DATA_DIR/NAME.redb`).
+    pub kv: Option<String>,
+    /// Most bytes of keys and values the store may hold. Default 64 MiB.
+    #[serde(deserialize_with = "crate::config::de_size")]
+    pub kv_quota: usize,
 }
 
 impl Default for Grants {
     fn default() -> Self {
-        Self { timers: false, max_timers: 100, attachments: false }
+        Self { timers: false, max_timers: 100, attachments: false, kv: None, kv_quota: 64 << 20 }
     }
 }
 
@@ -54,6 +61,7 @@ impl Grants {
             let (granted, grant) = match import.as_str() {
                 TIMERS_INTERFACE => (self.timers, "timers = true"),
                 ATTACHMENTS_INTERFACE => (self.attachments, "attachments = true"),
+                KV_INTERFACE => (self.kv.is_some(), "kv = \"STORE-NAME\""),
                 _ => continue,
             };
             if !granted {
@@ -71,6 +79,7 @@ pub fn grant_of(import: &str) -> Option<&'static str> {
     match import {
         TIMERS_INTERFACE => Some("needs the grant `timers = true`"),
         ATTACHMENTS_INTERFACE => Some("needs the grant `attachments = true`"),
+        KV_INTERFACE => Some("needs the grant `kv = \"STORE-NAME\"`"),
         _ => None,
     }
 }
@@ -105,6 +114,8 @@ pub struct Shared {
     pub timers_changed: Arc<tokio::sync::Notify>,
     /// The live connections of the slot, each with what it has attached (empty: nothing).
     pub attachments: Arc<Mutex<HashMap<u64, Vec<u8>>>>,
+    /// The route's key-value store, when granted.
+    pub kv: Option<Arc<Store>>,
 }
 
 impl Shared {
@@ -130,6 +141,10 @@ impl Shared {
     }
 }
 
+/// A call's key-value writes on their way to the store: the store, the writes, and the value each
+/// compare-and-swap saw (checked again when they commit).
+pub type KvCommit = (Arc<Store>, Vec<Write>, Vec<(String, Option<Vec<u8>>)>);
+
 enum TimerOp {
     Set(String, Duration, Option<Duration>),
     Cancel(String),
@@ -143,6 +158,9 @@ pub struct CallPlatform {
     pub opening: Option<u64>,
     timer_ops: Vec<TimerOp>,
     attach_ops: Vec<(u64, Vec<u8>)>,
+    kv_writes: Vec<Write>,
+    /// What each compare-and-swap saw, checked again at commit.
+    kv_expected: Vec<(String, Option<Vec<u8>>)>,
     /// When kept (`wsplug test`), a line for every use that took effect.
     pub log: Option<Vec<String>>,
 }
@@ -156,6 +174,8 @@ impl Default for CallPlatform {
             opening: None,
             timer_ops: Vec::new(),
             attach_ops: Vec::new(),
+            kv_writes: Vec::new(),
+            kv_expected: Vec::new(),
             log: None,
         }
     }
@@ -166,6 +186,41 @@ impl CallPlatform {
     pub fn clear(&mut self) {
         self.timer_ops.clear();
         self.attach_ops.clear();
+        self.kv_writes.clear();
+        self.kv_expected.clear();
+    }
+
+    /// The call's key-value writes, to commit ([`Store::commit`], blocking) before the rest: the
+    /// store, the writes and what its compare-and-swaps saw. `None` when it wrote nothing.
+    pub fn take_kv(&mut self) -> Option<KvCommit> {
+        if self.kv_writes.is_empty() {
+            return None;
+        }
+        let store = self.shared.kv.clone()?;
+        if let Some(log) = &mut self.log {
+            for write in &self.kv_writes {
+                log.push(match write {
+                    Write::Set(key, value) => format!("kv set {} ({} bytes)", quoted(key), value.len()),
+                    Write::Delete(key) => format!("kv delete {}", quoted(key)),
+                });
+            }
+        }
+        Some((store, std::mem::take(&mut self.kv_writes), std::mem::take(&mut self.kv_expected)))
+    }
+
+    /// The value of `key` as this call sees it: its own last write, else the store's.
+    fn kv_value(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        for write in self.kv_writes.iter().rev() {
+            match write {
+                Write::Set(k, v) if k == key => return Ok(Some(v.clone())),
+                Write::Delete(k) if k == key => return Ok(None),
+                _ => {}
+            }
+        }
+        match &self.shared.kv {
+            Some(store) => store.get(key),
+            None => Ok(None),
+        }
     }
 
     /// Applies the call's pending uses: it succeeded.
@@ -284,6 +339,90 @@ impl attachments::Host for PluginState {
             None => platform.shared.attachments.lock().expect("attachments lock").get(&conn)?.clone(),
         };
         (!value.is_empty()).then_some(value)
+    }
+}
+
+/// A key's or a value's size against the store's bounds.
+fn check_kv(key: &str, value: Option<&[u8]>) -> Result<(), String> {
+    if key.len() > MAX_KEY {
+        return Err(format!("a key is at most {MAX_KEY} bytes, not {}", key.len()));
+    }
+    if let Some(value) = value
+        && value.len() > MAX_VALUE
+    {
+        return Err(format!("a value is at most {MAX_VALUE} bytes, not {}", value.len()));
+    }
+    Ok(())
+}
+
+impl kv::Host for PluginState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        match self.platform.kv_value(&key) {
+            Ok(value) => value,
+            Err(e) => {
+                // A read the database cannot serve is the server's failure, not the plugin's: it
+                // is logged, and the plugin sees no value.
+                tracing::error!(plugin = &*self.plugin, "{e}");
+                None
+            }
+        }
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        check_kv(&key, Some(&value))?;
+        self.platform.kv_writes.push(Write::Set(key, value));
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) {
+        self.platform.kv_writes.push(Write::Delete(key));
+    }
+
+    fn keys(&mut self, prefix: String, limit: u32) -> Vec<String> {
+        let platform = &self.platform;
+        let limit = limit as usize;
+        let Some(store) = &platform.shared.kv else { return Vec::new() };
+        // The committed keys, then this call's own writes over them.
+        let mut keys: BTreeSet<String> = match store.keys(&prefix, limit + platform.kv_writes.len()) {
+            Ok(keys) => keys.into_iter().collect(),
+            Err(e) => {
+                tracing::error!(plugin = &*self.plugin, "{e}");
+                BTreeSet::new()
+            }
+        };
+        for write in &platform.kv_writes {
+            match write {
+                Write::Set(k, _) if k.starts_with(&prefix) => keys.insert(k.clone()),
+                Write::Delete(k) => keys.remove(k),
+                _ => false,
+            };
+        }
+        keys.into_iter().take(limit).collect()
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool, String> {
+        check_kv(&key, value.as_deref())?;
+        let platform = &mut self.platform;
+        if platform.kv_value(&key)? != expected {
+            return Ok(false);
+        }
+        // What the store held is what the commit checks (this call's own earlier writes to the
+        // key are its own business).
+        if !platform.kv_writes.iter().any(|w| matches!(w, Write::Set(k, _) | Write::Delete(k) if *k == key))
+            && let Some(store) = &platform.shared.kv
+        {
+            platform.kv_expected.push((key.clone(), store.get(&key)?));
+        }
+        platform.kv_writes.push(match value {
+            Some(v) => Write::Set(key, v),
+            None => Write::Delete(key),
+        });
+        Ok(true)
     }
 }
 

@@ -42,6 +42,7 @@ use crate::protocol::{CloseCode, CloseFrame, Message};
 use crate::server::handler::{Accept, Admit, BoxFuture, EventRoute, HandlerInstance, SharedInstance};
 use crate::server::hub::{ConnInfo, Hub};
 use crate::server::{Batch, Outbound, SharedMessage};
+use crate::storage::{Store, StoreSpec};
 
 /// A route served by a plugin: its instances' slots and its hub.
 pub struct PluginRoute {
@@ -74,12 +75,15 @@ pub struct RouteSettings {
     pub checkpoints: Checkpoints,
     /// Failure reasons go to the client (`dev = true`), not only to the log.
     pub dev: bool,
-    /// What the plugin may use beyond the sandbox (timers, attachments).
+    /// What the plugin may use beyond the sandbox (timers, attachments, a key-value store).
     pub grants: Grants,
+    /// The key-value store it is granted, and where it is.
+    pub kv: Option<StoreSpec>,
 }
 
 impl RouteSettings {
-    pub fn new(route: &crate::config::RouteConfig, limits: &crate::config::Limits) -> Self {
+    pub fn new(route: &crate::config::RouteConfig, config: &crate::config::Config) -> Self {
+        let limits = &config.limits;
         Self {
             path: route.path.clone(),
             instances: route.instances,
@@ -89,6 +93,11 @@ impl RouteSettings {
             checkpoints: route.checkpoint,
             dev: route.dev,
             grants: route.grants.clone(),
+            kv: route.grants.kv.as_ref().map(|name| StoreSpec {
+                name: name.clone(),
+                location: config.effective_data_dir(),
+                quota: route.grants.kv_quota as u64,
+            }),
         }
     }
 }
@@ -97,6 +106,12 @@ impl PluginRoute {
     /// Instantiates the plugin `settings.instances` times, failing fast if it cannot start.
     pub async fn start(plugin: LoadedPlugin, settings: RouteSettings) -> anyhow::Result<Self> {
         settings.grants.check(&plugin.imports).map_err(|e| anyhow::anyhow!("plugin {}: {e}", plugin.path.display()))?;
+        let kv = settings
+            .kv
+            .as_ref()
+            .map(Store::open)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("route {}: {e}", settings.path))?;
         let hub = Arc::new(Hub::new(&settings.path));
         let count = settings.instances.max(1);
         let mut instances = Vec::with_capacity(count);
@@ -104,7 +119,7 @@ impl PluginRoute {
             let mut instance = PluginInstance::new(&plugin, &settings.sandbox)
                 .await
                 .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", plugin.path.display()))?;
-            let platform = Shared::default();
+            let platform = Shared { kv: kv.clone(), ..Shared::default() };
             instance.link_platform(platform.clone(), settings.grants.max_timers);
             let slot = Arc::new_cyclic(|this| {
                 Mutex::new(InstanceSlot {
@@ -160,6 +175,7 @@ impl PluginRoute {
     pub async fn swap(&self, plugin: LoadedPlugin, settings: Option<RouteSettings>) -> Result<(), String> {
         let settings = settings.unwrap_or_else(|| self.settings());
         settings.grants.check(&plugin.imports)?;
+        let kv = settings.kv.as_ref().map(Store::open).transpose()?;
         // In index order; nothing else holds two slots, so this cannot deadlock.
         let mut slots = Vec::with_capacity(self.instances.len());
         for slot in &self.instances {
@@ -167,7 +183,7 @@ impl PluginRoute {
         }
         let mut prepared = Vec::with_capacity(slots.len());
         for (i, slot) in slots.iter_mut().enumerate() {
-            match slot.prepare(&plugin, &settings).await {
+            match slot.prepare(&plugin, &settings, kv.clone()).await {
                 Ok(p) => prepared.push(p),
                 Err(e) => return Err(format!("instance {i} of {}: {e}; no instance changed", slots.len())),
             }
@@ -266,6 +282,8 @@ async fn supervised<T>(mut call: BoxFuture<'_, T>) -> Result<T, String> {
 struct Prepared {
     instance: PluginInstance,
     checkpoint: Option<Vec<u8>>,
+    /// The key-value store of the new settings.
+    kv: Option<Arc<Store>>,
 }
 
 /// One plugin instance and what it needs to serve its connections; taken by one connection's
@@ -729,10 +747,15 @@ impl InstanceSlot {
 
     /// Hot reload, first half: builds the new version and hands it the old version's state,
     /// changing nothing here. On any failure the old version stays in service, untouched.
-    async fn prepare(&mut self, plugin: &LoadedPlugin, settings: &RouteSettings) -> Result<Prepared, String> {
+    async fn prepare(
+        &mut self,
+        plugin: &LoadedPlugin,
+        settings: &RouteSettings,
+        kv: Option<Arc<Store>>,
+    ) -> Result<Prepared, String> {
         let mut next =
             PluginInstance::new(plugin, &settings.sandbox).await.map_err(|e| format!("instantiation {e}"))?;
-        next.link_platform(self.platform.clone(), settings.grants.max_timers);
+        next.link_platform(Shared { kv: kv.clone(), ..self.platform.clone() }, settings.grants.max_timers);
         let mut checkpoint = self.checkpoint.clone();
         if next.has_restore() {
             let snapshot = match self.instance.as_mut() {
@@ -761,7 +784,7 @@ impl InstanceSlot {
                 }
             }
         }
-        Ok(Prepared { instance: next, checkpoint })
+        Ok(Prepared { instance: next, checkpoint, kv })
     }
 
     /// Hot reload, second half: puts a prepared version in service and re-attaches the live
@@ -769,6 +792,7 @@ impl InstanceSlot {
     async fn commit(&mut self, prepared: Prepared, plugin: LoadedPlugin, settings: RouteSettings) {
         self.plugin = plugin;
         self.settings = settings;
+        self.platform.kv = prepared.kv;
         self.instance = Some(prepared.instance);
         self.checkpoint = prepared.checkpoint;
         self.generation += 1;
@@ -950,6 +974,7 @@ mod tests {
             checkpoints: Checkpoints::default(),
             dev: false,
             grants: Grants::default(),
+            kv: None,
         };
         let route = PluginRoute::start(plugin, settings).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -20,8 +20,10 @@
 //! > broadcast text "tick"
 //! ```
 //!
-//! What a step does with timers and attachments (contract 0.2.0) is shown after its actions:
-//! `timer set "NAME" after N ms [every N ms]`, `timer cancel "NAME"`, `attach ID "VALUE"`. Timers
+//! What a step does with timers, attachments and the key-value store (contract 0.2.0) is shown
+//! after its actions: `kv set "KEY" (N bytes)`, `kv delete "KEY"`, `timer set "NAME" after N ms
+//! [every N ms]`, `timer cancel "NAME"`, `attach ID "VALUE"`. The store is a fresh one in memory
+//! for each run. Timers
 //! fire only when a `timer NAME` step says so (`no timer "NAME" is set` if it is not); a one-shot
 //! timer is gone once fired.
 //!
@@ -288,7 +290,7 @@ impl Runner {
             instance: None,
             open: BTreeMap::new(),
             checkpoint: Vec::new(),
-            platform: Shared::default(),
+            platform: Shared { kv: test_store(), ..Shared::default() },
         }
     }
 
@@ -432,6 +434,18 @@ async fn open_step(instance: &mut PluginInstance, step: &Step, resumed: bool) ->
     let conn =
         Connection { id: *id, path, headers: &headers, remote_addr: "127.0.0.1:1", protocols: &protocols, resumed };
     instance.on_open(conn).await
+}
+
+/// A key-value store of its own for one run: in memory, empty, with the default quota.
+fn test_store() -> Option<std::sync::Arc<crate::storage::Store>> {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let spec = crate::storage::StoreSpec {
+        name: format!("wsplug-test-{}-{n}", std::process::id()),
+        location: crate::storage::Location::Memory,
+        quota: Grants::default().kv_quota as u64,
+    };
+    crate::storage::Store::open(&spec).ok()
 }
 
 /// A failure as the client of a `dev` route would read it: what failed, and the plugin's words.

@@ -109,6 +109,41 @@ pub mod timers {
     }
 }
 
+/// The route's key-value store (contract 0.2.0; the route must grant `kv = "STORE-NAME"`): kept
+/// on disk by the server, shared by the route's instances. Reads see the store plus the current
+/// call's own writes; the call's writes commit together when it succeeds, before its actions are
+/// carried out. Keys are at most 1 KiB, values at most 64 KiB.
+pub mod kv {
+    use crate::bindings::wsplug::plugin0_2_0::kv;
+
+    /// The value of `key`.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        kv::get(key)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
+        kv::set(key, value)
+    }
+
+    /// Removes `key`.
+    pub fn delete(key: &str) {
+        kv::delete(key)
+    }
+
+    /// Up to `limit` keys starting with `prefix`, in byte order.
+    pub fn keys(prefix: &str, limit: u32) -> Vec<String> {
+        kv::keys(prefix, limit)
+    }
+
+    /// Sets `key` to `value` (`None`: removes it) only if it now holds `expected` (`None`:
+    /// absent); whether it did. Checked again at commit: a race lost to another instance fails
+    /// the call.
+    pub fn compare_and_swap(key: &str, expected: Option<&[u8]>, value: Option<&[u8]>) -> Result<bool, String> {
+        kv::compare_and_swap(key, expected, value)
+    }
+}
+
 /// A small value per connection (at most 16 KiB) that the host keeps for the plugin across hot
 /// reloads and instance rebuilds, until the connection closes (contract 0.2.0; the route must
 /// grant `attachments = true`). What a call attaches takes effect when the call succeeds.
