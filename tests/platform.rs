@@ -175,3 +175,106 @@ async fn kv_counters_are_shared_by_instances_and_survive_a_restart() {
     assert_eq!(ask(&mut c, "incr visits").await, "visits=3");
     assert!(std::fs::metadata(dir.join("counters.redb")).is_ok_and(|m| m.len() > 0));
 }
+
+/// A counter or a histogram's sum/count from the admin listener's `/metrics`, for `route`.
+async fn metric(server: &TestServer, name: &str, route: &str) -> f64 {
+    let request = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let scrape = wsplug_tests::http_exchange(server.admin.expect("an admin listener"), request).await;
+    scrape
+        .lines()
+        .find(|l| l.starts_with(name) && l.contains(&format!("route=\"{route}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn an_idle_instance_hibernates_and_the_next_message_wakes_it_with_its_state() {
+    let server = TestServer::start(&format!(
+        "admin = \"127.0.0.1:0\"\n[[routes]]\npath = \"/chat\"\nplugin = \"{}\"\nhibernate_after = \"300ms\"\n",
+        plugin_path("chat").display()
+    ))
+    .await;
+    let mut ada = server.connect("/chat?nick=ada").await;
+    next_event(&mut ada, "welcome").await;
+    ada.send(Message::text("said before sleeping")).await.unwrap();
+    next_event(&mut ada, "message").await;
+
+    // Idle: the instance is dropped, its state kept; the connection stays open (pings answered
+    // by the server, not the plugin).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&server, "wsplug_plugin_hibernations_total", "/chat").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no hibernation within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ada.send(Message::Ping(b"still there?".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(10), ada.next()).await.expect("a pong").unwrap().unwrap();
+    assert_eq!(pong, Message::Pong(b"still there?".to_vec().into()));
+
+    // A newcomer wakes it: the restored state has ada and her message.
+    let mut bob = server.connect("/chat?nick=bob").await;
+    let welcome = next_event(&mut bob, "welcome").await;
+    assert_eq!(welcome["members"], serde_json::json!(["ada", "bob"]), "{welcome}");
+    assert!(welcome["history"].to_string().contains("said before sleeping"), "{welcome}");
+    // And ada, never re-attached, is served by the woken instance as before.
+    ada.send(Message::text("good morning")).await.unwrap();
+    let said = next_event(&mut bob, "message").await;
+    assert_eq!((&said["nick"], &said["text"]), (&"ada".into(), &"good morning".into()), "{said}");
+
+    let wakes = metric(&server, "wsplug_plugin_wake_seconds_count", "/chat").await;
+    let seconds = metric(&server, "wsplug_plugin_wake_seconds_sum", "/chat").await;
+    assert!(wakes >= 1.0, "woken {wakes} times");
+    eprintln!("wake latency (instantiate + restore, the Rust chat): {:.0} µs on average", seconds / wakes * 1e6);
+    assert_eq!(metric(&server, "wsplug_plugin_rebuilds_total", "/chat").await, 0.0, "a wake is not a rebuild");
+}
+
+/// The body of the child servers of the memory test (ignored otherwise).
+#[tokio::test]
+#[ignore = "the child server of a_hibernated_route_holds_only_its_state"]
+async fn child_server() {
+    wsplug_tests::run_child_server("WSPLUG_PLATFORM_CHILD").await;
+}
+
+/// Hibernation gives an idle route's memory back: 100 chat routes with a connection each, asleep
+/// against awake, in two server processes of their own. (`WSPLUG_HIBERNATE_PLUGIN=chat-js`
+/// measures another chat, once plugins/build-all.sh has built it.)
+#[tokio::test]
+async fn a_hibernated_route_holds_only_its_state() {
+    const ROUTES: usize = 100;
+    let plugin = std::env::var("WSPLUG_HIBERNATE_PLUGIN").unwrap_or_else(|_| "chat".into());
+    let config = |hibernate: &str| {
+        let mut config = String::from("listen = \"127.0.0.1:0\"\n");
+        for i in 0..ROUTES {
+            config.push_str(&format!(
+                "[[routes]]\npath = \"/chat{i}\"\nplugin = \"{}\"\nhibernate_after = \"{hibernate}\"\n",
+                plugin_path(&plugin).display()
+            ));
+        }
+        config
+    };
+    let mut rss = Vec::new();
+    for hibernate in ["0s", "200ms"] {
+        let server = wsplug_tests::ServerProcess::start(&config(hibernate), "WSPLUG_PLATFORM_CHILD");
+        let mut clients = Vec::new();
+        for i in 0..ROUTES {
+            let url = format!("ws://{}/chat{i}?nick=n{i}", server.addr);
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+            next_event(&mut ws, "welcome").await;
+            clients.push(ws);
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        rss.push(server.rss());
+        // Every room answers after the night (the first message wakes its instance).
+        for (i, ws) in clients.iter_mut().enumerate() {
+            ws.send(Message::text(format!("morning {i}"))).await.unwrap();
+            assert_eq!(next_event(ws, "message").await["text"], format!("morning {i}"));
+        }
+    }
+    let (awake, asleep) = (rss[0], rss[1]);
+    eprintln!(
+        "{ROUTES} routes of {plugin} with a connection each: {} KiB awake, {} KiB hibernated: {} KiB a route saved",
+        awake / 1024,
+        asleep / 1024,
+        awake.saturating_sub(asleep) / ROUTES / 1024
+    );
+    assert!(asleep < awake, "hibernation saved nothing: {asleep} bytes asleep, {awake} awake");
+}

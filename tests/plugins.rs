@@ -602,17 +602,25 @@ async fn bad_plugin_files_stop_start_up_with_the_file_and_reason() {
 fn compile_cache_serves_a_version_seen_before_and_survives_a_bad_entry() {
     let dir = wsplug_tests::TempDir::new("cache");
     let engine = wsplug::plugin::PluginEngine::global();
-    let echo = wsplug_tests::plugin_path("echo");
-    let first = engine.load(&echo, Some(&dir.0)).unwrap();
+    // Bytes of this test's own, so that no other test's load shares its compiled code in memory
+    // (a load of bytes already loaded and in use shares them, without the disk cache).
+    let echo = dir.join("echo.wasm");
+    let bytes = std::fs::read(wsplug_tests::plugin_path("echo")).unwrap();
+    std::fs::write(&echo, wsplug_tests::with_custom_section(&bytes, b"compile cache test")).unwrap();
+    let cache = dir.join("cache");
+    let first = engine.load(&echo, Some(&cache)).unwrap();
     assert!(!first.from_cache, "first load compiles");
-    let second = engine.load(&echo, Some(&dir.0)).unwrap();
+    assert!(engine.load(&echo, Some(&cache)).unwrap().from_cache, "a load while the first is in use shares it");
+    drop(first);
+    let second = engine.load(&echo, Some(&cache)).unwrap();
     assert!(second.from_cache, "second load comes from the cache");
     wsplug::plugin::instance::PluginInstance::new_blocking(&second, &Default::default()).expect("cached code runs");
+    drop(second);
     // A damaged entry is not trusted: it is replaced by a fresh compile.
-    for entry in std::fs::read_dir(&dir.0).unwrap() {
+    for entry in std::fs::read_dir(&cache).unwrap() {
         std::fs::write(entry.unwrap().path(), b"not compiled code").unwrap();
     }
-    let third = engine.load(&echo, Some(&dir.0)).unwrap();
+    let third = engine.load(&echo, Some(&cache)).unwrap();
     assert!(!third.from_cache, "a bad entry is recompiled");
     wsplug::plugin::instance::PluginInstance::new_blocking(&third, &Default::default()).expect("recompiled code runs");
 }

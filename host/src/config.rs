@@ -202,6 +202,11 @@ pub struct RouteConfig {
     /// clients then see only "plugin error".
     #[serde(default)]
     pub dev: bool,
+    /// An instance that has had no event for this long is snapshotted (its `state`) and dropped;
+    /// its connections stay open, and the next event restores a fresh instance first. Default
+    /// "0s": never. Only for plugins that export `state`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub hibernate_after: Duration,
     /// What the plugin may use beyond the sandbox (contract 0.2.0: timers, attachments;
     /// `[routes.grants]`): nothing unless granted.
     #[serde(default)]
@@ -350,6 +355,7 @@ impl Config {
             subprotocols: Vec::new(),
             sandbox: Default::default(),
             grants: Default::default(),
+            hibernate_after: Duration::ZERO,
             connection: Default::default(),
             checkpoint: Default::default(),
             deflate: None,

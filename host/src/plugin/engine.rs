@@ -7,8 +7,9 @@
 //! type-checks its imports against the linker and its exports against the world, and yields a [`LoadedPlugin`] from which instances
 //! are made cheaply (no recompilation, no relinking).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -52,6 +53,9 @@ pub struct PluginEngine {
     pub linker: Linker<PluginState>,
     /// Identifies the engine's configuration and version in cache keys.
     engine_key: u64,
+    /// The components loaded and still in use, by content hash: a file loaded again (by another
+    /// route, or unchanged by a reload) shares the compiled code instead of holding a copy.
+    loaded: Mutex<HashMap<u64, Weak<Component>>>,
 }
 
 impl PluginEngine {
@@ -89,12 +93,25 @@ impl PluginEngine {
             env!("CARGO_PKG_VERSION").hash(&mut h);
             h.finish()
         };
-        Ok(Self { engine, linker, engine_key })
+        Ok(Self { engine, linker, engine_key, loaded: Mutex::default() })
     }
 
     /// Compiles a component, or loads its compiled form from the cache in `cache_dir` (created on
     /// first use). Returns whether the cache served it.
-    fn compile(&self, bytes: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<(Component, bool)> {
+    fn compile(&self, bytes: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<(Arc<Component>, bool)> {
+        let hash = content_hash(bytes);
+        let mut loaded = self.loaded.lock().expect("loaded components lock");
+        if let Some(component) = loaded.get(&hash).and_then(Weak::upgrade) {
+            return Ok((component, true));
+        }
+        loaded.retain(|_, c| c.strong_count() > 0);
+        let (component, from_cache) = self.compile_anew(bytes, cache_dir)?;
+        let component = Arc::new(component);
+        loaded.insert(hash, Arc::downgrade(&component));
+        Ok((component, from_cache))
+    }
+
+    fn compile_anew(&self, bytes: &[u8], cache_dir: Option<&Path>) -> wasmtime::Result<(Component, bool)> {
         let cached =
             cache_dir.map(|dir| dir.join(format!("{:016x}-{:016x}.cwasm", content_hash(bytes), self.engine_key)));
         if let Some(path) = &cached
@@ -188,6 +205,7 @@ impl PluginEngine {
         // The newest contract version it names: 0.2.0 when it uses anything of the platform.
         let contract = contract_versions(&component, &self.engine).pop().unwrap_or_else(|| "0.1.0".into());
         Ok(LoadedPlugin {
+            component,
             name: name.into(),
             path: path.to_owned(),
             pre,
@@ -207,6 +225,8 @@ impl PluginEngine {
 /// A compiled, checked plugin, ready to instantiate.
 #[derive(Clone)]
 pub struct LoadedPlugin {
+    /// The compiled code, shared by every load of the same bytes while any is in use.
+    pub component: Arc<Component>,
     /// The file's stem, used to tag logs ("chat" for chat.wasm).
     pub name: Arc<str>,
     pub path: PathBuf,

@@ -79,6 +79,8 @@ pub struct RouteSettings {
     pub grants: Grants,
     /// The key-value store it is granted, and where it is.
     pub kv: Option<StoreSpec>,
+    /// Idle this long, an instance hibernates (zero: never).
+    pub hibernate_after: Duration,
 }
 
 impl RouteSettings {
@@ -98,6 +100,7 @@ impl RouteSettings {
                 location: config.effective_data_dir(),
                 quota: route.grants.kv_quota as u64,
             }),
+            hibernate_after: route.hibernate_after,
         }
     }
 }
@@ -140,6 +143,9 @@ impl PluginRoute {
                     health: Health::default(),
                     last_failure: String::new(),
                     platform,
+                    last_event: tokio::time::Instant::now(),
+                    hibernated: false,
+                    hibernation_task: false,
                     this: this.clone(),
                 })
             });
@@ -325,7 +331,14 @@ pub struct InstanceSlot {
     /// The instance's timers and its connections' attachments (contract 0.2.0): the slot's, so
     /// that they outlive the instance (a reload, a rebuild after a failure).
     platform: Shared,
-    /// This slot's own lock, for the checkpoint and timer tasks.
+    /// When the instance last had an event (for hibernation).
+    last_event: tokio::time::Instant,
+    /// The instance was dropped for being idle (its state is the checkpoint): the next event
+    /// wakes a fresh one, without re-attaching the connections.
+    hibernated: bool,
+    /// The task that hibernates the instance when idle is running.
+    hibernation_task: bool,
+    /// This slot's own lock, for the checkpoint, timer and hibernation tasks.
     this: Weak<Mutex<InstanceSlot>>,
 }
 
@@ -349,6 +362,7 @@ impl InstanceSlot {
     async fn instance(&mut self) -> Result<&mut PluginInstance, CallError> {
         if self.instance.is_none() {
             let now = tokio::time::Instant::now();
+            let waking = std::mem::take(&mut self.hibernated);
             if let Some(wait) = self.health.rebuild_wait(now) {
                 return Err(CallError::Failed(format!("unavailable: instantiation failed, next attempt in {wait:?}")));
             }
@@ -361,7 +375,9 @@ impl InstanceSlot {
                 }
             };
             self.health.rebuilt();
-            self.hub.metrics().plugin_rebuilds.inc();
+            if !waking {
+                self.hub.metrics().plugin_rebuilds.inc();
+            }
             fresh.link_platform(self.platform.clone(), self.settings.grants.max_timers);
             if let Some(checkpoint) = self.checkpoint.clone()
                 && fresh.has_restore()
@@ -373,6 +389,11 @@ impl InstanceSlot {
                     Err(e) => Some(format!("{e}")),
                 };
                 match failure {
+                    None if waking => {
+                        self.hub.metrics().plugin_wake_seconds.observe(now.elapsed().as_secs_f64());
+                        let micros = now.elapsed().as_micros() as u64;
+                        tracing::info!(plugin = &*self.plugin.name, route = %self.settings.path, bytes, micros, "woken from hibernation");
+                    }
                     None => {
                         tracing::info!(plugin = &*self.plugin.name, route = %self.settings.path, bytes, "instance rebuilt from its last checkpoint")
                     }
@@ -562,6 +583,29 @@ impl InstanceSlot {
         self.batch.flush();
     }
 
+    /// Drops an idle instance, keeping its state as the checkpoint the next event restores: the
+    /// memory of a route nobody talks to is its snapshot. Only for a plugin that hands its state
+    /// over (else its state would be lost).
+    async fn hibernate(&mut self) {
+        let Some(instance) = self.instance.as_mut() else { return };
+        if !instance.has_snapshot() || !instance.has_restore() {
+            tracing::warn!(plugin = &*self.plugin.name, route = %self.settings.path, "hibernate_after is set, but the plugin exports no state to keep: it stays awake");
+            self.settings.hibernate_after = Duration::ZERO;
+            return;
+        }
+        match instance.snapshot().await {
+            Ok(bytes) => {
+                tracing::info!(plugin = &*self.plugin.name, route = %self.settings.path, bytes = bytes.len(), "hibernating: no event for {:?}", self.settings.hibernate_after);
+                self.checkpoint = Some(bytes);
+                self.events_since_checkpoint = 0;
+                self.instance = None;
+                self.hibernated = true;
+                self.hub.metrics().plugin_hibernations.inc();
+            }
+            Err(e) => self.failed("state.snapshot (hibernation)", &e),
+        }
+    }
+
     /// Fires every timer due by now, earliest first, each as an `on-timer` call whose actions
     /// have no sender.
     async fn fire_due_timers(&mut self) {
@@ -707,6 +751,11 @@ impl InstanceSlot {
     /// its own, not the caller) when the count makes one due.
     fn counted(&mut self, events: u64) {
         self.events_since_checkpoint += events;
+        self.last_event = tokio::time::Instant::now();
+        if !self.settings.hibernate_after.is_zero() && !self.hibernation_task {
+            self.hibernation_task = true;
+            tokio::spawn(hibernation_task(self.this.clone()));
+        }
         if !self.instance.as_ref().is_some_and(|i| i.has_snapshot()) {
             return;
         }
@@ -794,6 +843,7 @@ impl InstanceSlot {
         self.settings = settings;
         self.platform.kv = prepared.kv;
         self.instance = Some(prepared.instance);
+        self.hibernated = false;
         self.checkpoint = prepared.checkpoint;
         self.generation += 1;
         self.reattach_all().await;
@@ -909,6 +959,33 @@ async fn checkpoint_timer(slot: Weak<Mutex<InstanceSlot>>, mut every: Duration) 
     }
 }
 
+/// Hibernates a slot's instance once it has had no event for `hibernate_after`, until the slot is
+/// gone or the setting is turned off.
+async fn hibernation_task(slot: Weak<Mutex<InstanceSlot>>) {
+    loop {
+        let due = {
+            let Some(slot) = slot.upgrade() else { return };
+            let mut slot = slot.lock().await;
+            let after = slot.settings.hibernate_after;
+            if after.is_zero() {
+                slot.hibernation_task = false;
+                return;
+            }
+            let due = slot.last_event + after;
+            if tokio::time::Instant::now() >= due {
+                if slot.instance.is_some() {
+                    slot.hibernate().await;
+                }
+                // Asleep (or nothing to hibernate): look again one period after the next event.
+                tokio::time::Instant::now() + after
+            } else {
+                due
+            }
+        };
+        tokio::time::sleep_until(due).await;
+    }
+}
+
 /// Fires a slot's timers when they are due, until the slot is gone: sleeps until the earliest
 /// one (or until the timers change), then takes the slot like any event.
 async fn timer_task(slot: Weak<Mutex<InstanceSlot>>, platform: Shared) {
@@ -975,6 +1052,7 @@ mod tests {
             dev: false,
             grants: Grants::default(),
             kv: None,
+            hibernate_after: Duration::ZERO,
         };
         let route = PluginRoute::start(plugin, settings).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
