@@ -97,6 +97,12 @@ const JS_SDK: &[Template] = &[
     file("contract.d.ts", repo!("plugins/sdk-js/contract.d.ts")),
     file("platform.js", repo!("plugins/sdk-js/platform.js")),
     file("platform.d.ts", repo!("plugins/sdk-js/platform.d.ts")),
+    file("timers.js", repo!("plugins/sdk-js/timers.js")),
+    file("timers.d.ts", repo!("plugins/sdk-js/timers.d.ts")),
+    file("attachments.js", repo!("plugins/sdk-js/attachments.js")),
+    file("attachments.d.ts", repo!("plugins/sdk-js/attachments.d.ts")),
+    file("kv.js", repo!("plugins/sdk-js/kv.js")),
+    file("kv.d.ts", repo!("plugins/sdk-js/kv.d.ts")),
     file(".npmrc", repo!("plugins/templates/js/.npmrc")),
     script("tools/build-js.sh", repo!("plugins/tools/build-js.sh")),
 ];

@@ -3,10 +3,12 @@
 // attachment. Same protocol and same snapshot format as the Rust one (plugins/game/README.md),
 // so plugins/game/game.test runs against both, and a reload may switch between them.
 //
-// Built for the world `platform-plugin` of wit/platform/ with the SDK (plugins/sdk-js).
+// Built for the world `timed-attached-plugin` of wit/platform/ with the SDK (plugins/sdk-js): its
+// route grants timers and attachments.
 
 import { accept, decodeUtf8, definePlugin, json, publish, queryParam, reply, subscribe } from "../sdk-js/wsplug.js";
-import { attach, attached, cancelTimer, setTimer, timerNames } from "../sdk-js/platform.js";
+import { attach, attached } from "../sdk-js/attachments.js";
+import { cancelTimer, setTimer, timerNames } from "../sdk-js/timers.js";
 
 const TICK_MS = 100;
 const ROOM = "game";
