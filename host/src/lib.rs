@@ -8,12 +8,14 @@
 //! | --- | --- | --- |
 //! | [`protocol`] | RFC 6455 as pure functions and state machines over byte slices (the crate `wsplug-protocol`, in `protocol/`) | sockets, plugins |
 //! | [`server`] | the listener (plain or TLS), connection tasks, outbound queues, the hub, shutdown, routes | Wasm |
-//! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and the slots connections call them through | sockets, frames |
+//! | [`plugin`] | wasmtime: engine, bindings from `wit/`, sandbox, instances and the slots connections call them through, the platform of contract 0.2.0 (timers, attachments, grants), `wsplug test` | sockets, frames |
 //! | [`config`] | the TOML configuration, its defaults and checks | |
 //! | [`reload`] | watching plugin and config files, swapping changes in live | sockets, frames |
 //! | [`app`] | the whole server: routes mounted from the config, the listener, the reloader | |
 //! | [`builtin`] | the example plugins and the chat page, embedded in the binary | |
 //! | [`connect`] | `wsplug connect`: a line-based client for trying a route | the server |
+//! | [`scaffold`] | `wsplug new`: plugin projects in every SDK language, from the embedded templates and SDKs | everything else |
+//! | [`storage`] | the key-value stores plugins are granted (redb files under `data_dir`) | sockets, Wasm |
 //! | [`metrics`] | the process's counters, gauges and histograms (Prometheus) | everything else |
 //! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` | routes, plugins |
 //!
