@@ -101,8 +101,7 @@ impl Store {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("kv store {:?}: cannot create {}: {e}", spec.name, dir.display()))?;
                 let path = dir.join(format!("{}.redb", spec.name));
-                Database::create(&path)
-                    .map_err(|e| format!("kv store {:?}: cannot open {}: {e}", spec.name, path.display()))?
+                create(&path).map_err(|e| format!("kv store {:?}: cannot open {}: {e}", spec.name, path.display()))?
             }
             Location::Memory => Database::builder()
                 .create_with_backend(redb::backends::InMemoryBackend::new())
@@ -196,6 +195,21 @@ impl Store {
 
     fn failure(&self, e: impl std::fmt::Display) -> String {
         format!("kv store {:?}: {e}", self.name)
+    }
+}
+
+/// Opens a database file. The last handle of a store that is being dropped (its route just
+/// retired) may still hold the file's lock for the moment its drop takes: that is waited out, for
+/// up to two seconds, rather than refused.
+fn create(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 

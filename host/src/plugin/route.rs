@@ -149,7 +149,9 @@ impl PluginRoute {
                     this: this.clone(),
                 })
             });
-            tokio::spawn(timer_task(Arc::downgrade(&slot), slot.try_lock().expect("a new slot").platform.clone()));
+            // The task needs the timers only: it does not keep the route's store open.
+            let timers = Shared { kv: None, ..slot.try_lock().expect("a new slot").platform.clone() };
+            tokio::spawn(timer_task(Arc::downgrade(&slot), timers));
             instances.push(slot);
         }
         Ok(Self { hub, instances, current: std::sync::Mutex::new((plugin, settings)) })
