@@ -278,3 +278,48 @@ async fn a_hibernated_route_holds_only_its_state() {
     );
     assert!(asleep < awake, "hibernation saved nothing: {asleep} bytes asleep, {awake} awake");
 }
+
+/// A plugin that loops on the platform's host calls cannot make the server hold memory beyond
+/// their bounds: the call's pending writes stay within the store's quota, one attachment per
+/// connection, no record of cancelling what was never set, `max_timers` timers. Measured in a
+/// server process of its own, with a bystander served meanwhile.
+#[tokio::test]
+async fn platform_calls_in_a_loop_hold_only_their_bounds() {
+    let dir = TempDir::new("bomb");
+    let server = wsplug_tests::ServerProcess::start(
+        &format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[[routes]]\npath = \"/bomb\"\nplugin = \"{}\"\n\
+             [routes.sandbox]\ncpu_deadline = \"10s\"\n[routes.grants]\ntimers = true\nmax_timers = 10\n\
+             attachments = true\nkv = \"bomb\"\nkv_quota = \"1MiB\"\n[[routes]]\npath = \"/echo\"\nkind = \"echo\"\n",
+            dir.0.display(),
+            plugin_path("bomb").display()
+        ),
+        "WSPLUG_PLATFORM_CHILD",
+    );
+    let (mut bomb, _) = tokio_tungstenite::connect_async(format!("ws://{}/bomb", server.addr)).await.unwrap();
+    let (mut bystander, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", server.addr)).await.unwrap();
+    let before = server.rss();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (rss, done) = (server.rss_reader(), done.clone());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak.max(rss())
+        })
+    };
+    // 1 MiB of quota holds 15 values of 64 KiB and their keys; the 16th is refused.
+    assert!(ask(&mut bomb, "kv").await.starts_with("kv refused after 15: this call's writes"));
+    assert_eq!(ask(&mut bomb, "attach").await, "attached");
+    assert_eq!(ask(&mut bomb, "cancel").await, "cancelled");
+    assert!(ask(&mut bomb, "timers").await.starts_with("timers refused after 10: "));
+    assert_eq!(ask(&mut bystander, "still served").await, "still served");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap();
+    // Unbounded, the attachments alone would have been 1.6 GB and the cancellations 13 MB.
+    eprintln!("server RSS {} MiB before, {} MiB at the peak", before >> 20, peak >> 20);
+    assert!(peak < before + (48 << 20), "peak RSS {} MiB over {} MiB before", peak >> 20, before >> 20);
+}

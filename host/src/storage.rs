@@ -26,6 +26,10 @@ pub const MAX_VALUE: usize = 64 << 10;
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
+/// The page cache of one store (redb's default is 1 GiB per database): the server's memory for a
+/// store is at most this, whatever its size on disk.
+pub const CACHE_BYTES: usize = 16 << 20;
+
 /// Where stores live: `data_dir` in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -144,6 +148,11 @@ impl Store {
         Ok(keys)
     }
 
+    /// Most bytes of keys and values it may hold.
+    pub fn quota(&self) -> u64 {
+        self.quota
+    }
+
     /// Bytes of keys and values stored.
     pub fn used(&self) -> u64 {
         *self.used.lock().expect("store usage lock")
@@ -204,7 +213,7 @@ impl Store {
 fn create(path: &Path) -> Result<Database, redb::DatabaseError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        match Database::create(path) {
+        match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }

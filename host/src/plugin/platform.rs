@@ -208,6 +208,43 @@ impl CallPlatform {
         Some((store, std::mem::take(&mut self.kv_writes), std::mem::take(&mut self.kv_expected)))
     }
 
+    /// Records a timer operation, replacing an earlier one on the same name: what a call keeps is
+    /// bounded by its timers (`max_timers`).
+    fn push_timer(&mut self, op: TimerOp) {
+        let name = match &op {
+            TimerOp::Set(name, ..) | TimerOp::Cancel(name) => name.clone(),
+        };
+        self.timer_ops.retain(|o| !matches!(o, TimerOp::Set(n, ..) | TimerOp::Cancel(n) if *n == name));
+        self.timer_ops.push(op);
+    }
+
+    /// Records a key-value write, replacing an earlier one on the same key. A call's writes
+    /// together (keys and values) may not pass the store's quota: the host holds them until the
+    /// call ends, outside the plugin's memory cap.
+    fn push_kv(&mut self, write: Write) -> Result<(), String> {
+        let key = match &write {
+            Write::Set(key, _) | Write::Delete(key) => key.clone(),
+        };
+        self.kv_writes.retain(|w| !matches!(w, Write::Set(k, _) | Write::Delete(k) if *k == key));
+        self.kv_writes.push(write);
+        let pending: usize = self
+            .kv_writes
+            .iter()
+            .map(|w| match w {
+                Write::Set(k, v) => k.len() + v.len(),
+                Write::Delete(k) => k.len(),
+            })
+            .sum();
+        let quota = self.shared.kv.as_ref().map_or(0, |s| s.quota());
+        if pending as u64 > quota {
+            self.kv_writes.pop();
+            return Err(format!(
+                "this call's writes ({pending} bytes) pass the store's quota ({quota} bytes, kv_quota)"
+            ));
+        }
+        Ok(())
+    }
+
     /// The value of `key` as this call sees it: its own last write, else the store's.
     fn kv_value(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         for write in self.kv_writes.iter().rev() {
@@ -301,16 +338,16 @@ impl timers::Host for PluginState {
                 platform.max_timers
             ));
         }
-        platform.timer_ops.push(TimerOp::Set(
-            name,
-            Duration::from_millis(after_ms),
-            every_ms.map(Duration::from_millis),
-        ));
+        platform.push_timer(TimerOp::Set(name, Duration::from_millis(after_ms), every_ms.map(Duration::from_millis)));
         Ok(())
     }
 
     fn cancel(&mut self, name: String) {
-        self.platform.timer_ops.push(TimerOp::Cancel(name));
+        // Cancelling a timer that is not set is nothing to remember (so a call cannot pile up
+        // cancellations of names that never were).
+        if self.platform.names().contains(&name) {
+            self.platform.push_timer(TimerOp::Cancel(name));
+        }
     }
 
     fn names(&mut self) -> Vec<String> {
@@ -328,6 +365,8 @@ impl attachments::Host for PluginState {
         if !live && platform.opening != Some(conn) {
             return Err(format!("connection {conn} is not an open connection of this instance"));
         }
+        // Only the last value per connection is kept: a call holds at most one each.
+        platform.attach_ops.retain(|(c, _)| *c != conn);
         platform.attach_ops.push((conn, value));
         Ok(())
     }
@@ -370,12 +409,14 @@ impl kv::Host for PluginState {
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         check_kv(&key, Some(&value))?;
-        self.platform.kv_writes.push(Write::Set(key, value));
-        Ok(())
+        self.platform.push_kv(Write::Set(key, value))
     }
 
     fn delete(&mut self, key: String) {
-        self.platform.kv_writes.push(Write::Delete(key));
+        // Deleting a key that is not there is nothing to remember.
+        if matches!(self.platform.kv_value(&key), Ok(Some(_))) {
+            let _ = self.platform.push_kv(Write::Delete(key));
+        }
     }
 
     fn keys(&mut self, prefix: String, limit: u32) -> Vec<String> {
@@ -414,14 +455,15 @@ impl kv::Host for PluginState {
         // What the store held is what the commit checks (this call's own earlier writes to the
         // key are its own business).
         if !platform.kv_writes.iter().any(|w| matches!(w, Write::Set(k, _) | Write::Delete(k) if *k == key))
+            && !platform.kv_expected.iter().any(|(k, _)| *k == key)
             && let Some(store) = &platform.shared.kv
         {
             platform.kv_expected.push((key.clone(), store.get(&key)?));
         }
-        platform.kv_writes.push(match value {
+        platform.push_kv(match value {
             Some(v) => Write::Set(key, v),
             None => Write::Delete(key),
-        });
+        })?;
         Ok(true)
     }
 }
