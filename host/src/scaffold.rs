@@ -181,24 +181,28 @@ fn profile(lang: Lang) -> Profile {
         Lang::Js => Profile {
             files: &[JS, JS_SDK],
             source: "plugin.js",
-            build: Some(r#"exec bash "$here/tools/build-js.sh" {{name}} plugin.js "$here" stateful-plugin"#),
+            build: Some(r#"exec bash "$here/tools/build-js.sh" {{name}} plugin.js "$here" "$WORLD""#),
             needs: "it needs Node.js 18 or newer with npm, and installs componentize-qjs (pinned in\n\
                     `package-lock.json`) on first use.",
             listing: "- `plugin.js`: the plugin.\n\
                       - `wsplug.js`: the SDK (`definePlugin`, `reply`, `publish`, `accept`, `console`, ...);\n  \
-                      `wsplug.d.ts` and `contract.d.ts` type it for editors.\n\
+                      `wsplug.d.ts` and `contract.d.ts` type it for editors. `timers.js`, `attachments.js`,\n  \
+                      `kv.js`: the platform of contract 0.2.0, for a plugin built for a world of\n  \
+                      `wit/platform/`, e.g. `WORLD=stored-plugin ./build.sh` (its route must grant it).\n\
                       - `build.sh`, `tools/build-js.sh`: the build (componentize-qjs, `--sync`).",
             ignore: "build/\nnode_modules/\n",
         },
         Lang::Ts => Profile {
             files: &[TS, JS_SDK],
             source: "plugin.ts",
-            build: Some(r#"exec bash "$here/tools/build-js.sh" {{name}} plugin.ts "$here" stateful-plugin"#),
+            build: Some(r#"exec bash "$here/tools/build-js.sh" {{name}} plugin.ts "$here" "$WORLD""#),
             needs: "it needs Node.js 18 or newer with npm, installs componentize-qjs and TypeScript\n\
                     (pinned in `package-lock.json`) on first use, and type-checks (strict) before it builds.",
             listing: "- `plugin.ts`: the plugin.\n\
                       - `wsplug.js`: the SDK (`definePlugin`, `reply`, `publish`, `accept`, `console`, ...), typed by\n  \
-                      `wsplug.d.ts`; `contract.d.ts`: the contract's types, generated from `wit/wsplug.wit`.\n\
+                      `wsplug.d.ts`; `contract.d.ts`: the contract's types, generated from `wit/wsplug.wit`.\n  \
+                      `timers.js`, `attachments.js`, `kv.js`: the platform of contract 0.2.0, for a plugin\n  \
+                      built for a world of `wit/platform/`, e.g. `WORLD=stored-plugin ./build.sh`.\n\
                       - `tsconfig.json`: strict type checking.\n\
                       - `build.sh`, `tools/build-js.sh`: the build (tsc, then componentize-qjs, `--sync`).",
             ignore: "build/\nnode_modules/\n",
@@ -206,7 +210,7 @@ fn profile(lang: Lang) -> Profile {
         Lang::Python => Profile {
             files: &[PYTHON],
             source: "app.py",
-            build: Some(r#"exec bash "$here/tools/build-python.sh" {{name}} app "$here" stateful-plugin"#),
+            build: Some(r#"exec bash "$here/tools/build-python.sh" {{name}} app "$here" "$WORLD""#),
             needs: "it needs Python 3.9 or newer with its venv module, and installs componentize-py\n\
                     (pinned in `requirements.txt`) into a virtual environment on first use.",
             listing: "- `app.py`: the plugin.\n\
@@ -242,13 +246,24 @@ fn profile(lang: Lang) -> Profile {
     }
 }
 
+/// How a JavaScript, TypeScript or Python build picks its world.
+const WORLD_CHOICE: &str = r#"# The world of the contract it implements: stateful-plugin (wit/wsplug.wit, version 0.1.0), or,
+# to use the platform of 0.2.0, one of wit/platform/: timed-plugin, attached-plugin,
+# stored-plugin, timed-attached-plugin, platform-plugin (its route must grant what it imports).
+WORLD=${WORLD:-stateful-plugin}
+case $WORLD in
+plugin | stateful-plugin | batched-plugin) ;;
+*) WSPLUG_WIT=${WSPLUG_WIT:-$here/wit/platform} ;;
+esac
+"#;
+
 /// The build script of the languages built by a script of `tools/`.
 const BUILD_SH: &str = r#"#!/usr/bin/env bash
 # Builds {{name}}.wasm (a WebAssembly component) from {{source}}, from any directory. The first
 # build installs the toolchain into the cache (see README.md); later ones reuse it.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-export WSPLUG_WIT="$here/wit/wsplug.wit" WSPLUG_OUT="$here/{{name}}.wasm" WSPLUG_WORK="$here/build"
+{{world}}export WSPLUG_WIT=${WSPLUG_WIT:-$here/wit/wsplug.wit} WSPLUG_OUT="$here/{{name}}.wasm" WSPLUG_WORK="$here/build"
 export WSPLUG_TOOLCHAINS="${WSPLUG_TOOLCHAINS:-${XDG_CACHE_HOME:-$HOME/.cache}/wsplug/toolchains}"
 export WSPLUG_C_TOOLS="$here/tools/c-tools"
 {{build}}
@@ -319,8 +334,15 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> Result<Created> {
         }
     }
     if let Some(build) = profile.build {
-        write("build.sh", fill(&BUILD_SH.replace("{{build}}", build)), true)?;
+        // JavaScript, TypeScript and Python pick their world at build time: WORLD=stored-plugin
+        // ./build.sh, say, for the key-value store of contract 0.2.0.
+        let world = if build.contains("$WORLD") { WORLD_CHOICE } else { "" };
+        write("build.sh", fill(&BUILD_SH.replace("{{build}}", build).replace("{{world}}", world)), true)?;
         write("wit/wsplug.wit", CONTRACT.to_owned(), false)?;
+        // Version 0.2.0 (timers, attachments, the key-value store), for a plugin that builds for
+        // one of its worlds.
+        write("wit/platform/wsplug.wit", PLATFORM.to_owned(), false)?;
+        write("wit/platform/deps/wsplug.wit", CONTRACT.to_owned(), false)?;
     }
     write("README.md", fill(README), false)?;
     write(&format!("{name}.test"), fill(SCRIPT), false)?;
@@ -346,7 +368,7 @@ mod tests {
             assert_eq!(mode & 0o111, 0o111, "{lang}: build.sh is not executable");
             for entry in walk(&dir) {
                 let text = std::fs::read_to_string(&entry).unwrap();
-                for placeholder in ["name", "crate", "language", "lang", "source", "needs", "files", "build"] {
+                for placeholder in ["name", "crate", "language", "lang", "source", "needs", "files", "build", "world"] {
                     let placeholder = format!("{{{{{placeholder}}}}}");
                     assert!(!text.contains(&placeholder), "{lang}: {} keeps {placeholder}", entry.display());
                 }
