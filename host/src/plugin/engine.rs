@@ -348,7 +348,10 @@ pub fn check_report(plugin: &LoadedPlugin) -> String {
         if plugin.from_cache { " (loaded from the compile cache)" } else { "" }
     );
     for import in &plugin.imports {
-        out.push_str(&format!("    {import} — {}\n", import_policy(import)));
+        match super::platform::grant_needed(import) {
+            Some(grant) => out.push_str(&format!("    {import} — needs the grant `{grant}`\n")),
+            None => out.push_str(&format!("    {import} — {}\n", import_policy(import))),
+        }
     }
     out.push_str(match plugin.state {
         Some(_) => "  state hand-over on reload: yes (exports wsplug:plugin/state)\n",
@@ -361,28 +364,17 @@ pub fn check_report(plugin: &LoadedPlugin) -> String {
     if plugin.on_timer.is_some() {
         out.push_str("  timer events: yes (exports wsplug:plugin/timer-handler)\n");
     }
-    let grants: Vec<&str> = plugin
-        .imports
-        .iter()
-        .filter_map(|i| match i.as_str() {
-            super::platform::TIMERS_INTERFACE => Some("timers = true"),
-            super::platform::ATTACHMENTS_INTERFACE => Some("attachments = true"),
-            super::platform::KV_INTERFACE => Some("kv = \"STORE-NAME\""),
-            _ => None,
-        })
-        .collect();
+    let grants: Vec<&str> = plugin.imports.iter().filter_map(|i| super::platform::grant_needed(i)).collect();
     if !grants.is_empty() {
         out.push_str(&format!("  grants its route needs ([routes.grants]): {}\n", grants.join(", ")));
     }
     out
 }
 
-/// How the sandbox treats an imported interface.
+/// How the sandbox treats an imported interface (one of 0.2.0 needs a grant: see
+/// [`super::platform::grant_needed`]).
 pub fn import_policy(import: &str) -> &'static str {
     let iface = import.split('@').next().unwrap_or(import);
-    if let Some(grant) = super::platform::grant_of(import) {
-        return grant;
-    }
     match iface {
         "wsplug:plugin/host" | "wsplug:plugin/types" => "provided (the wsplug contract)",
         i if i.starts_with("wasi:clocks/") || i.starts_with("wasi:random/") => "provided",

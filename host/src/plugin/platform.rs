@@ -58,11 +58,11 @@ impl Grants {
     /// Refuses a plugin that imports an interface this route does not grant, naming the grant.
     pub fn check(&self, imports: &[String]) -> Result<(), String> {
         for import in imports {
-            let (granted, grant) = match import.as_str() {
-                TIMERS_INTERFACE => (self.timers, "timers = true"),
-                ATTACHMENTS_INTERFACE => (self.attachments, "attachments = true"),
-                KV_INTERFACE => (self.kv.is_some(), "kv = \"STORE-NAME\""),
-                _ => continue,
+            let Some(grant) = grant_needed(import) else { continue };
+            let granted = match import.as_str() {
+                TIMERS_INTERFACE => self.timers,
+                ATTACHMENTS_INTERFACE => self.attachments,
+                _ => self.kv.is_some(),
             };
             if !granted {
                 return Err(format!(
@@ -74,12 +74,12 @@ impl Grants {
     }
 }
 
-/// The grant a 0.2.0 import needs, for `wsplug check`.
-pub fn grant_of(import: &str) -> Option<&'static str> {
+/// The line of `[routes.grants]` an import of 0.2.0 needs (`None`: no grant needed).
+pub fn grant_needed(import: &str) -> Option<&'static str> {
     match import {
-        TIMERS_INTERFACE => Some("needs the grant `timers = true`"),
-        ATTACHMENTS_INTERFACE => Some("needs the grant `attachments = true`"),
-        KV_INTERFACE => Some("needs the grant `kv = \"STORE-NAME\"`"),
+        TIMERS_INTERFACE => Some("timers = true"),
+        ATTACHMENTS_INTERFACE => Some("attachments = true"),
+        KV_INTERFACE => Some("kv = \"STORE-NAME\""),
         _ => None,
     }
 }
@@ -313,7 +313,8 @@ impl CallPlatform {
     }
 }
 
-fn quoted(s: &str) -> String {
+/// `s` as a JSON string, for the lines `wsplug test` prints.
+pub(super) fn quoted(s: &str) -> String {
     serde_json::to_string(s).expect("a string serialises")
 }
 

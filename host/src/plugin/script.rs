@@ -50,7 +50,7 @@ use anyhow::{Context, Result, bail};
 
 use super::bindings::v1::types::{Action, Admission, Connection, MessageParam, MessageResult, Target};
 use super::instance::{CallError, PluginInstance};
-use super::platform::{Grants, Shared};
+use super::platform::{Grants, Shared, quoted};
 use super::{LoadedPlugin, PluginEngine, SandboxLimits, actions};
 
 /// One step of a script.
@@ -489,10 +489,6 @@ fn action_lines(list: &[Action], out: &mut Vec<String>) {
         }
         out.push(line);
     }
-}
-
-fn quoted(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
 }
 
 fn message(m: &MessageResult) -> String {
