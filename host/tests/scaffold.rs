@@ -8,9 +8,11 @@
 //!
 //! These tests are `#[ignore]`d in a plain `cargo test`: the first build of a language installs
 //! its toolchain (npm, pip, Go, the C toolchain by apt), which needs the package registries and
-//! minutes. `.ci/run` runs them. Toolchains go to target/scaffold-cache/ (as `XDG_CACHE_HOME`, so
-//! the scaffolds' default cache path is the one exercised), the Rust scaffold's build to
-//! target/scaffold-rust/.
+//! minutes. `.ci/run` runs them, after plugins/build-all.sh. The JavaScript and TypeScript
+//! projects install their toolchain into target/scaffold-cache/ (as `XDG_CACHE_HOME`, so the
+//! scaffolds' default cache path is the one exercised); Python, C and Go share target/toolchains/
+//! with the repository's own plugins (`WSPLUG_TOOLCHAINS`: the same pins, installed once per CI
+//! run); the Rust project builds into target/scaffold-rust/.
 
 mod common;
 
@@ -22,6 +24,7 @@ use common::{Answer, Served};
 
 /// A scaffolded project in a temporary folder outside the repository (removed when dropped).
 struct Project {
+    lang: String,
     root: PathBuf,
     dir: PathBuf,
 }
@@ -58,20 +61,23 @@ fn scaffold(lang: &str) -> Project {
     );
     let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
     assert!(readme.contains("./build.sh") && readme.contains("wsplug --route /shout=shout.wasm"), "{readme}");
-    Project { root, dir }
+    Project { lang: lang.to_owned(), root, dir }
 }
 
 /// Runs the project's `./build.sh` (the README's command): Ok(seconds) or Err(its output).
 fn build(project: &Project) -> Result<f64, String> {
     let started = Instant::now();
-    let output = Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg(project.dir.join("build.sh"))
         .current_dir(&project.dir)
         .env("XDG_CACHE_HOME", repo().join("target/scaffold-cache"))
-        .env("CARGO_TARGET_DIR", repo().join("target/scaffold-rust"))
-        .env_remove("WSPLUG_TOOLCHAINS")
-        .output()
-        .unwrap();
+        .env("CARGO_TARGET_DIR", repo().join("target/scaffold-rust"));
+    match project.lang.as_str() {
+        "js" | "ts" => command.env_remove("WSPLUG_TOOLCHAINS"),
+        _ => command.env("WSPLUG_TOOLCHAINS", repo().join("target/toolchains")),
+    };
+    let output = command.output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if !output.status.success() {
         return Err(text);
