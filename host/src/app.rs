@@ -29,6 +29,9 @@ impl Server {
     /// Mounts the config's routes (loading, checking and starting every plugin) and binds the
     /// listener.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        if let Some(cluster) = &config.cluster {
+            crate::topics::nats::install(cluster).await?;
+        }
         let routes = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || mount(&config)).await??

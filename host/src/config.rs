@@ -55,6 +55,10 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// The NATS broker this node shares its routes' topics and broadcasts through
+    /// (`[cluster]`; without it, one node, topics in memory). Read at start-up only.
+    #[serde(default)]
+    pub cluster: Option<crate::topics::nats::ClusterConfig>,
     /// Where relative paths in this config are resolved from (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -211,6 +215,10 @@ pub struct RouteConfig {
     /// `[routes.grants]`): nothing unless granted.
     #[serde(default)]
     pub grants: crate::plugin::platform::Grants,
+    /// What the route keeps of its topics: history for recovery, presence
+    /// (`[routes.topics]`; nothing unless said).
+    #[serde(default)]
+    pub topics: crate::topics::TopicSettings,
 }
 
 fn one() -> usize {
@@ -355,6 +363,7 @@ impl Config {
             subprotocols: Vec::new(),
             sandbox: Default::default(),
             grants: Default::default(),
+            topics: Default::default(),
             hibernate_after: Duration::ZERO,
             connection: Default::default(),
             checkpoint: Default::default(),
@@ -489,6 +498,9 @@ impl Config {
                         return Err((span, format!("route {:?}: deflate.{name} must be 9 to 15, not {value}", r.path)));
                     }
                 }
+            }
+            if let Err(e) = r.topics.check() {
+                return Err((span, format!("route {:?}: topics: {e}", r.path)));
             }
             if let Err(e) = r.connection.check() {
                 return Err((span, format!("route {:?}: {e}", r.path)));

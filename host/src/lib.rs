@@ -15,6 +15,7 @@
 //! | [`builtin`] | the example plugins and the chat page, embedded in the binary | |
 //! | [`connect`] | `wsplug connect`: a line-based client for trying a route | the server |
 //! | [`scaffold`] | `wsplug new`: plugin projects in every SDK language, from the embedded templates and SDKs | everything else |
+//! | [`topics`] | what topics are beyond local subscribers: history and recovery, presence, the NATS cluster engine | sockets, Wasm |
 //! | [`storage`] | the key-value stores plugins are granted (redb files under `data_dir`) | sockets, Wasm |
 //! | [`metrics`] | the process's counters, gauges and histograms (Prometheus) | everything else |
 //! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` | routes, plugins |
@@ -36,5 +37,6 @@ pub mod reload;
 pub mod scaffold;
 pub mod server;
 pub mod storage;
+pub mod topics;
 
 pub use app::Server;

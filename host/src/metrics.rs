@@ -63,6 +63,12 @@ pub struct Metrics {
     reloads: Family<OutcomeLabel, Counter>,
     compile_cache: Family<OutcomeLabel, Counter>,
     tls_failures: Counter,
+    /// Times the cluster's broker connection was lost.
+    pub cluster_disconnects: Counter,
+    /// Messages the broker never got or never stored (each a logged gap).
+    pub cluster_dropped: Counter,
+    /// Gaps seen in a topic's offsets (messages this node missed; filled from history when held).
+    pub history_gaps: Counter,
 }
 
 /// The process's metrics.
@@ -99,8 +105,22 @@ impl Metrics {
             reloads: Family::default(),
             compile_cache: Family::default(),
             tls_failures: Counter::default(),
+            cluster_disconnects: Counter::default(),
+            cluster_dropped: Counter::default(),
+            history_gaps: Counter::default(),
         };
         let mut registry = Registry::with_prefix("wsplug");
+        registry.register(
+            "cluster_disconnects",
+            "Times the NATS broker connection was lost",
+            m.cluster_disconnects.clone(),
+        );
+        registry.register(
+            "cluster_dropped",
+            "Messages the NATS broker never got or never stored (each logged as a gap)",
+            m.cluster_dropped.clone(),
+        );
+        registry.register("history_gaps", "Gaps seen in a topic's offsets by this node", m.history_gaps.clone());
         registry.register("connections_open", "WebSocket connections open", m.connections_open.clone());
         registry.register("connections", "WebSocket connections opened", m.connections.clone());
         registry.register("messages_in", "Messages received (complete, after decompression)", m.messages_in.clone());

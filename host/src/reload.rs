@@ -339,7 +339,8 @@ impl Reloader {
             let settings = RouteSettings::new(r, &new);
             let old = live.routes.get(&r.path).cloned();
             let reusable = old.as_ref().is_some_and(|o| match (plugin_of(o), &file) {
-                (Some(p), Some(_)) => p.instances() == r.instances,
+                // History and presence belong to the hub: a change of them makes the route anew.
+                (Some(p), Some(_)) => p.instances() == r.instances && p.settings().topics == r.topics,
                 (None, None) => o.subprotocols == r.subprotocols,
                 _ => false,
             });

@@ -81,6 +81,8 @@ pub struct RouteSettings {
     pub kv: Option<StoreSpec>,
     /// Idle this long, an instance hibernates (zero: never).
     pub hibernate_after: Duration,
+    /// What the route keeps of its topics (history, presence).
+    pub topics: crate::topics::TopicSettings,
 }
 
 impl RouteSettings {
@@ -101,6 +103,7 @@ impl RouteSettings {
                 quota: route.grants.kv_quota as u64,
             }),
             hibernate_after: route.hibernate_after,
+            topics: route.topics.clone(),
         }
     }
 }
@@ -115,7 +118,10 @@ impl PluginRoute {
             .map(Store::open)
             .transpose()
             .map_err(|e| anyhow::anyhow!("route {}: {e}", settings.path))?;
-        let hub = Arc::new(Hub::new(&settings.path));
+        let hub = Arc::new(Hub::with_topics(&settings.path, settings.topics.clone()));
+        if let Some(cluster) = crate::topics::nats::cluster() {
+            hub.link_cluster(cluster).await.map_err(|e| anyhow::anyhow!("route {}: {e:#}", settings.path))?;
+        }
         let count = settings.instances.max(1);
         let mut instances = Vec::with_capacity(count);
         for index in 0..count {
@@ -1055,6 +1061,7 @@ mod tests {
             grants: Grants::default(),
             kv: None,
             hibernate_after: Duration::ZERO,
+            topics: Default::default(),
         };
         let route = PluginRoute::start(plugin, settings).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

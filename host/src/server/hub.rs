@@ -7,16 +7,30 @@
 //! target whose queue is full is a slow consumer: it is closed with 1013 (ahead of its queue) and
 //! logged, and the other targets are never blocked or slowed by it. Every push is non-blocking, so
 //! the hub is safe to use from any connection's task while it calls a plugin.
+//!
+//! Beyond its own connections, the hub is the route's side of the topics engine
+//! ([`crate::topics`]): it keeps the history of topics (the in-memory engine assigns offsets
+//! here; in a cluster the broker does, and this node keeps the history of the topics it follows),
+//! recovers a reconnecting client's missed messages when it is subscribed again, reports presence,
+//! and hands publications and broadcasts to the other nodes and theirs to its connections.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::outbound::{Batch, Outbound, Outgoing, QueueError, SharedMessage, close_frame};
 use crate::metrics::RouteMetrics;
 use crate::protocol::frame::OpCode;
 use crate::protocol::{CloseCode, CloseFrame};
+use crate::topics::history::Entry;
+use crate::topics::nats::{Local, RouteLink};
+use crate::topics::presence::{Presence, PresenceEvent, PresenceMode, Snapshot};
+use crate::topics::{History, Position, Recovery, TopicSettings};
+
+/// A topic message as the history keeps it: in its envelope, encoded once for every receiver.
+type Stored = Arc<SharedMessage>;
 
 /// What the server knows of a connection when it opened (what a plugin's `on-open` sees).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +80,8 @@ struct Member {
     topics: HashSet<String>,
     /// Being closed: nothing more is delivered.
     closing: bool,
+    /// Topics this connection asked to recover (`?recover=`), used when it is subscribed to one.
+    recover: Vec<(String, Position)>,
 }
 
 /// Why a subscription was refused.
@@ -83,7 +99,21 @@ struct Inner {
     topics: HashMap<String, HashSet<u64>>,
     /// Set once the route is removed or replaced: how late joiners are closed.
     retired: Option<CloseFrame>,
+    /// The history of topics (routes with `history`).
+    history: Option<History<Stored>>,
+    /// Topics whose history is being loaded from the broker: what arrived meanwhile, and the
+    /// recoveries waiting for it.
+    loading: HashMap<String, Loading>,
 }
+
+#[derive(Default)]
+struct Loading {
+    live: Vec<(u64, u64, bool, Bytes)>,
+    recoveries: Vec<(u64, Position)>,
+}
+
+/// Messages that arrive for a topic while its history loads, at most (then the load is relied on).
+const MAX_LOADING_BUFFER: usize = 10_000;
 
 /// Connections and topics of one route.
 pub struct Hub {
@@ -91,6 +121,10 @@ pub struct Hub {
     /// The route's counters (looked up once).
     metrics: Arc<RouteMetrics>,
     inner: Mutex<Inner>,
+    settings: TopicSettings,
+    /// The route on the cluster's broker, when there is one.
+    link: OnceLock<Arc<RouteLink>>,
+    presence: Mutex<Presence>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -101,7 +135,40 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     pub fn new(route: &str) -> Self {
-        Self { route: route.into(), metrics: crate::metrics::metrics().route(route), inner: Mutex::default() }
+        Self::with_topics(route, TopicSettings::default())
+    }
+
+    /// A hub whose topics keep history or presence as `settings` say.
+    pub fn with_topics(route: &str, settings: TopicSettings) -> Self {
+        let inner = Inner {
+            history: (settings.history > 0).then(|| History::new(settings.history_limits())),
+            ..Inner::default()
+        };
+        Self {
+            route: route.into(),
+            metrics: crate::metrics::metrics().route(route),
+            inner: Mutex::new(inner),
+            presence: Mutex::new(Presence::new(settings.presence)),
+            settings,
+            link: OnceLock::new(),
+        }
+    }
+
+    /// Joins the route to the cluster (once, right after the hub is made).
+    pub async fn link_cluster(self: &Arc<Self>, cluster: Arc<crate::topics::nats::Cluster>) -> anyhow::Result<()> {
+        let local: Weak<dyn Local> = Arc::downgrade(self) as Weak<dyn Local>;
+        let link = RouteLink::open(cluster, &self.route, &self.settings, local).await?;
+        let _ = self.link.set(link);
+        Ok(())
+    }
+
+    pub fn topic_settings(&self) -> &TopicSettings {
+        &self.settings
+    }
+
+    /// This node's name in presence ("local" without a cluster).
+    pub fn node(&self) -> String {
+        self.link.get().map_or_else(|| "local".to_owned(), |l| l.node().to_owned())
     }
 
     /// The route's counters.
@@ -125,7 +192,8 @@ impl Hub {
         if let Some(frame) = inner.retired.clone() {
             out.close(Some(frame), false);
         }
-        inner.members.insert(id, Member { info, out, topics: HashSet::new(), closing });
+        let recover = if inner.history.is_some() { crate::topics::recovery_requests(&info.target) } else { Vec::new() };
+        inner.members.insert(id, Member { info, out, topics: HashSet::new(), closing, recover });
     }
 
     /// Retires the route: closes every connection with `frame`, and every later joiner too.
@@ -139,7 +207,7 @@ impl Hub {
         let mut inner = self.lock();
         let Some(member) = inner.members.remove(&id) else { return false };
         for topic in member.topics {
-            drop_subscriber(&mut inner.topics, &topic, id);
+            self.drop_subscriber(&mut inner, &topic, id);
         }
         true
     }
@@ -181,18 +249,54 @@ impl Hub {
         }
     }
 
-    /// Queues a message for every connection but `except`.
+    /// Queues a message for every connection but `except` (and, in a cluster, for every
+    /// connection of the other nodes).
     pub fn broadcast(&self, message: &SharedMessage, except: Option<u64>, sender: Option<u64>, batch: &mut Batch) {
-        let mut inner = self.lock();
-        for member in inner.members.values_mut().filter(|m| Some(m.info.id) != except) {
-            deliver(&self.metrics, member, Outgoing::Shared(message), sender, batch);
+        {
+            let mut inner = self.lock();
+            for member in inner.members.values_mut().filter(|m| Some(m.info.id) != except) {
+                deliver(&self.metrics, member, Outgoing::Shared(message), sender, batch);
+            }
+        }
+        if let Some(link) = self.link.get() {
+            link.broadcast(message.opcode() == OpCode::Text, message.payload());
         }
     }
 
-    /// Queues a message for every subscriber of `topic`.
+    /// Queues a message for every subscriber of `topic`, on every node. With history, the
+    /// message gets the topic's next offset and goes out in its envelope; in a cluster with
+    /// history, every node (this one too) delivers it when the broker has stored it.
     pub fn publish(&self, topic: &str, message: &SharedMessage, sender: Option<u64>, batch: &mut Batch) {
+        let text = message.opcode() == OpCode::Text;
+        if let Some(link) = self.link.get() {
+            link.publish(topic, text, message.payload());
+            if link.keeps_history() {
+                return;
+            }
+        }
         let mut inner = self.lock();
-        let Inner { members, topics, .. } = &mut *inner;
+        if inner.history.is_some() {
+            let now = Instant::now();
+            let history = inner.history.as_mut().expect("checked");
+            let prev = history.log(topic, || crate::topics::new_epoch().into(), now).last();
+            let epoch = history.get(topic).expect("made").epoch.clone();
+            let entry = stored_entry(topic, &epoch, prev + 1, prev, text, message.payload(), now);
+            history.append(topic, entry.clone());
+            self.deliver_to_topic(&mut inner, topic, &entry.message, sender, batch);
+        } else {
+            self.deliver_to_topic(&mut inner, topic, message, sender, batch);
+        }
+    }
+
+    fn deliver_to_topic(
+        &self,
+        inner: &mut Inner,
+        topic: &str,
+        message: &SharedMessage,
+        sender: Option<u64>,
+        batch: &mut Batch,
+    ) {
+        let Inner { members, topics, .. } = inner;
         let Some(subscribers) = topics.get(topic) else { return };
         for id in subscribers {
             if let Some(member) = members.get_mut(id) {
@@ -202,16 +306,73 @@ impl Hub {
     }
 
     pub fn subscribe(&self, id: u64, topic: &str, max_topics: usize) -> Result<(), SubscribeError> {
-        let mut inner = self.lock();
-        let member = inner.members.get_mut(&id).ok_or(SubscribeError::UnknownConnection(id))?;
-        if !member.topics.contains(topic) {
-            if member.topics.len() >= max_topics {
+        self.subscribe_from(id, topic, max_topics, None)
+    }
+
+    /// Subscribes a connection to `topic`; with history, first recovering what it missed since
+    /// `from` (or since the position its `?recover=` named for this topic).
+    pub fn subscribe_from(
+        &self,
+        id: u64,
+        topic: &str,
+        max_topics: usize,
+        from: Option<Position>,
+    ) -> Result<(), SubscribeError> {
+        let mut batch = Batch::default();
+        {
+            let mut inner = self.lock();
+            let member = inner.members.get_mut(&id).ok_or(SubscribeError::UnknownConnection(id))?;
+            if member.topics.contains(topic) && from.is_none() {
+                return Ok(());
+            }
+            if !member.topics.contains(topic) && member.topics.len() >= max_topics {
                 return Err(SubscribeError::TooManyTopics(max_topics));
             }
             member.topics.insert(topic.to_owned());
-            inner.topics.entry(topic.to_owned()).or_default().insert(id);
+            let asked = member.recover.iter().position(|(t, _)| t == topic).map(|i| member.recover.swap_remove(i).1);
+            let from = from.or(asked);
+            let subscribers = inner.topics.entry(topic.to_owned()).or_default();
+            let first = subscribers.is_empty();
+            subscribers.insert(id);
+            if first && let Some(link) = self.link.get() {
+                if link.keeps_history() {
+                    inner.loading.entry(topic.to_owned()).or_default();
+                }
+                link.interest(topic, true);
+            }
+            if let Some(from) = from {
+                match inner.loading.get_mut(topic) {
+                    Some(loading) => loading.recoveries.push((id, from)),
+                    None => self.recover(&mut inner, id, topic, &from, &mut batch),
+                }
+            }
         }
+        batch.flush();
         Ok(())
+    }
+
+    /// Sends a subscriber what it missed since `from` (after a notice saying whether it is all).
+    fn recover(&self, inner: &mut Inner, id: u64, topic: &str, from: &Position, batch: &mut Batch) {
+        let Inner { members, history, .. } = inner;
+        let (Some(member), Some(history)) = (members.get_mut(&id), history.as_mut()) else { return };
+        let (at, outcome) = match history.get(topic) {
+            Some(log) => (log.position(), log.recover(from)),
+            None => (
+                Position { epoch: self.link.get().map_or_else(String::new, |l| l.epoch().to_string()), offset: 0 },
+                Recovery::NotRecovered("this topic has no history"),
+            ),
+        };
+        let missed = match &outcome {
+            Recovery::Recovered(entries) => Ok(entries.len()),
+            Recovery::NotRecovered(why) => Err(*why),
+        };
+        let notice = crate::topics::recovery_notice(topic, &at, missed);
+        deliver(&self.metrics, member, Outgoing::One(OpCode::Text, Bytes::from(notice)), None, batch);
+        if let Recovery::Recovered(entries) = outcome {
+            for entry in entries {
+                deliver(&self.metrics, member, Outgoing::Shared(&entry.message), None, batch);
+            }
+        }
     }
 
     /// Forgets every subscription of a connection (when it is re-attached to a fresh instance,
@@ -221,7 +382,7 @@ impl Hub {
         let Some(member) = inner.members.get_mut(&id) else { return };
         let topics = std::mem::take(&mut member.topics);
         for topic in topics {
-            drop_subscriber(&mut inner.topics, &topic, id);
+            self.drop_subscriber(&mut inner, &topic, id);
         }
     }
 
@@ -230,8 +391,71 @@ impl Hub {
         if let Some(member) = inner.members.get_mut(&id)
             && member.topics.remove(topic)
         {
-            drop_subscriber(&mut inner.topics, topic, id);
+            self.drop_subscriber(&mut inner, topic, id);
         }
+    }
+
+    /// Removes `id` from a topic's subscribers, and the topic once nobody is left (this node then
+    /// stops following it on the broker, and forgets the history it kept of it).
+    fn drop_subscriber(&self, inner: &mut Inner, topic: &str, id: u64) {
+        let Some(subs) = inner.topics.get_mut(topic) else { return };
+        subs.remove(&id);
+        if subs.is_empty() {
+            inner.topics.remove(topic);
+            if let Some(link) = self.link.get() {
+                link.interest(topic, false);
+                inner.loading.remove(topic);
+                if let Some(history) = inner.history.as_mut() {
+                    history.forget(topic);
+                }
+            }
+        }
+    }
+
+    /// The latest position of a topic's history on this node (`None`: no history kept of it).
+    pub fn position(&self, topic: &str) -> Option<Position> {
+        self.lock().history.as_ref()?.get(topic).map(|log| log.position())
+    }
+
+    /// Presence: subscribers of `topic` on every node (as of the last report).
+    pub fn presence_count(&self, topic: &str) -> u64 {
+        self.presence.lock().unwrap().count(topic)
+    }
+
+    /// Presence: who is subscribed to `topic` on every node, or why that cannot be told.
+    pub fn presence_members(&self, topic: &str, limit: usize) -> Result<Vec<crate::topics::presence::Member>, String> {
+        let presence = self.presence.lock().unwrap();
+        if presence.mode() == PresenceMode::Off {
+            return Err("this route keeps no presence (presence = \"off\")".into());
+        }
+        presence.members(topic, limit)
+    }
+
+    /// Takes this node's presence snapshot (and reports it to the other nodes), forgets nodes
+    /// that stopped reporting, and returns the changes since the last tick. Called every
+    /// `presence_interval` by the route.
+    pub fn presence_tick(&self) -> Vec<PresenceEvent> {
+        if self.settings.presence == PresenceMode::Off {
+            return Vec::new();
+        }
+        let snapshot: Snapshot = {
+            let inner = self.lock();
+            let topics: Vec<(String, Vec<u64>)> =
+                inner.topics.iter().map(|(t, ids)| (t.clone(), ids.iter().copied().collect())).collect();
+            crate::topics::presence::snapshot(self.settings.presence, topics.iter().map(|(t, ids)| (t, ids)))
+        };
+        if let Some(link) = self.link.get() {
+            link.report_presence(&snapshot);
+        }
+        let now = Instant::now();
+        let node = self.node();
+        let mut presence = self.presence.lock().unwrap();
+        presence.update(&node, snapshot, now);
+        let silent_for = self.settings.presence_interval * 3 + std::time::Duration::from_secs(2);
+        for dead in presence.expire(&node, now, silent_for) {
+            tracing::warn!(route = %self.route, node = %dead, "cluster: node stopped reporting presence; its members left");
+        }
+        presence.take_events()
     }
 
     /// Closes a connection after what is already queued for it.
@@ -254,12 +478,123 @@ impl Hub {
     }
 }
 
-/// Removes `id` from a topic's subscribers, and the topic once nobody is left.
-fn drop_subscriber(topics: &mut HashMap<String, HashSet<u64>>, topic: &str, id: u64) {
-    if let Some(subs) = topics.get_mut(topic) {
-        subs.remove(&id);
-        if subs.is_empty() {
-            topics.remove(topic);
+/// A history entry for a message: its envelope, encoded once.
+fn stored_entry(
+    topic: &str,
+    epoch: &str,
+    offset: u64,
+    prev: u64,
+    text: bool,
+    payload: &[u8],
+    now: Instant,
+) -> Entry<Stored> {
+    let body = match text {
+        true => crate::topics::envelope(topic, offset, epoch, Some(&String::from_utf8_lossy(payload)), b""),
+        false => crate::topics::envelope(topic, offset, epoch, None, payload),
+    };
+    let len = body.len();
+    Entry { offset, prev, at: now, message: Arc::new(SharedMessage::new(OpCode::Text, Bytes::from(body))), len }
+}
+
+/// What comes from the cluster's broker.
+impl Local for Hub {
+    fn remote_message(&self, topic: Option<&str>, text: bool, payload: Bytes) {
+        let message = SharedMessage::new(if text { OpCode::Text } else { OpCode::Binary }, payload);
+        let mut batch = Batch::default();
+        {
+            let mut inner = self.lock();
+            match topic {
+                Some(topic) => self.deliver_to_topic(&mut inner, topic, &message, None, &mut batch),
+                None => {
+                    for member in inner.members.values_mut() {
+                        deliver(&self.metrics, member, Outgoing::Shared(&message), None, &mut batch);
+                    }
+                }
+            }
+        }
+        batch.flush();
+    }
+
+    fn stored_message(&self, topic: &str, offset: u64, prev: u64, text: bool, payload: Bytes) {
+        let mut batch = Batch::default();
+        {
+            let mut inner = self.lock();
+            if let Some(loading) = inner.loading.get_mut(topic) {
+                if loading.live.len() < MAX_LOADING_BUFFER {
+                    loading.live.push((offset, prev, text, payload));
+                }
+                return;
+            }
+            let now = Instant::now();
+            let Some(history) = inner.history.as_mut() else { return };
+            let Some(log) = history.get(topic) else { return };
+            let last = log.last();
+            if offset <= last {
+                return; // already had it (from the history load)
+            }
+            if prev != last {
+                crate::metrics::metrics().history_gaps.inc();
+                tracing::warn!(route = %self.route, topic, last, prev, "history: gap in a topic's offsets (messages missed while away from the broker)");
+            }
+            let epoch = log.epoch.clone();
+            let entry = stored_entry(topic, &epoch, offset, prev, text, &payload, now);
+            history.append(topic, entry.clone());
+            self.deliver_to_topic(&mut inner, topic, &entry.message, None, &mut batch);
+        }
+        batch.flush();
+    }
+
+    fn history_loaded(&self, topic: &str, epoch: Arc<str>, entries: Vec<(u64, bool, Bytes)>) {
+        let mut batch = Batch::default();
+        {
+            let mut inner = self.lock();
+            if !inner.topics.contains_key(topic) {
+                return; // nobody here wants it any more
+            }
+            let loading = inner.loading.remove(topic).unwrap_or_default();
+            let now = Instant::now();
+            let Some(history) = inner.history.as_mut() else { return };
+            // What subscribers here were already sent (a reload after a reconnection).
+            let delivered = history.get(topic).filter(|log| *log.epoch == *epoch).map_or(0, |log| log.last());
+            history.forget(topic);
+            history.log(topic, || epoch.clone(), now);
+            // The first loaded message's predecessor is unknown (u64::MAX matches no client's
+            // offset): recovering from before it is refused, never answered with a hole.
+            let mut prev = u64::MAX;
+            let mut fresh = Vec::new();
+            for (offset, text, payload) in entries {
+                let entry = stored_entry(topic, &epoch, offset, prev, text, &payload, now);
+                prev = offset;
+                if delivered > 0 && offset > delivered {
+                    fresh.push(entry.message.clone());
+                }
+                history.append(topic, entry);
+            }
+            for (offset, prev, text, payload) in loading.live {
+                if offset > history.get(topic).map_or(0, |l| l.last()) {
+                    let entry = stored_entry(topic, &epoch, offset, prev, text, &payload, now);
+                    if delivered > 0 {
+                        fresh.push(entry.message.clone());
+                    }
+                    history.append(topic, entry);
+                }
+            }
+            if !fresh.is_empty() {
+                tracing::info!(route = %self.route, topic, filled = fresh.len(), "history: gap filled from the broker after a reconnection");
+            }
+            for message in &fresh {
+                self.deliver_to_topic(&mut inner, topic, message, None, &mut batch);
+            }
+            for (id, from) in loading.recoveries {
+                self.recover(&mut inner, id, topic, &from, &mut batch);
+            }
+        }
+        batch.flush();
+    }
+
+    fn presence_report(&self, node: &str, snapshot: Snapshot) {
+        if node != self.node() {
+            self.presence.lock().unwrap().update(node, snapshot, Instant::now());
         }
     }
 }

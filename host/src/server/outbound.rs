@@ -173,6 +173,14 @@ impl SharedMessage {
         Self { opcode, payload, plain: OnceLock::new(), compressed: Default::default() }
     }
 
+    pub fn opcode(&self) -> OpCode {
+        self.opcode
+    }
+
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
     fn plain(&self) -> Bytes {
         self.plain.get_or_init(|| encode_frame(self.opcode, &self.payload)).clone()
     }
