@@ -44,7 +44,7 @@ fn main() {
     }
     std::fs::create_dir_all(&out_dir).expect("create target/plugins");
     let release = build_dir.join(TARGET).join("release");
-    for name in ["echo", "chat", "guard", "game", "counter", "hostile", "probe", "bomb"] {
+    for name in ["echo", "chat", "guard", "game", "counter", "hostile", "probe", "bomb", "pubsub"] {
         let from = release.join(format!("{name}.wasm"));
         let to = out_dir.join(format!("{name}.wasm"));
         copy_if_changed(&from, &to);

@@ -202,6 +202,9 @@ impl PluginEngine {
         let on_timer = component
             .get_export_index(None, super::platform::TIMER_HANDLER_INTERFACE)
             .and_then(|iface| component.get_export_index(Some(&iface), "on-timer"));
+        let on_presence = component
+            .get_export_index(None, super::platform::PRESENCE_HANDLER_INTERFACE)
+            .and_then(|iface| component.get_export_index(Some(&iface), "on-presence"));
         // The newest contract version it names: 0.2.0 when it uses anything of the platform.
         let contract = contract_versions(&component, &self.engine).pop().unwrap_or_else(|| "0.1.0".into());
         Ok(LoadedPlugin {
@@ -216,6 +219,7 @@ impl PluginEngine {
             state,
             batch,
             on_timer,
+            on_presence,
             contract,
             from_cache,
         })
@@ -243,6 +247,8 @@ pub struct LoadedPlugin {
     pub batch: Option<ComponentExportIndex>,
     /// The optional `timer-handler` interface's `on-timer` (contract 0.2.0), when exported.
     pub on_timer: Option<ComponentExportIndex>,
+    /// `presence-handler.on-presence`, when exported (contract 0.2.0, topics).
+    pub on_presence: Option<ComponentExportIndex>,
     /// The version of the contract it was built against: the newest its interfaces name.
     pub contract: String,
     /// Whether the compiled code came from the artifact cache (then `compile_time` is load time).
@@ -363,6 +369,11 @@ pub fn check_report(plugin: &LoadedPlugin) -> String {
     });
     if plugin.on_timer.is_some() {
         out.push_str("  timer events: yes (exports wsplug:plugin/timer-handler)\n");
+    }
+    if plugin.on_presence.is_some() {
+        out.push_str(
+            "  presence events: yes (exports wsplug:plugin/presence-handler; needs [routes.topics] presence)\n",
+        );
     }
     let grants: Vec<&str> = plugin.imports.iter().filter_map(|i| super::platform::grant_needed(i)).collect();
     if !grants.is_empty() {

@@ -47,6 +47,21 @@ type BatchFunc = TypedFunc<(u64, Vec<MessageResult>), (Vec<Action>,)>;
 /// `timer-handler.on-timer`: a timer's name in, actions out.
 type TimerFunc = TypedFunc<(String,), (Vec<Action>,)>;
 
+/// `presence-handler.on-presence`: presence events in, actions out.
+type PresenceFunc = TypedFunc<(Vec<PresenceEvent>,), (Vec<Action>,)>;
+
+/// `presence-handler.presence-event`, lowered into the guest (the host's bindings have no type for
+/// it: `presence-handler` is an optional export, looked up by name).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct PresenceEvent {
+    topic: String,
+    count: u64,
+    joined: Vec<super::bindings::v2::topics::Member>,
+    left: Vec<super::bindings::v2::topics::Member>,
+    omitted: u64,
+}
+
 /// An instantiated plugin and its store.
 pub struct PluginInstance {
     store: Store<PluginState>,
@@ -57,6 +72,7 @@ pub struct PluginInstance {
     restore: Option<RestoreFunc>,
     on_messages: Option<BatchFunc>,
     on_timer: Option<TimerFunc>,
+    on_presence: Option<PresenceFunc>,
 }
 
 impl PluginInstance {
@@ -103,7 +119,8 @@ impl PluginInstance {
         };
         let on_messages = plugin.batch.and_then(|f| instance.get_typed_func(&mut store, f).ok());
         let on_timer = plugin.on_timer.and_then(|f| instance.get_typed_func(&mut store, f).ok());
-        Ok(Self { store, bindings, deadline_ticks, snapshot, restore, on_messages, on_timer })
+        let on_presence = plugin.on_presence.and_then(|f| instance.get_typed_func(&mut store, f).ok());
+        Ok(Self { store, bindings, deadline_ticks, snapshot, restore, on_messages, on_timer, on_presence })
     }
 
     /// [`PluginInstance::new`] for callers outside the async workers (`wsplug check`, start-up).
@@ -206,6 +223,41 @@ impl PluginInstance {
         self.arm();
         let r = f.call_async(&mut self.store, (name.to_owned(),)).await;
         self.settled(r.map(|(actions,)| actions)).await
+    }
+
+    /// Whether the plugin handles presence events (`presence-handler.on-presence`).
+    pub fn has_presence(&self) -> bool {
+        self.on_presence.is_some()
+    }
+
+    /// `presence-handler.on-presence` (when [`PluginInstance::has_presence`]; else no actions).
+    pub async fn on_presence(
+        &mut self,
+        events: &[crate::topics::presence::PresenceEvent],
+    ) -> Result<Vec<Action>, CallError> {
+        use super::bindings::v2::topics;
+        let Some(f) = self.on_presence else { return Ok(Vec::new()) };
+        let members = |list: &[crate::topics::presence::Member]| {
+            list.iter().map(|m| topics::Member { node: m.node.clone(), connection: m.connection }).collect()
+        };
+        let events = events
+            .iter()
+            .map(|e| PresenceEvent {
+                topic: e.topic.clone(),
+                count: e.count,
+                joined: members(&e.joined),
+                left: members(&e.left),
+                omitted: e.omitted,
+            })
+            .collect();
+        self.arm();
+        let r = f.call_async(&mut self.store, (events,)).await;
+        self.settled(r.map(|(actions,)| actions)).await
+    }
+
+    /// The recovering subscriptions (`topics.subscribe-from`) the last successful call asked for.
+    pub fn take_subscriptions(&mut self) -> Vec<(u64, String, crate::topics::Position)> {
+        self.store.data_mut().platform.take_subscriptions()
     }
 
     /// Links the instance to its slot's timers and attachments, which outlive it.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::bindings::v2::{attachments, kv, timers};
+use super::bindings::v2::{attachments, kv, timers, topics};
 use super::sandbox::PluginState;
 use crate::storage::{MAX_KEY, MAX_VALUE, Store, Write};
 
@@ -29,6 +29,10 @@ pub const ATTACHMENTS_INTERFACE: &str = "wsplug:plugin/attachments@0.2.0";
 pub const KV_INTERFACE: &str = "wsplug:plugin/kv@0.2.0";
 /// The optional export of timer events.
 pub const TIMER_HANDLER_INTERFACE: &str = "wsplug:plugin/timer-handler@0.2.0";
+/// The optional export of presence events.
+pub const PRESENCE_HANDLER_INTERFACE: &str = "wsplug:plugin/presence-handler@0.2.0";
+/// Recovering subscriptions one call may ask for (`topics.subscribe-from`).
+pub const MAX_SUBSCRIBE_FROM: usize = 1000;
 
 /// What a route grants its plugin beyond the sandbox, `[routes.grants]` in the config: nothing
 /// unless said.
@@ -116,6 +120,8 @@ pub struct Shared {
     pub attachments: Arc<Mutex<HashMap<u64, Vec<u8>>>>,
     /// The route's key-value store, when granted.
     pub kv: Option<Arc<Store>>,
+    /// The route's hub: its topics' history positions and presence (none when unlinked).
+    pub hub: Option<Arc<crate::server::hub::Hub>>,
 }
 
 impl Shared {
@@ -161,6 +167,8 @@ pub struct CallPlatform {
     kv_writes: Vec<Write>,
     /// What each compare-and-swap saw, checked again at commit.
     kv_expected: Vec<(String, Option<Vec<u8>>)>,
+    /// Recovering subscriptions asked for (`topics.subscribe-from`), carried out after the actions.
+    subscriptions: Vec<(u64, String, crate::topics::Position)>,
     /// When kept (`wsplug test`), a line for every use that took effect.
     pub log: Option<Vec<String>>,
 }
@@ -176,6 +184,7 @@ impl Default for CallPlatform {
             attach_ops: Vec::new(),
             kv_writes: Vec::new(),
             kv_expected: Vec::new(),
+            subscriptions: Vec::new(),
             log: None,
         }
     }
@@ -188,6 +197,17 @@ impl CallPlatform {
         self.attach_ops.clear();
         self.kv_writes.clear();
         self.kv_expected.clear();
+        self.subscriptions.clear();
+    }
+
+    /// The recovering subscriptions the last successful call asked for.
+    pub fn take_subscriptions(&mut self) -> Vec<(u64, String, crate::topics::Position)> {
+        if let Some(log) = &mut self.log {
+            for (conn, topic, since) in &self.subscriptions {
+                log.push(format!("subscribe-from {conn} {} {}:{}", quoted(topic), since.epoch, since.offset));
+            }
+        }
+        std::mem::take(&mut self.subscriptions)
     }
 
     /// The call's key-value writes, to commit ([`Store::commit`], blocking) before the rest: the
@@ -466,6 +486,39 @@ impl kv::Host for PluginState {
             None => Write::Delete(key),
         })?;
         Ok(true)
+    }
+}
+
+impl topics::Host for PluginState {
+    fn last_position(&mut self, topic: String) -> Option<topics::Position> {
+        let at = self.platform.shared.hub.as_ref()?.position(&topic)?;
+        Some(topics::Position { epoch: at.epoch, offset: at.offset })
+    }
+
+    fn subscribe_from(&mut self, conn: u64, topic: String, since: topics::Position) -> Result<(), String> {
+        if topic.len() > super::actions::MAX_TOPIC {
+            return Err(format!("topic name of {} bytes (limit {})", topic.len(), super::actions::MAX_TOPIC));
+        }
+        let platform = &mut self.platform;
+        if platform.subscriptions.len() >= MAX_SUBSCRIBE_FROM {
+            return Err(format!("at most {MAX_SUBSCRIBE_FROM} recovering subscriptions per call"));
+        }
+        platform.subscriptions.push((
+            conn,
+            topic,
+            crate::topics::Position { epoch: since.epoch, offset: since.offset },
+        ));
+        Ok(())
+    }
+
+    fn presence_count(&mut self, topic: String) -> u64 {
+        self.platform.shared.hub.as_ref().map_or(0, |hub| hub.presence_count(&topic))
+    }
+
+    fn presence_members(&mut self, topic: String, limit: u32) -> Result<Vec<topics::Member>, String> {
+        let hub = self.platform.shared.hub.as_ref().ok_or("no route: presence is not kept here")?;
+        let members = hub.presence_members(&topic, limit as usize)?;
+        Ok(members.into_iter().map(|m| topics::Member { node: m.node, connection: m.connection }).collect())
     }
 }
 

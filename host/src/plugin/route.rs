@@ -128,7 +128,7 @@ impl PluginRoute {
             let mut instance = PluginInstance::new(&plugin, &settings.sandbox)
                 .await
                 .map_err(|e| anyhow::anyhow!("plugin {}: instantiation {e}", plugin.path.display()))?;
-            let platform = Shared { kv: kv.clone(), ..Shared::default() };
+            let platform = Shared { kv: kv.clone(), hub: Some(hub.clone()), ..Shared::default() };
             instance.link_platform(platform.clone(), settings.grants.max_timers);
             let slot = Arc::new_cyclic(|this| {
                 Mutex::new(InstanceSlot {
@@ -156,9 +156,13 @@ impl PluginRoute {
                 })
             });
             // The task needs the timers only: it does not keep the route's store open.
-            let timers = Shared { kv: None, ..slot.try_lock().expect("a new slot").platform.clone() };
+            let timers = Shared { kv: None, hub: None, ..slot.try_lock().expect("a new slot").platform.clone() };
             tokio::spawn(timer_task(Arc::downgrade(&slot), timers));
             instances.push(slot);
+        }
+        if settings.topics.presence != crate::topics::PresenceMode::Off {
+            let slots = instances.iter().map(Arc::downgrade).collect();
+            tokio::spawn(presence_task(Arc::downgrade(&hub), slots, settings.topics.presence_interval));
         }
         Ok(Self { hub, instances, current: std::sync::Mutex::new((plugin, settings)) })
     }
@@ -639,19 +643,46 @@ impl InstanceSlot {
                 Err(e) => Err(e),
             };
             match result {
-                Ok(actions) => {
-                    let (allowed, refused): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| match a {
-                        Action::Broadcast(_) => true,
-                        Action::Send(o) => !matches!(o.to, Target::Sender),
-                        _ => false,
-                    });
-                    if !refused.is_empty() {
-                        self.violation(None, &format!("on-timer {name:?} returned {} actions for a sender (reply, close, subscribe, unsubscribe, send to sender): a timer has none", refused.len()));
-                    }
-                    self.apply(None, allowed);
-                }
+                Ok(actions) => self.apply_senderless(&format!("on-timer {name:?}"), actions),
                 Err(e) => self.failed("on-timer", &e),
             }
+        }
+        self.batch.flush();
+    }
+
+    /// Carries out what an event without a sender returned (a timer, presence): the actions that
+    /// need a sender (reply, close, subscribe, unsubscribe, send to sender) are refused and logged.
+    fn apply_senderless(&mut self, what: &str, actions: Vec<Action>) {
+        let (allowed, refused): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(|a| match a {
+            Action::Broadcast(_) => true,
+            Action::Send(o) => !matches!(o.to, Target::Sender),
+            _ => false,
+        });
+        if !refused.is_empty() {
+            self.violation(None, &format!("{what} returned {} actions for a sender (reply, close, subscribe, unsubscribe, send to sender): it has none", refused.len()));
+        }
+        self.apply(None, allowed);
+    }
+
+    /// Hands presence events to the plugin (when it exports `presence-handler`).
+    async fn deliver_presence(&mut self, events: &[crate::topics::presence::PresenceEvent]) {
+        match self.instance().await {
+            Ok(i) if i.has_presence() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(plugin = &*self.plugin.name, route = %self.settings.path, "presence events not delivered: {e}");
+                return;
+            }
+        }
+        self.counted(1);
+        self.hub.metrics().plugin_calls.inc();
+        let result = match self.instance().await {
+            Ok(i) => i.on_presence(events).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(actions) => self.apply_senderless("on-presence", actions),
+            Err(e) => self.failed("on-presence", &e),
         }
         self.batch.flush();
     }
@@ -918,6 +949,18 @@ impl InstanceSlot {
                 }
             }
         }
+        self.recovering_subscriptions(max_topics);
+    }
+
+    /// Carries out the recovering subscriptions the call asked for (`topics.subscribe-from`),
+    /// after its actions.
+    fn recovering_subscriptions(&mut self, max_topics: usize) {
+        let Some(instance) = self.instance.as_mut() else { return };
+        for (conn, topic, since) in instance.take_subscriptions() {
+            if let Err(e) = self.hub.subscribe_from(conn, &topic, max_topics, Some(since)) {
+                tracing::warn!(plugin = &*self.plugin.name, conn, "subscribe-from {topic:?} refused: {e}");
+            }
+        }
     }
 
     fn send(&mut self, sender: Sender, to: Target, message: wit::MessageResult) {
@@ -991,6 +1034,26 @@ async fn hibernation_task(slot: Weak<Mutex<InstanceSlot>>) {
             }
         };
         tokio::time::sleep_until(due).await;
+    }
+}
+
+/// Every `presence_interval`: takes the route's presence (reporting this node's to the others) and
+/// hands what changed to each instance that handles presence events, until the route is gone.
+async fn presence_task(hub: Weak<Hub>, slots: Vec<Weak<Mutex<InstanceSlot>>>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let events = hub.presence_tick();
+        drop(hub);
+        if events.is_empty() {
+            continue;
+        }
+        for slot in &slots {
+            let Some(slot) = slot.upgrade() else { return };
+            slot.lock().await.deliver_presence(&events).await;
+        }
     }
 }
 

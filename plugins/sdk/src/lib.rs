@@ -64,14 +64,14 @@ extern crate self as wsplug_sdk;
 #[doc(hidden)]
 pub use wit_bindgen;
 
-/// The raw bindings generated from the contract: the world `platform-plugin` of
+/// The raw bindings generated from the contract: the world `full-plugin` of
 /// `wit/platform/wsplug.wit` (version 0.2.0, which includes the 0.1.0 world `batched-plugin` of
 /// `wit/wsplug.wit`). Use the re-exports at the crate root.
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "platform-plugin",
+        world: "full-plugin",
         path: "wit/platform",
         // The 0.1.0 interfaces live in a dependency package (wit/platform/deps).
         generate_all,
@@ -163,6 +163,37 @@ pub mod attachments {
     }
 }
 
+/// The route's topics beyond this node's subscribers (contract 0.2.0, no grant needed): their
+/// history positions, recovering subscriptions, and presence on every node of a cluster. See the
+/// server's README, "Topics".
+pub mod topics {
+    use crate::ConnectionId;
+    pub use crate::bindings::exports::wsplug::plugin0_2_0::presence_handler::PresenceEvent;
+    use crate::bindings::wsplug::plugin0_2_0::topics;
+    pub use crate::bindings::wsplug::plugin0_2_0::topics::{Member, Position};
+
+    /// The newest position of `topic`'s history on this node (`None`: no history kept).
+    pub fn last_position(topic: &str) -> Option<Position> {
+        topics::last_position(topic)
+    }
+
+    /// Subscribes `conn` to `topic`, first sending it what it missed since `since` (a notice,
+    /// then the messages in order). Takes effect when the call succeeds, after its actions.
+    pub fn subscribe_from(conn: ConnectionId, topic: &str, since: &Position) -> Result<(), String> {
+        topics::subscribe_from(conn, topic, since)
+    }
+
+    /// Connections subscribed to `topic` on every node (as of the last presence report).
+    pub fn presence_count(topic: &str) -> u64 {
+        topics::presence_count(topic)
+    }
+
+    /// Who is subscribed to `topic` on every node (at most `limit`), or why that cannot be told.
+    pub fn presence_members(topic: &str, limit: u32) -> Result<Vec<Member>, String> {
+        topics::presence_members(topic, limit)
+    }
+}
+
 /// The generated trait of the contract's `batch` interface; [`Plugin`] implementors get it for
 /// free (each message goes to [`Plugin::on_message`], in order).
 pub use bindings::exports::wsplug::plugin0_1_0::batch::Guest as BatchGuest;
@@ -170,6 +201,9 @@ pub use bindings::exports::wsplug::plugin0_1_0::handler::Guest;
 /// The generated trait of the contract's `state` interface; [`Plugin`] implementors get it for
 /// free.
 pub use bindings::exports::wsplug::plugin0_1_0::state::Guest as StateGuest;
+/// The generated trait of the contract's `presence-handler` interface (0.2.0); [`Plugin`]
+/// implementors get it for free (events go to [`Plugin::on_presence`]).
+pub use bindings::exports::wsplug::plugin0_2_0::presence_handler::Guest as PresenceGuest;
 /// The generated trait of the contract's `timer-handler` interface (0.2.0); [`Plugin`]
 /// implementors get it for free (each timer goes to [`Plugin::on_timer`]).
 pub use bindings::exports::wsplug::plugin0_2_0::timer_handler::Guest as TimerGuest;
@@ -240,6 +274,21 @@ pub trait Plugin {
     fn on_timer(name: String) -> Vec<Action> {
         let _ = name;
         Vec::new()
+    }
+
+    /// Presence changed on some of the route's topics (the route's `[routes.topics] presence` is
+    /// on): one event per topic, batched per `presence_interval`. There is no sender.
+    ///
+    /// The default does nothing.
+    fn on_presence(events: Vec<topics::PresenceEvent>) -> Vec<Action> {
+        let _ = events;
+        Vec::new()
+    }
+}
+
+impl<T: Plugin> PresenceGuest for T {
+    fn on_presence(events: Vec<topics::PresenceEvent>) -> Vec<Action> {
+        <T as Plugin>::on_presence(events)
     }
 }
 
