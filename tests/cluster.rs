@@ -1,1 +1,377 @@
-//! placeholder
+//! Three wsplug nodes sharing topics through a real `nats-server` (JetStream on), all on loopback:
+//! messages published on one node reach the subscribers of every node exactly once and in order;
+//! a node killed loses only its own connections and presence converges without it; a broker
+//! restart is survived, and recovery tells what the broker lost.
+//!
+//! Ignored by default (they need `nats-server`, from Debian's package): `.ci/run` installs it and
+//! runs them with `cargo test -p wsplug-tests --test cluster -- --ignored`. Each node is a child
+//! process (the test binary re-executed), so that it can be killed like a real one.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use wsplug_tests::{Client, STEP, ServerProcess, TempDir, next_message, plugin_path};
+
+const CHILD: &str = "WSPLUG_CLUSTER_CHILD";
+
+#[tokio::test]
+#[ignore = "a child server process, started by the other tests"]
+async fn child_server() {
+    wsplug_tests::run_child_server(CHILD).await;
+}
+
+/// A `nats-server` with JetStream, on a loopback port, its store in a folder of the test's.
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    store: std::path::PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &TempDir) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut broker = Self { child: None, port, store: dir.join("jetstream") };
+        broker.restart();
+        broker
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian's package `nats-server`) must be installed for the cluster tests");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + STEP;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn cpu(&self) -> Duration {
+        let id = self.child.as_ref().unwrap().id();
+        let stat = std::fs::read_to_string(format!("/proc/{id}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node of the cluster `name` on `broker`: `/ps` keeps history (100 per topic) and presence
+/// (members, every 100 ms); `/plain` has neither.
+fn node(broker: &Broker, cluster: &str, name: &str) -> ServerProcess {
+    let plugin = plugin_path("pubsub");
+    ServerProcess::start(
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[cluster]\nnats = \"nats://127.0.0.1:{port}\"\nnode = \"{name}\"\nname = \"{cluster}\"\n\
+             [[routes]]\npath = \"/ps\"\nplugin = \"{p}\"\n[routes.topics]\nhistory = 100\npresence = \"members\"\n\
+             presence_interval = \"100ms\"\n\
+             [[routes]]\npath = \"/plain\"\nplugin = \"{p}\"\n",
+            port = broker.port,
+            p = plugin.display()
+        ),
+        CHILD,
+    )
+}
+
+async fn connect(node: &ServerProcess, path: &str) -> Client {
+    let url = format!("ws://{}{path}", node.addr);
+    let (ws, _) =
+        tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url)).await.expect("connect in time").unwrap();
+    ws
+}
+
+async fn text(ws: &mut Client) -> String {
+    match tokio::time::timeout(STEP, next_message(ws)).await.expect("a message in time") {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+async fn say(ws: &mut Client, line: &str) {
+    ws.send(Message::text(line)).await.unwrap();
+}
+
+async fn ask(ws: &mut Client, line: &str) -> String {
+    say(ws, line).await;
+    text(ws).await
+}
+
+/// Polls `line` until its reply satisfies `done`.
+async fn until(ws: &mut Client, line: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let reply = ask(ws, line).await;
+        if done(&reply) {
+            return reply;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{line}: last reply {reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The text of a message: an envelope's `text`, or the message itself (routes without history).
+fn body(message: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(message) {
+        Ok(v) if v.get("offset").is_some() => v["text"].as_str().unwrap_or_default().to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+/// Publishes `ready-N` from `publisher` until every subscriber got one (each node then follows
+/// the topic on the broker), then lets the stragglers arrive and drops them.
+async fn wait_until_following(publisher: &mut Client, subscribers: &mut [&mut Client], topic: &str) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    let mut ready = vec![false; subscribers.len()];
+    let mut n = 0;
+    while !ready.iter().all(|r| *r) {
+        assert!(tokio::time::Instant::now() < deadline, "subscribers never all followed {topic}: {ready:?}");
+        say(publisher, &format!("pub {topic} ready-{n}")).await;
+        n += 1;
+        for (i, s) in subscribers.iter_mut().enumerate() {
+            while let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_millis(30), s.next()).await {
+                ready[i] |= body(&t).starts_with("ready-");
+            }
+        }
+    }
+    // Whatever ready-* is still on its way.
+    for s in subscribers.iter_mut() {
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(300), s.next()).await {}
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs nats-server: run by .ci/run"]
+async fn messages_published_on_one_node_reach_every_node_exactly_once_in_order() {
+    let dir = TempDir::new("cluster-order");
+    let broker = Broker::start(&dir);
+    let (a, b, c) = (node(&broker, "order", "a"), node(&broker, "order", "b"), node(&broker, "order", "c"));
+    for path in ["/ps", "/plain"] {
+        let mut on_a = connect(&a, &format!("{path}?sub=room")).await;
+        let mut on_b = connect(&b, &format!("{path}?sub=room")).await;
+        let mut on_c = connect(&c, &format!("{path}?sub=room")).await;
+        let mut pub_a = connect(&a, path).await;
+        let mut pub_c = connect(&c, path).await;
+        wait_until_following(&mut pub_a, &mut [&mut on_a, &mut on_b, &mut on_c], "room").await;
+
+        const N: usize = 200;
+        for i in 0..N {
+            say(&mut pub_a, &format!("pub room a-{i}")).await;
+            say(&mut pub_c, &format!("pub room c-{i}")).await;
+        }
+        let mut orders = Vec::new();
+        for (name, ws) in [("a", &mut on_a), ("b", &mut on_b), ("c", &mut on_c)] {
+            let mut got: Vec<String> = Vec::new();
+            let mut offsets = Vec::new();
+            while got.len() < 2 * N {
+                let message = text(ws).await;
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&message)
+                    && let Some(o) = v["offset"].as_u64()
+                {
+                    offsets.push(o);
+                }
+                got.push(body(&message));
+            }
+            // Exactly once: nothing more comes.
+            let extra = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+            assert!(extra.is_err(), "{path}: node {name} got more than {} messages: {extra:?}", 2 * N);
+            for publisher in ["a", "c"] {
+                let mine: Vec<&String> = got.iter().filter(|m| m.starts_with(&format!("{publisher}-"))).collect();
+                let expected: Vec<String> = (0..N).map(|i| format!("{publisher}-{i}")).collect();
+                assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "{path}: node {name}, publisher {publisher}");
+            }
+            if path == "/ps" {
+                assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{path}: node {name}: offsets increase");
+                orders.push(got);
+            }
+        }
+        // With history, one order for everyone (the broker's).
+        if path == "/ps" {
+            assert!(orders.windows(2).all(|w| w[0] == w[1]), "every node delivers in the stream's order");
+        }
+        // A route-wide broadcast crosses nodes too, once.
+        say(&mut pub_a, &format!("all hello-{}", &path[1..])).await;
+        for ws in [&mut on_b, &mut on_c, &mut pub_c, &mut on_a] {
+            assert_eq!(text(ws).await, format!("hello-{}", &path[1..]));
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs nats-server: run by .ci/run"]
+async fn a_killed_node_loses_only_its_connections_and_presence_converges() {
+    let dir = TempDir::new("cluster-kill");
+    let broker = Broker::start(&dir);
+    let a = node(&broker, "kill", "a");
+    let b = node(&broker, "kill", "b");
+    let c = node(&broker, "kill", "c");
+    let mut members: HashMap<&str, Vec<Client>> = HashMap::new();
+    for (name, n) in [("a", &a), ("b", &b), ("c", &c)] {
+        for _ in 0..2 {
+            members.entry(name).or_default().push(connect(n, "/ps?sub=lobby").await);
+        }
+    }
+    let mut watcher = connect(&a, "/ps").await;
+    until(&mut watcher, "count lobby", STEP, |r| r == "count 6").await;
+    let list = ask(&mut watcher, "members lobby").await;
+    for name in ["a", "b", "c"] {
+        assert_eq!(list.matches(&format!("{name}/")).count(), 2, "{list}");
+    }
+    let events = until(&mut watcher, "events", STEP, |r| r.contains("b/")).await;
+    assert!(events.starts_with("lobby "), "{events}");
+
+    drop(b); // killed: no goodbye to anyone
+    for ws in members.get_mut("b").unwrap() {
+        let end = tokio::time::timeout(STEP, ws.next()).await.expect("B's clients see the end");
+        assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    }
+    // Presence forgets B within a few intervals (3 × 100 ms + 2 s of grace).
+    until(&mut watcher, "count lobby", STEP, |r| r == "count 4").await;
+    let list = ask(&mut watcher, "members lobby").await;
+    assert!(!list.contains("b/"), "{list}");
+    let events = until(&mut watcher, "events", STEP, |r| r.contains("-b/")).await;
+    assert!(events.lines().any(|l| l.starts_with("lobby 4 ")), "{events}");
+    // A and C still serve their connections, and each other's messages.
+    let mut pub_a = connect(&a, "/ps").await;
+    say(&mut pub_a, "pub lobby after").await;
+    for name in ["a", "c"] {
+        for ws in members.get_mut(name).unwrap() {
+            assert_eq!(body(&text(ws).await), "after", "node {name}");
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs nats-server: run by .ci/run"]
+async fn a_broker_restart_is_survived_and_recovery_tells_what_was_lost() {
+    let dir = TempDir::new("cluster-broker");
+    let mut broker = Broker::start(&dir);
+    let a = node(&broker, "restart", "a");
+    let b = node(&broker, "restart", "b");
+    let c = node(&broker, "restart", "c");
+    let mut publisher = connect(&a, "/ps").await;
+    let mut reader = connect(&b, "/ps?sub=news").await;
+    wait_until_following(&mut publisher, &mut [&mut reader], "news").await;
+    for i in 0..3 {
+        say(&mut publisher, &format!("pub news before-{i}")).await;
+    }
+    let mut last = serde_json::Value::Null;
+    for i in 0..3 {
+        last = serde_json::from_str(&text(&mut reader).await).unwrap();
+        assert_eq!(last["text"], format!("before-{i}"));
+    }
+    let (epoch, seen) = (last["epoch"].as_str().unwrap().to_owned(), last["offset"].as_u64().unwrap());
+    drop(reader); // gone before the restart, it comes back after
+
+    // The broker restarts with its store: nodes reconnect by themselves and resubscribe.
+    broker.restart();
+    let mut follower = connect(&c, "/ps?sub=news").await;
+    let mut n = 0;
+    loop {
+        say(&mut publisher, &format!("pub news after-{n}")).await;
+        n += 1;
+        if let Ok(Some(Ok(Message::Text(_)))) = tokio::time::timeout(Duration::from_millis(200), follower.next()).await
+        {
+            break;
+        }
+        assert!(n < 100, "messages never flowed again after the broker restarted");
+    }
+    // Recovery across the restart, on another node: everything after `seen`, in order.
+    let mut back = connect(&c, &format!("/ps?sub=news&recover=news:{epoch}:{seen}")).await;
+    let notice: serde_json::Value = serde_json::from_str(&text(&mut back).await).unwrap();
+    assert_eq!(notice["recovered"], true, "{notice}");
+    let missed = notice["missed"].as_u64().unwrap();
+    let mut texts = Vec::new();
+    for _ in 0..missed {
+        let m: serde_json::Value = serde_json::from_str(&text(&mut back).await).unwrap();
+        texts.push(m["text"].as_str().unwrap().to_owned());
+    }
+    assert!(texts.iter().all(|t| t.starts_with("ready-") || t.starts_with("after-")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with("after-")), "{texts:?}");
+
+    // The broker comes back without its store: the history is lost, and a recovering client is
+    // told so (a new epoch), while messages flow again.
+    broker.stop();
+    std::fs::remove_dir_all(&broker.store).unwrap();
+    broker.restart();
+    let mut fresh = connect(&a, "/ps?sub=news").await;
+    let mut n = 0;
+    loop {
+        say(&mut publisher, &format!("pub news reborn-{n}")).await;
+        n += 1;
+        if let Ok(Some(Ok(Message::Text(_)))) = tokio::time::timeout(Duration::from_millis(200), fresh.next()).await {
+            break;
+        }
+        assert!(n < 100, "messages never flowed again after the broker lost its store");
+    }
+    let mut lost = connect(&b, &format!("/ps?sub=news&recover=news:{epoch}:{seen}")).await;
+    let notice: serde_json::Value = serde_json::from_str(&text(&mut lost).await).unwrap();
+    assert_eq!(notice["recovered"], false, "{notice}");
+    assert!(notice["reason"].as_str().unwrap().contains("epoch"), "{notice}");
+    assert_ne!(notice["epoch"], epoch.as_str());
+}
+
+#[tokio::test]
+#[ignore = "needs nats-server: run by .ci/run"]
+async fn a_client_recovers_on_another_node_what_it_missed() {
+    let dir = TempDir::new("cluster-recover");
+    let broker = Broker::start(&dir);
+    let a = node(&broker, "recover", "a");
+    let b = node(&broker, "recover", "b");
+    let c = node(&broker, "recover", "c");
+    let mut publisher = connect(&a, "/ps").await;
+    let mut reader = connect(&b, "/ps?sub=feed").await;
+    wait_until_following(&mut publisher, &mut [&mut reader], "feed").await;
+    say(&mut publisher, "pub feed one").await;
+    let seen: serde_json::Value = serde_json::from_str(&text(&mut reader).await).unwrap();
+    drop(reader);
+    for i in 0..20 {
+        say(&mut publisher, &format!("pub feed missed-{i}")).await;
+    }
+    // C follows nobody's "feed" yet: it loads the history from the broker for this client.
+    let url = format!("/ps?sub=feed&recover=feed:{}:{}", seen["epoch"].as_str().unwrap(), seen["offset"]);
+    let deadline = tokio::time::Instant::now() + STEP;
+    let _back = loop {
+        let mut back = connect(&c, &url).await;
+        let notice: serde_json::Value = serde_json::from_str(&text(&mut back).await).unwrap();
+        assert_eq!(notice["recovered"], true, "{notice}");
+        if notice["missed"] == 20 {
+            for i in 0..20 {
+                let m: serde_json::Value = serde_json::from_str(&text(&mut back).await).unwrap();
+                assert_eq!(m["text"], format!("missed-{i}"));
+            }
+            say(&mut publisher, "pub feed live").await;
+            let m: serde_json::Value = serde_json::from_str(&text(&mut back).await).unwrap();
+            assert_eq!(m["text"], "live");
+            break back;
+        }
+        // The last publishes may still be on their way to the broker.
+        assert!(tokio::time::Instant::now() < deadline, "{notice}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A presence count includes everyone, on every node: nobody is left on B.
+    let mut watcher = connect(&b, "/ps").await;
+    until(&mut watcher, "count feed", STEP, |r| r == "count 1").await;
+    let _ = broker.cpu();
+}

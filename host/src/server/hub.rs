@@ -554,8 +554,14 @@ impl Local for Hub {
             let loading = inner.loading.remove(topic).unwrap_or_default();
             let now = Instant::now();
             let Some(history) = inner.history.as_mut() else { return };
-            // What subscribers here were already sent (a reload after a reconnection).
-            let delivered = history.get(topic).filter(|log| *log.epoch == *epoch).map_or(0, |log| log.last());
+            // What subscribers here were already sent (a reload after a reconnection): up to the
+            // last offset of the same epoch; nothing of a new one (the broker lost the history,
+            // and everything it holds now is newer than what they got).
+            let (delivered, reset) = match history.get(topic) {
+                Some(log) if *log.epoch == *epoch => (log.last(), false),
+                Some(_) => (0, true),
+                None => (0, false),
+            };
             history.forget(topic);
             history.log(topic, || epoch.clone(), now);
             // The first loaded message's predecessor is unknown (u64::MAX matches no client's
@@ -565,7 +571,7 @@ impl Local for Hub {
             for (offset, text, payload) in entries {
                 let entry = stored_entry(topic, &epoch, offset, prev, text, &payload, now);
                 prev = offset;
-                if delivered > 0 && offset > delivered {
+                if reset || (delivered > 0 && offset > delivered) {
                     fresh.push(entry.message.clone());
                 }
                 history.append(topic, entry);
@@ -573,14 +579,13 @@ impl Local for Hub {
             for (offset, prev, text, payload) in loading.live {
                 if offset > history.get(topic).map_or(0, |l| l.last()) {
                     let entry = stored_entry(topic, &epoch, offset, prev, text, &payload, now);
-                    if delivered > 0 {
-                        fresh.push(entry.message.clone());
-                    }
+                    // Arrived from the broker while loading: live, so subscribers get it.
+                    fresh.push(entry.message.clone());
                     history.append(topic, entry);
                 }
             }
-            if !fresh.is_empty() {
-                tracing::info!(route = %self.route, topic, filled = fresh.len(), "history: gap filled from the broker after a reconnection");
+            if delivered > 0 || reset {
+                tracing::info!(route = %self.route, topic, filled = fresh.len(), "history: reloaded from the broker after a reconnection");
             }
             for message in &fresh {
                 self.deliver_to_topic(&mut inner, topic, message, None, &mut batch);

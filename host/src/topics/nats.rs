@@ -238,8 +238,8 @@ pub struct RouteLink {
     cluster: Arc<Cluster>,
     route: String,
     base: String,
-    /// The route's JetStream stream, when it keeps history.
-    stream: Option<String>,
+    /// The route's JetStream stream (its name is in the config), when it keeps history.
+    stream: Option<jetstream::stream::Config>,
     history: usize,
     epoch: Mutex<Arc<str>>,
     local: Weak<dyn Local>,
@@ -312,11 +312,11 @@ impl RouteLink {
             };
             let mut made = cluster
                 .js
-                .get_or_create_stream(config)
+                .get_or_create_stream(config.clone())
                 .await
                 .with_context(|| format!("route {route}: making its history stream {name} on the broker"))?;
             epoch = stream_epoch(&mut made).await?;
-            stream = Some(name);
+            stream = Some(config);
         }
         let link = Arc::new(Self {
             cluster: cluster.clone(),
@@ -424,18 +424,14 @@ impl RouteLink {
     /// Reloads the history of every topic this node follows (after a reconnection), noting an
     /// epoch change.
     async fn reload_all(self: &Arc<Self>) -> anyhow::Result<()> {
-        let Some(name) = &self.stream else { return Ok(()) };
-        let mut stream = self.cluster.js.get_stream(name).await;
-        if stream.is_err() {
-            // The broker lost the stream (memory storage, or wiped): make it again.
-            tracing::warn!(route = %self.route, "cluster: the history stream is gone from the broker; its history is lost");
-            crate::metrics::metrics().cluster_dropped.inc();
-            return Ok(());
-        }
-        let epoch = stream_epoch(stream.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+        let Some(config) = &self.stream else { return Ok(()) };
+        // A broker that lost the stream (its store wiped) gets it made again: a new epoch.
+        let mut stream = self.cluster.js.get_or_create_stream(config.clone()).await?;
+        let epoch = stream_epoch(&mut stream).await?;
         let old = std::mem::replace(&mut *self.epoch.lock().unwrap(), epoch.clone());
         if old != epoch {
-            tracing::warn!(route = %self.route, %old, new = %epoch, "cluster: the broker's history was reset; recovering clients are told");
+            crate::metrics::metrics().history_gaps.inc();
+            tracing::warn!(route = %self.route, %old, new = %epoch, "cluster: the broker lost the route's history (a new epoch): recovering clients are told");
         }
         let topics: Vec<String> = self.interests.lock().unwrap().keys().cloned().collect();
         for topic in topics {
@@ -446,8 +442,8 @@ impl RouteLink {
 
     /// Loads a topic's history from the stream and hands it to the hub.
     async fn load(&self, topic: &str) -> anyhow::Result<()> {
-        let Some(name) = &self.stream else { return Ok(()) };
-        let stream = self.cluster.js.get_stream(name).await?;
+        let Some(config) = &self.stream else { return Ok(()) };
+        let stream = self.cluster.js.get_stream(&config.name).await?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::Config {
                 filter_subject: format!("{}.pub.{}", self.base, token(topic)),
