@@ -103,7 +103,9 @@ async fn run() -> Result<(), String> {
             rows.push(row);
         }
     }
-    println!("\n| setup | route | deliveries/s | p50 ms | p99 ms | node CPU-s | broker CPU-s | deliveries per node CPU-s | capacity (× memory-1) |");
+    println!(
+        "\n| setup | route | deliveries/s | p50 ms | p99 ms | node CPU-s | broker CPU-s | deliveries per node CPU-s | capacity (× memory-1) |"
+    );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in &rows {
         let per_cpu = row.deliveries as f64 / row.node_cpu.max(0.01);

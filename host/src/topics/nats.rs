@@ -435,7 +435,9 @@ impl RouteLink {
         }
         let topics: Vec<String> = self.interests.lock().unwrap().keys().cloned().collect();
         for topic in topics {
-            self.load(&topic).await?;
+            if let Err(e) = self.load(&topic).await {
+                tracing::warn!(route = %self.route, %topic, "cluster: reloading a topic's history failed: {e:#}");
+            }
         }
         Ok(())
     }
@@ -493,9 +495,24 @@ async fn follow(link: Weak<RouteLink>, topic: String) -> anyhow::Result<()> {
     let mut subscriber = client.subscribe(subject).await?;
     if stored {
         // Subscribed first, then loaded: what arrives meanwhile is merged by offset, not lost.
-        client.flush().await?;
-        let Some(l) = link.upgrade() else { return Ok(()) };
-        l.load(&topic).await?;
+        // Until the load succeeds (the broker may be away), the topic's recoveries wait for it.
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(l) = link.upgrade() else { return Ok(()) };
+            let loaded = async {
+                client.flush().await?;
+                l.load(&topic).await
+            };
+            match loaded.await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(route = %l.route, %topic, "cluster: loading a topic's history failed, retrying: {e:#}");
+                    drop(l);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
     while let Some(message) = subscriber.next().await {
         let Some(l) = link.upgrade() else { return Ok(()) };
