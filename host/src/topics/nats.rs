@@ -141,19 +141,23 @@ impl Cluster {
         tokio::spawn(publisher(cluster.client.clone(), cluster.js.clone(), rx, queued));
         let weak = Arc::downgrade(&cluster);
         tokio::spawn(async move {
+            let mut lost = false;
             while let Some(event) = events.recv().await {
                 let Some(cluster) = weak.upgrade() else { return };
                 match event {
                     async_nats::Event::Disconnected => {
+                        lost = true;
                         crate::metrics::metrics().cluster_disconnects.inc();
                         tracing::warn!(
                             "cluster: lost the NATS broker; reconnecting (messages published meanwhile may be lost)"
                         )
                     }
-                    async_nats::Event::Connected => {
-                        tracing::info!("cluster: connected to the NATS broker; resynchronising history");
+                    async_nats::Event::Connected if lost => {
+                        lost = false;
+                        tracing::info!("cluster: reconnected to the NATS broker; resynchronising history");
                         cluster.resync();
                     }
+                    async_nats::Event::Connected => {}
                     other => tracing::warn!("cluster: {other}"),
                 }
             }
