@@ -1,6 +1,8 @@
 //! The topics engine on one node (the in-memory engine): history with offsets in envelopes,
 //! recovery by `?recover=` and by the plugin (`topics.subscribe-from`), presence counts, members
-//! and batched events, all through the `pubsub` test plugin over loopback.
+//! and batched events, all through the `pubsub` test plugin over loopback. Each test runs against
+//! the Rust plugin (`tests/plugins/pubsub`) and, ignored unless asked for (`.ci/run` builds it
+//! first), its JavaScript twin (`plugins/pubsub-js`, on the SDK's `topics.js`).
 
 use std::time::Duration;
 
@@ -8,12 +10,40 @@ use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use wsplug_tests::{Client, STEP, TestServer, next_message, plugin_path};
 
-fn config(history: usize, presence: &str) -> String {
+fn config(plugin: &str, history: usize, presence: &str) -> String {
     format!(
         "[[routes]]\npath = \"/ps\"\nplugin = \"{}\"\n[routes.topics]\nhistory = {history}\npresence = \"{presence}\"\n\
          presence_interval = \"50ms\"\n",
-        plugin_path("pubsub").display()
+        plugin_path(plugin).display()
     )
+}
+
+/// Each scenario as a test of the Rust plugin, and one of the JavaScript plugin (ignored unless
+/// asked for: it is built by `plugins/build-all.sh`).
+macro_rules! both {
+    ($($name:ident,)*) => {
+        mod rust {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name("pubsub").await
+            })*
+        }
+        mod javascript {
+            $(#[tokio::test]
+            #[ignore = "needs target/plugins/pubsub-js.wasm: plugins/build-all.sh js"]
+            async fn $name() {
+                super::$name("pubsub-js").await
+            })*
+        }
+    };
+}
+
+both! {
+    a_reconnecting_client_gets_every_message_it_missed_in_order,
+    a_client_too_far_behind_is_told_it_cannot_be_recovered,
+    without_history_topic_messages_go_out_as_published,
+    presence_counts_members_and_batched_events,
+    count_mode_tells_counts_and_refuses_members,
 }
 
 async fn text(ws: &mut Client) -> String {
@@ -37,9 +67,8 @@ async fn ask(ws: &mut Client, line: &str) -> String {
     text(ws).await
 }
 
-#[tokio::test]
-async fn a_reconnecting_client_gets_every_message_it_missed_in_order() {
-    let server = TestServer::start(&config(100, "off")).await;
+async fn a_reconnecting_client_gets_every_message_it_missed_in_order(plugin: &str) {
+    let server = TestServer::start(&config(plugin, 100, "off")).await;
     let mut publisher = server.connect("/ps").await;
     let mut reader = server.connect("/ps?sub=room").await;
     // Subscribed in on-open: a command round trip makes sure it took effect.
@@ -89,9 +118,8 @@ async fn a_reconnecting_client_gets_every_message_it_missed_in_order() {
     assert_eq!(notice["offset"], 6, "and where the topic is now");
 }
 
-#[tokio::test]
-async fn a_client_too_far_behind_is_told_it_cannot_be_recovered() {
-    let server = TestServer::start(&config(3, "off")).await;
+async fn a_client_too_far_behind_is_told_it_cannot_be_recovered(plugin: &str) {
+    let server = TestServer::start(&config(plugin, 3, "off")).await;
     let mut publisher = server.connect("/ps").await;
     for i in 1..=6 {
         say(&mut publisher, &format!("pub t m{i}")).await;
@@ -118,9 +146,8 @@ async fn a_client_too_far_behind_is_told_it_cannot_be_recovered() {
     assert_eq!(json(&mut asked).await["text"], "m7");
 }
 
-#[tokio::test]
-async fn without_history_topic_messages_go_out_as_published() {
-    let server = TestServer::start(&config(0, "off")).await;
+async fn without_history_topic_messages_go_out_as_published(plugin: &str) {
+    let server = TestServer::start(&config(plugin, 0, "off")).await;
     let mut publisher = server.connect("/ps").await;
     let mut reader = server.connect("/ps?sub=plain&recover=plain:e:1").await;
     assert_eq!(ask(&mut reader, "pos plain").await, "pos none");
@@ -141,9 +168,8 @@ async fn until(ws: &mut Client, line: &str, done: impl Fn(&str) -> bool) -> Stri
     }
 }
 
-#[tokio::test]
-async fn presence_counts_members_and_batched_events() {
-    let server = TestServer::start(&config(0, "members")).await;
+async fn presence_counts_members_and_batched_events(plugin: &str) {
+    let server = TestServer::start(&config(plugin, 0, "members")).await;
     let mut watcher = server.connect("/ps").await;
     let mut members = Vec::new();
     for _ in 0..3 {
@@ -169,9 +195,8 @@ async fn presence_counts_members_and_batched_events() {
     assert!(events.starts_with("lobby 2 + -local/"), "{events}");
 }
 
-#[tokio::test]
-async fn count_mode_tells_counts_and_refuses_members() {
-    let server = TestServer::start(&config(0, "count")).await;
+async fn count_mode_tells_counts_and_refuses_members(plugin: &str) {
+    let server = TestServer::start(&config(plugin, 0, "count")).await;
     let mut watcher = server.connect("/ps").await;
     let _a = server.connect("/ps?sub=big").await;
     let _b = server.connect("/ps?sub=big").await;

@@ -102,6 +102,8 @@ const JS_SDK: &[Template] = &[
     file("attachments.js", repo!("plugins/sdk-js/attachments.js")),
     file("attachments.d.ts", repo!("plugins/sdk-js/attachments.d.ts")),
     file("kv.js", repo!("plugins/sdk-js/kv.js")),
+    file("topics.js", repo!("plugins/sdk-js/topics.js")),
+    file("topics.d.ts", repo!("plugins/sdk-js/topics.d.ts")),
     file("kv.d.ts", repo!("plugins/sdk-js/kv.d.ts")),
     file(".npmrc", repo!("plugins/templates/js/.npmrc")),
     script("tools/build-js.sh", repo!("plugins/tools/build-js.sh")),
@@ -187,7 +189,7 @@ fn profile(lang: Lang) -> Profile {
             listing: "- `plugin.js`: the plugin.\n\
                       - `wsplug.js`: the SDK (`definePlugin`, `reply`, `publish`, `accept`, `console`, ...);\n  \
                       `wsplug.d.ts` and `contract.d.ts` type it for editors. `timers.js`, `attachments.js`,\n  \
-                      `kv.js`: the platform of contract 0.2.0, for a plugin built for a world of\n  \
+                      `kv.js`, `topics.js`: the platform of contract 0.2.0, for a plugin built for a world of\n  \
                       `wit/platform/`, e.g. `WORLD=stored-plugin ./build.sh` (its route must grant it).\n\
                       - `build.sh`, `tools/build-js.sh`: the build (componentize-qjs, `--sync`).",
             ignore: "build/\nnode_modules/\n",
@@ -201,7 +203,7 @@ fn profile(lang: Lang) -> Profile {
             listing: "- `plugin.ts`: the plugin.\n\
                       - `wsplug.js`: the SDK (`definePlugin`, `reply`, `publish`, `accept`, `console`, ...), typed by\n  \
                       `wsplug.d.ts`; `contract.d.ts`: the contract's types, generated from `wit/wsplug.wit`.\n  \
-                      `timers.js`, `attachments.js`, `kv.js`: the platform of contract 0.2.0, for a plugin\n  \
+                      `timers.js`, `attachments.js`, `kv.js`, `topics.js`: the platform of contract 0.2.0, for a plugin\n  \
                       built for a world of `wit/platform/`, e.g. `WORLD=stored-plugin ./build.sh`.\n\
                       - `tsconfig.json`: strict type checking.\n\
                       - `build.sh`, `tools/build-js.sh`: the build (tsc, then componentize-qjs, `--sync`).",
@@ -249,7 +251,7 @@ fn profile(lang: Lang) -> Profile {
 /// How a JavaScript, TypeScript or Python build picks its world.
 const WORLD_CHOICE: &str = r#"# The world of the contract it implements: stateful-plugin (wit/wsplug.wit, version 0.1.0), or,
 # to use the platform of 0.2.0, one of wit/platform/: timed-plugin, attached-plugin,
-# stored-plugin, timed-attached-plugin, platform-plugin (its route must grant what it imports).
+# stored-plugin, timed-attached-plugin, platform-plugin, topics-plugin (its route must grant what it imports).
 WORLD=${WORLD:-stateful-plugin}
 case $WORLD in
 plugin | stateful-plugin | batched-plugin) ;;

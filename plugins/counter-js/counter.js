@@ -21,7 +21,7 @@ function incr(name) {
   return next;
 }
 
-export const { handler, state } = definePlugin({
+export const { handler, state, batch, timerHandler, presenceHandler } = definePlugin({
   onMessage(conn, msg) {
     if (msg.tag !== "text") return [reply("text only")];
     const text = msg.val;

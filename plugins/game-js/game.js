@@ -20,7 +20,7 @@ let players = 0;
 const nameOf = (conn) => attached(conn) ?? `player-${conn}`;
 const startTicking = () => setTimer("tick", TICK_MS, TICK_MS);
 
-export const { handler, state, timerHandler } = definePlugin({
+export const { handler, state, batch, timerHandler, presenceHandler } = definePlugin({
   onOpen(conn) {
     // A resumed connection was counted before (the count is in the snapshot).
     if (!conn.resumed) {

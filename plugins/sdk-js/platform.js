@@ -7,7 +7,7 @@
 //   import { definePlugin, publish, text } from "./wsplug.js";
 //   import { setTimer, attach, attached } from "./platform.js";
 //
-//   export const { handler, state, timerHandler } = definePlugin({
+//   export const { handler, state, batch, timerHandler, presenceHandler } = definePlugin({
 //     onOpen(conn) { setTimer("tick", 100, 100); ... },
 //     onTimer(name) { return [publish("room", text("tick"))]; },
 //   });

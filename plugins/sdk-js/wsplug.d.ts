@@ -30,13 +30,22 @@ export interface PluginDefinition {
   restore?(snapshot: Uint8Array): void;
   /** A timer set with platform.js's setTimer is due (contract 0.2.0; default: nothing). */
   onTimer?(name: string): Action[];
+  /** Presence changed on the route's topics (topics.js; `[routes.topics] presence`; default: nothing). */
+  onPresence?(events: import("./topics.js").PresenceEvent[]): Action[];
 }
 
-/** The contract's exports, checked: `export const { handler, state } = definePlugin({ ... })`. */
+/**
+ * The contract's exports, checked. Export all of them (a world takes what it has, the rest is
+ * ignored): `export const { handler, state, batch, timerHandler, presenceHandler } =
+ * definePlugin({ ... })`. A world of wit/platform/ exports `batch`: a plugin that left it out
+ * would not answer pipelined messages.
+ */
 export function definePlugin(plugin: PluginDefinition): {
   handler: Handler;
   state: State;
+  batch: { onMessages(conn: ConnectionId, msgs: Message[]): Action[] };
   timerHandler: { onTimer(name: string): Action[] };
+  presenceHandler: { onPresence(events: import("./topics.js").PresenceEvent[]): Action[] };
 };
 
 /** Writes to the server's log. `console.log` and friends do the same. */

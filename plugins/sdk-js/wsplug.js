@@ -3,7 +3,7 @@
 //
 //   import { definePlugin, reply, text, log } from "./wsplug.js";
 //
-//   export const { handler, state } = definePlugin({
+//   export const { handler, state, batch, timerHandler, presenceHandler } = definePlugin({
 //     onMessage(conn, msg) {
 //       return msg.tag === "text" ? [reply(text(msg.val.toUpperCase()))] : [reply(msg)];
 //     },
@@ -246,9 +246,9 @@ function checked(name, check, fn) {
 
 /**
  * The contract's exports from `plugin`: `{ onOpen?, onMessage, onClose?, snapshot?, restore?,
- * onTimer? }`. Export what it returns: `export const { handler, state } = definePlugin({ ... })`
- * (a plugin built for the world `plugin`, without hand-over, exports only `handler`; one built for
- * `platform-plugin`, contract 0.2.0, also `timerHandler`).
+ * onTimer?, onPresence? }`. Export all it returns (a world takes what it has; a world of wit/platform/ needs
+ * `batch`, or pipelined messages go unanswered): `export const { handler, state, batch,
+ * timerHandler, presenceHandler } = definePlugin({ ... })`.
  */
 export function definePlugin(plugin) {
   if (!plugin || typeof plugin.onMessage !== "function") {
@@ -257,10 +257,24 @@ export function definePlugin(plugin) {
   const onOpen = plugin.onOpen ? plugin.onOpen.bind(plugin) : () => accept();
   const onClose = plugin.onClose ? plugin.onClose.bind(plugin) : () => [];
   const onTimer = plugin.onTimer ? plugin.onTimer.bind(plugin) : () => [];
+  const onPresence = plugin.onPresence ? plugin.onPresence.bind(plugin) : () => [];
   return {
+    // The world `topics-plugin` (topics.js) exports it.
+    presenceHandler: {
+      onPresence: checked("onPresence", (r) => checkActions("the result", r), onPresence),
+    },
     // Contract 0.2.0 (a plugin built for a world of wit/platform/ exports it; see platform.js).
     timerHandler: {
       onTimer: checked("onTimer", (r) => checkActions("the result", r), onTimer),
+    },
+    // The worlds of wit/platform/ include `batched-plugin`, whose `batch` must be exported:
+    // pipelined messages, each handed to onMessage in order.
+    batch: {
+      onMessages: checked(
+        "onMessage",
+        (r) => checkActions("the result", r),
+        (conn, msgs) => msgs.flatMap((msg) => plugin.onMessage(conn, msg)),
+      ),
     },
     handler: {
       onOpen: checked("onOpen", checkAdmission, onOpen),

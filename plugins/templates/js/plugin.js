@@ -6,7 +6,7 @@
 
 import { accept, definePlugin, reply, text } from "./wsplug.js";
 
-export const { handler, state } = definePlugin({
+export const { handler, state, batch, timerHandler, presenceHandler } = definePlugin({
   onOpen(conn) {
     console.log(`connection ${conn.id} opened ${conn.path}`);
     return accept();

@@ -8,7 +8,7 @@
 import { accept, definePlugin, reply, text } from "./wsplug.js";
 import type { Action, Admission, Connection, ConnectionId, Message } from "./wsplug.js";
 
-export const { handler, state } = definePlugin({
+export const { handler, state, batch, timerHandler, presenceHandler } = definePlugin({
   onOpen(conn: Connection): Admission {
     console.log(`connection ${conn.id} opened ${conn.path}`);
     return accept();
