@@ -222,20 +222,27 @@ async fn the_server_wide_budget_sheds_large_holders_and_serves_the_rest() {
 #[tokio::test]
 async fn idle_connections_cost_a_few_kib_each() {
     const IDLE: usize = 4_000;
-    let server = start_server("");
-    // Warm up the allocator and the runtime, then measure what idle connections add.
-    let warm: Vec<_> =
-        futures_util::future::join_all((0..50).map(|_| RawClient::connect(server.addr, "/native"))).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = server.rss();
-    let mut idle = Vec::with_capacity(IDLE);
-    for _ in 0..IDLE / 100 {
-        idle.extend(futures_util::future::join_all((0..100).map(|_| RawClient::connect(server.addr, "/native"))).await);
+    for route in ["/native", "/plugin"] {
+        // A server of its own for each route: memory freed by the first would be reused.
+        let server = start_server("");
+        // Warm up the allocator and the runtime, then measure what idle connections add.
+        let warm: Vec<_> =
+            futures_util::future::join_all((0..50).map(|_| RawClient::connect(server.addr, route))).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = server.rss();
+        let mut idle = Vec::with_capacity(IDLE);
+        for _ in 0..IDLE / 100 {
+            idle.extend(futures_util::future::join_all((0..100).map(|_| RawClient::connect(server.addr, route))).await);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let each = server.rss().saturating_sub(before) / IDLE;
+        eprintln!("{IDLE} idle connections on {route}: {each} bytes of server RSS each");
+        // The README's figure: at most 4 KiB in the release binary (the efficiency benchmark
+        // measures 3.5 KiB native, 3.9 KiB plugin). This debug build measures about 3.6 and 4.1 KiB
+        // (4,000 connections; less each with more): the plugin route also keeps the request's
+        // headers (on-open sees them again when a connection is re-attached).
+        let bound = if route == "/native" { 4 << 10 } else { 4608 };
+        assert!(each <= bound, "an idle connection on {route} costs {each} bytes (bound {bound})");
+        drop((warm, idle));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let each = server.rss().saturating_sub(before) / IDLE;
-    eprintln!("{IDLE} idle connections: {each} bytes of server RSS each");
-    // The release binary measures under 4 KiB (README); a debug build's tasks are larger.
-    assert!(each <= 7 << 10, "an idle connection costs {each} bytes");
-    drop((warm, idle));
 }

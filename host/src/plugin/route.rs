@@ -440,7 +440,11 @@ impl InstanceSlot {
                 Ok(subprotocol) => match accept(subprotocol.as_deref()) {
                     Some(out) => {
                         self.attached.insert(info.id, self.generation);
-                        self.platform.attachments.lock().expect("attachments lock").entry(info.id).or_default();
+                        // The table of live connections for attachments: kept only where they are granted
+                        // (an entry per connection is memory every idle connection pays).
+                        if self.settings.grants.attachments {
+                            self.platform.attachments.lock().expect("attachments lock").entry(info.id).or_default();
+                        }
                         self.apply(Some((info.id, &out)), acceptance.actions);
                         self.counted(1);
                         Admit::Accepted
@@ -885,6 +889,13 @@ impl InstanceSlot {
         self.hibernated = false;
         self.checkpoint = prepared.checkpoint;
         self.generation += 1;
+        if self.settings.grants.attachments {
+            // Attachments granted by this reload: the connections already open may attach too.
+            let mut table = self.platform.attachments.lock().expect("attachments lock");
+            for id in self.attached.keys() {
+                table.entry(*id).or_default();
+            }
+        }
         self.reattach_all().await;
         self.batch.flush();
     }
@@ -1083,11 +1094,12 @@ async fn timer_task(slot: Weak<Mutex<InstanceSlot>>, platform: Shared) {
 async fn on_open(instance: &mut PluginInstance, info: &ConnInfo, resumed: bool) -> Result<Admission, CallError> {
     let headers: Vec<(&str, &str)> = info.headers().collect();
     let protocols: Vec<&str> = info.protocols.iter().map(String::as_str).collect();
+    let remote_addr = info.remote_addr.to_string();
     let conn = wit::Connection {
         id: info.id,
         path: &info.target,
         headers: &headers,
-        remote_addr: &info.remote_addr,
+        remote_addr: &remote_addr,
         protocols: &protocols,
         resumed,
     };
@@ -1139,7 +1151,7 @@ mod tests {
                 id,
                 target: "/echo".into(),
                 headers: HeaderBlock::default(),
-                remote_addr: "127.0.0.1:1".into(),
+                remote_addr: ([127, 0, 0, 1], 1).into(),
                 protocols: Vec::new(),
             });
             let hub = route.hub.clone();

@@ -59,6 +59,39 @@ const PRESSURE_RETRY: Duration = Duration::from_millis(20);
 /// Serves one accepted TCP connection to its end. `pass` is its place in the handshake pool,
 /// given back once the request head is in; `slots` bounds open WebSocket connections.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, pass: Pass, slots: Arc<Semaphore>) {
+    // The handshake runs boxed, and its state is freed once the connection is open: a task is as
+    // large as its largest state, for its whole life, and an idle connection is mostly its task.
+    let Some((mut conn, _slot)) = Box::pin(handshake(stream, peer, &shared, pass, &slots)).await else { return };
+    let (id, route, limits) = (conn.id, conn.route.clone(), &shared.limits);
+    let metrics = route.hub.metrics().clone();
+    conn.run().await;
+    let ending = conn.session.ending().clone();
+    tracing::debug!(%peer, id, code = ending.code, reason = %ending.reason, "connection closed");
+    metrics.connections_open.dec();
+    metrics.closed(ending.code);
+    match &route.handler {
+        Handler::Echo => {
+            route.hub.leave(id);
+        }
+        Handler::Events(events) => {
+            // Exactly once per admitted connection, whatever the way it ended.
+            let instance = events.instance_for(id);
+            Box::pin(async { instance.lock().await.closed(id, ending.code, &ending.reason).await }).await;
+        }
+    }
+    Box::pin(drain(conn.reader.tcp(), Instant::now() + limits.close_timeout, usize::MAX)).await;
+}
+
+/// From the accepted socket to an open connection: the TLS handshake, the request head, the
+/// route, the upgrade, the admission and the 101. `None` when the client was answered otherwise
+/// (or left); else the connection, and its slot under `max_connections`.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    pass: Pass,
+    slots: &Arc<Semaphore>,
+) -> Option<(Connection, tokio::sync::OwnedSemaphorePermit)> {
     let _ = stream.set_nodelay(true);
     let accepted = Instant::now();
     let limits = &shared.limits;
@@ -72,7 +105,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             Ok(sides) => sides,
             Err(why) => {
                 crate::metrics::metrics().tls_failed();
-                return tracing::debug!(%peer, "TLS handshake failed: {why}");
+                tracing::debug!(%peer, "TLS handshake failed: {why}");
+                return None;
             }
         },
     };
@@ -80,10 +114,16 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let head_limits = HeadLimits { max_head_size: limits.max_head_size, max_headers: limits.max_headers };
     // `Err(true)`: dropped from the handshake pool to make room (it had sent nothing that this task
     // had read yet); `Err(false)`: not in time.
-    let head = tokio::select! {
-        head = tokio::time::timeout_at(deadline, read_head(&mut reader, &mut buf, head_limits, &pass)) => head.map_err(|_| false),
-        _ = pass.evicted() => Err(true),
-    };
+    // Boxed, like every step that only the handshake takes (reading the head, answering a refusal,
+    // a static file): the task's size is that of its largest state, kept for the connection's
+    // whole life, so the handshake's states must not outsize the open connection's.
+    let head = Box::pin(async {
+        tokio::select! {
+            head = tokio::time::timeout_at(deadline, read_head(&mut reader, &mut buf, head_limits, &pass)) => head.map_err(|_| false),
+            _ = pass.evicted() => Err(true),
+        }
+    })
+    .await;
     drop(pass);
     let (request, head_len) = match head {
         Err(evicted) => {
@@ -99,12 +139,14 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             } else {
                 handshake::http_response(408, &[], "text/plain; charset=utf-8", b"request head not received in time\n")
             };
-            return refuse(&shared, &reader, &writer, &resp).await;
+            refuse(shared, &reader, &writer, &resp).await;
+            return None;
         }
-        Ok(Err(HeadError::Io)) => return,
+        Ok(Err(HeadError::Io)) => return None,
         Ok(Err(HeadError::Handshake(e))) => {
             tracing::debug!(%peer, status = e.status(), error = %e, "bad request head");
-            return refuse(&shared, &reader, &writer, &e.response()).await;
+            refuse(shared, &reader, &writer, &e.response()).await;
+            return None;
         }
         Ok(Ok(head)) => head,
     };
@@ -116,24 +158,28 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             && !handshake::wants_upgrade(&request)
             && let Some(dir) = &live.static_dir
         {
-            let resp = super::static_files::respond(dir, &request).await;
-            return refuse(&shared, &reader, &writer, &resp).await;
+            let resp = Box::pin(super::static_files::respond(dir, &request)).await;
+            refuse(shared, &reader, &writer, &resp).await;
+            return None;
         }
-        return refuse(&shared, &reader, &writer, &HandshakeError::NotFound.response()).await;
+        refuse(shared, &reader, &writer, &HandshakeError::NotFound.response()).await;
+        return None;
     };
     drop(live);
     let upgrade = match handshake::validate_upgrade(&request) {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(%peer, path = %request.target, status = e.status(), error = %e, "handshake refused");
-            return refuse(&shared, &reader, &writer, &e.response()).await;
+            refuse(shared, &reader, &writer, &e.response()).await;
+            return None;
         }
     };
     // A connection slot, held to the end of the connection.
-    let Ok(_slot) = slots.try_acquire_owned() else {
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "connection limit reached: 503");
         let resp = handshake::unavailable_response(Duration::from_secs(1), "server is at its connection limit");
-        return refuse(&shared, &reader, &writer, &resp).await;
+        refuse(shared, &reader, &writer, &resp).await;
+        return None;
     };
     let id = shared.next_connection_id();
     // permessage-deflate, when the route offers it and the client's offers allow it.
@@ -165,7 +211,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             } else {
                 HeaderBlock::default()
             },
-            remote_addr: peer.to_string(),
+            remote_addr: peer,
             protocols: if full { upgrade.protocols.clone() } else { Vec::new() },
         })
     };
@@ -174,7 +220,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             let subprotocol = route.choose_subprotocol(&upgrade.protocols);
             let response = handshake::accept_response(&upgrade.key, subprotocol.as_deref(), extensions.as_deref());
             if out.push_encoded(response.into()).is_err() {
-                return;
+                return None;
             }
             // Registered only so that the route can be closed as a whole (reload, removal).
             route.hub.join(info(false), out.clone());
@@ -198,7 +244,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                 Admit::Rejected { status, body } => {
                     tracing::debug!(%peer, path = %request.target, status, "handler refused the connection");
                     let response = handshake::http_response(status, &[], "text/plain; charset=utf-8", body.as_bytes());
-                    return refuse(&shared, &reader, &writer, &response).await;
+                    refuse(shared, &reader, &writer, &response).await;
+                    return None;
                 }
                 Admit::Unavailable { retry_after } => {
                     tracing::debug!(%peer, path = %request.target, "handler unavailable (its circuit breaker is open): 503");
@@ -206,14 +253,15 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                         retry_after,
                         "plugin unavailable: it keeps failing; try again later",
                     );
-                    return refuse(&shared, &reader, &writer, &response).await;
+                    refuse(shared, &reader, &writer, &response).await;
+                    return None;
                 }
             }
         }
     }
     drop(request);
     tracing::debug!(%peer, id, path = %route.path, "connection open");
-    let metrics = route.hub.metrics().clone();
+    let metrics = route.hub.metrics();
     metrics.connections.inc();
     metrics.connections_open.inc();
 
@@ -232,7 +280,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         Instant::now().into_std(),
     );
     let fair = route.connection_limits().state(route.events().is_some(), Instant::now());
-    let mut conn = Connection {
+    let conn = Connection {
         id,
         fair,
         reader,
@@ -247,22 +295,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         deferred_close: None,
         accounted: 0,
     };
-    conn.run().await;
-    let ending = conn.session.ending().clone();
-    tracing::debug!(%peer, id, code = ending.code, reason = %ending.reason, "connection closed");
-    metrics.connections_open.dec();
-    metrics.closed(ending.code);
-    match &route.handler {
-        Handler::Echo => {
-            route.hub.leave(id);
-        }
-        Handler::Events(events) => {
-            // Exactly once per admitted connection, whatever the way it ended.
-            let instance = events.instance_for(id);
-            Box::pin(async { instance.lock().await.closed(id, ending.code, &ending.reason).await }).await;
-        }
-    }
-    drain(conn.reader.tcp(), Instant::now() + limits.close_timeout, usize::MAX).await;
+    Some((conn, _slot))
 }
 
 /// After our half-close, reads and drops what the peer still sends until it closes too, so that
@@ -349,7 +382,13 @@ async fn read_head(
 /// remaining bytes are drained, bounded in time and size). Draining keeps the task alive for up to
 /// a second, so at most `max_handshakes` refusals drain at once: past that (a storm of refused
 /// handshakes), a refused socket is closed at once, at the risk of a reset under its response.
+/// Answers a handshake with `response` (see [`refuse_now`]); boxed, so that its state is not part
+/// of every connection's task.
 async fn refuse(shared: &Shared, reader: &Reader, writer: &Writer, response: &[u8]) {
+    Box::pin(refuse_now(shared, reader, writer, response)).await
+}
+
+async fn refuse_now(shared: &Shared, reader: &Reader, writer: &Writer, response: &[u8]) {
     // "HTTP/1.1 NNN ...": counted by status.
     if let Some(status) = response.get(9..12).and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()) {
         crate::metrics::metrics().refused(status);
@@ -402,13 +441,14 @@ impl Connection {
     /// Runs the session to its end: our close frame is on the wire (or cannot be), TCP is
     /// half-closed.
     async fn run(&mut self) {
-        let limits = self.shared.limits.clone();
+        // Two durations, not a copy of every limit: this future is every open connection's.
+        let (idle_timeout, write_timeout) = (self.shared.limits.idle_timeout, self.shared.limits.write_timeout);
         let mut shutdown = self.shared.shutdown.clone();
         let mut shutdown_seen = false;
         // One timer for the whole session. Deadlines mostly move later (each byte from the peer
         // pushes the idle deadline back), so the timer is moved only when a deadline comes
         // earlier; when it fires early, the session finds nothing due and it is set again.
-        let timer = tokio::time::sleep_until(Instant::now() + limits.idle_timeout);
+        let timer = tokio::time::sleep_until(Instant::now() + idle_timeout);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
         'session: loop {
@@ -474,7 +514,7 @@ impl Connection {
             }
             self.session.set_paused(!reading, now.into_std());
             let session_deadline = self.session.next_deadline().map(Instant::from_std);
-            let write_deadline = self.out.stalled_since().map(|t| Instant::from_std(t) + limits.write_timeout);
+            let write_deadline = self.out.stalled_since().map(|t| Instant::from_std(t) + write_timeout);
             let deadline = [session_deadline, write_deadline, retry].into_iter().flatten().min();
             if let Some(d) = deadline
                 && armed.is_none_or(|a| d < a)

@@ -40,7 +40,8 @@ pub struct ConnInfo {
     pub target: String,
     /// Header fields, names lower-cased, in the order received (see [`ConnInfo::headers`]).
     pub headers: HeaderBlock,
-    pub remote_addr: String,
+    /// The peer's address (kept as an address, not as text: every open connection pays for it).
+    pub remote_addr: std::net::SocketAddr,
     /// Subprotocols the client offered.
     pub protocols: Vec<String>,
 }
@@ -77,11 +78,29 @@ impl HeaderBlock {
 struct Member {
     info: Arc<ConnInfo>,
     out: Outbound,
-    topics: HashSet<String>,
+    /// Its topics (a list: a connection has few, at most `max_topics_per_connection`, and every
+    /// connection's entry costs its size in the map of members).
+    topics: Vec<Box<str>>,
     /// Being closed: nothing more is delivered.
     closing: bool,
     /// Topics this connection asked to recover (`?recover=`), used when it is subscribed to one.
-    recover: Vec<(String, Position)>,
+    recover: Option<Box<Vec<(String, Position)>>>,
+}
+
+impl Member {
+    fn has_topic(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| **t == *topic)
+    }
+
+    fn remove_topic(&mut self, topic: &str) -> bool {
+        match self.topics.iter().position(|t| **t == *topic) {
+            Some(i) => {
+                self.topics.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Why a subscription was refused.
@@ -192,8 +211,11 @@ impl Hub {
         if let Some(frame) = inner.retired.clone() {
             out.close(Some(frame), false);
         }
-        let recover = if inner.history.is_some() { crate::topics::recovery_requests(&info.target) } else { Vec::new() };
-        inner.members.insert(id, Member { info, out, topics: HashSet::new(), closing, recover });
+        let recover = match inner.history {
+            Some(_) => Some(Box::new(crate::topics::recovery_requests(&info.target))).filter(|r| !r.is_empty()),
+            None => None,
+        };
+        inner.members.insert(id, Member { info, out, topics: Vec::new(), closing, recover });
     }
 
     /// Retires the route: closes every connection with `frame`, and every later joiner too.
@@ -322,14 +344,20 @@ impl Hub {
         {
             let mut inner = self.lock();
             let member = inner.members.get_mut(&id).ok_or(SubscribeError::UnknownConnection(id))?;
-            if member.topics.contains(topic) && from.is_none() {
+            let had = member.has_topic(topic);
+            if had && from.is_none() {
                 return Ok(());
             }
-            if !member.topics.contains(topic) && member.topics.len() >= max_topics {
+            if !had && member.topics.len() >= max_topics {
                 return Err(SubscribeError::TooManyTopics(max_topics));
             }
-            member.topics.insert(topic.to_owned());
-            let asked = member.recover.iter().position(|(t, _)| t == topic).map(|i| member.recover.swap_remove(i).1);
+            if !had {
+                member.topics.push(topic.into());
+            }
+            let asked = member.recover.as_mut().and_then(|r| {
+                let i = r.iter().position(|(t, _)| t == topic)?;
+                Some(r.swap_remove(i).1)
+            });
             let from = from.or(asked);
             let subscribers = inner.topics.entry(topic.to_owned()).or_default();
             let first = subscribers.is_empty();
@@ -389,7 +417,7 @@ impl Hub {
     pub fn unsubscribe(&self, id: u64, topic: &str) {
         let mut inner = self.lock();
         if let Some(member) = inner.members.get_mut(&id)
-            && member.topics.remove(topic)
+            && member.remove_topic(topic)
         {
             self.drop_subscriber(&mut inner, topic, id);
         }
@@ -645,7 +673,7 @@ mod tests {
             id: 1,
             target: "/".into(),
             headers: HeaderBlock::new(fields),
-            remote_addr: String::new(),
+            remote_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             protocols: Vec::new(),
         };
         assert_eq!(info.headers().collect::<Vec<_>>(), fields);
@@ -672,7 +700,7 @@ mod tests {
                 id,
                 target: "/".into(),
                 headers: HeaderBlock::default(),
-                remote_addr: String::new(),
+                remote_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
                 protocols: Vec::new(),
             })
         };
