@@ -298,6 +298,9 @@ impl Reloader {
         if new.tls != self.config.tls || new.admin != self.config.admin {
             tracing::warn!("`tls` and `admin` changes take a restart (the certificate files themselves reload live)");
         }
+        if new.cluster != self.config.cluster {
+            tracing::warn!("[cluster] changes take a restart; this node stays on its broker");
+        }
 
         // Plan against the running routes: keep, swap, replace, mount, remove. Every plugin the new
         // config names is loaded (compiled, checked) before anything changes.

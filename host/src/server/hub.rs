@@ -84,6 +84,9 @@ struct Member {
     /// Being closed: nothing more is delivered.
     closing: bool,
     /// Topics this connection asked to recover (`?recover=`), used when it is subscribed to one.
+    /// Boxed: 8 bytes in every member's entry instead of a vector's 24, for what few connections
+    /// ask.
+    #[allow(clippy::box_collection)]
     recover: Option<Box<Vec<(String, Position)>>>,
 }
 
