@@ -12,9 +12,9 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
-use wsplug_tests::{Client, STEP, ServerProcess, TempDir, next_message, plugin_path};
+use wsplug_tests::{Client, STEP, ServerProcess, TempDir, ask, ask_until, next_text as text, plugin_path, say};
 
 const CHILD: &str = "WSPLUG_CLUSTER_CHILD";
 
@@ -95,6 +95,15 @@ fn node(broker: &Broker, cluster: &str, name: &str) -> ServerProcess {
     )
 }
 
+/// A broker and three nodes (a, b, c) of the cluster `name`, in a folder of their own (dropped
+/// last: the tuple's fields drop in reverse).
+fn three_nodes(name: &str) -> (TempDir, Broker, ServerProcess, ServerProcess, ServerProcess) {
+    let dir = TempDir::new(&format!("cluster-{name}"));
+    let broker = Broker::start(&dir);
+    let (a, b, c) = (node(&broker, name, "a"), node(&broker, name, "b"), node(&broker, name, "c"));
+    (dir, broker, a, b, c)
+}
+
 async fn connect(node: &ServerProcess, path: &str) -> Client {
     let url = format!("ws://{}{path}", node.addr);
     let (ws, _) =
@@ -102,33 +111,8 @@ async fn connect(node: &ServerProcess, path: &str) -> Client {
     ws
 }
 
-async fn text(ws: &mut Client) -> String {
-    match tokio::time::timeout(STEP, next_message(ws)).await.expect("a message in time") {
-        Message::Text(t) => t.to_string(),
-        other => panic!("expected text, got {other:?}"),
-    }
-}
-
-async fn say(ws: &mut Client, line: &str) {
-    ws.send(Message::text(line)).await.unwrap();
-}
-
-async fn ask(ws: &mut Client, line: &str) -> String {
-    say(ws, line).await;
-    text(ws).await
-}
-
-/// Polls `line` until its reply satisfies `done`.
 async fn until(ws: &mut Client, line: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let reply = ask(ws, line).await;
-        if done(&reply) {
-            return reply;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{line}: last reply {reply:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ask_until(ws, line, within, done).await
 }
 
 /// The text of a message: an envelope's `text`, or the message itself (routes without history).
@@ -164,16 +148,17 @@ async fn wait_until_following(publisher: &mut Client, subscribers: &mut [&mut Cl
 #[tokio::test]
 #[ignore = "needs nats-server: run by .ci/run"]
 async fn messages_published_on_one_node_reach_every_node_exactly_once_in_order() {
-    let dir = TempDir::new("cluster-order");
-    let broker = Broker::start(&dir);
-    let (a, b, c) = (node(&broker, "order", "a"), node(&broker, "order", "b"), node(&broker, "order", "c"));
+    let (_dir, _broker, a, b, c) = three_nodes("order");
     for path in ["/ps", "/plain"] {
         let mut on_a = connect(&a, &format!("{path}?sub=room")).await;
         let mut on_b = connect(&b, &format!("{path}?sub=room")).await;
         let mut on_c = connect(&c, &format!("{path}?sub=room")).await;
         let mut pub_a = connect(&a, path).await;
         let mut pub_c = connect(&c, path).await;
+        // From both publishers' nodes: without history a node delivers its own publications
+        // locally, so only another node's messages show that it follows the topic on the broker.
         wait_until_following(&mut pub_a, &mut [&mut on_a, &mut on_b, &mut on_c], "room").await;
+        wait_until_following(&mut pub_c, &mut [&mut on_a, &mut on_b, &mut on_c], "room").await;
 
         const N: usize = 200;
         for i in 0..N {
@@ -221,11 +206,7 @@ async fn messages_published_on_one_node_reach_every_node_exactly_once_in_order()
 #[tokio::test]
 #[ignore = "needs nats-server: run by .ci/run"]
 async fn a_killed_node_loses_only_its_connections_and_presence_converges() {
-    let dir = TempDir::new("cluster-kill");
-    let broker = Broker::start(&dir);
-    let a = node(&broker, "kill", "a");
-    let b = node(&broker, "kill", "b");
-    let c = node(&broker, "kill", "c");
+    let (_dir, _broker, a, b, c) = three_nodes("kill");
     let mut members: HashMap<&str, Vec<Client>> = HashMap::new();
     for (name, n) in [("a", &a), ("b", &b), ("c", &c)] {
         for _ in 0..2 {
@@ -265,11 +246,7 @@ async fn a_killed_node_loses_only_its_connections_and_presence_converges() {
 #[tokio::test]
 #[ignore = "needs nats-server: run by .ci/run"]
 async fn a_broker_restart_is_survived_and_recovery_tells_what_was_lost() {
-    let dir = TempDir::new("cluster-broker");
-    let mut broker = Broker::start(&dir);
-    let a = node(&broker, "restart", "a");
-    let b = node(&broker, "restart", "b");
-    let c = node(&broker, "restart", "c");
+    let (_dir, mut broker, a, b, c) = three_nodes("restart");
     let mut publisher = connect(&a, "/ps").await;
     let mut reader = connect(&b, "/ps?sub=news").await;
     wait_until_following(&mut publisher, &mut [&mut reader], "news").await;
@@ -335,11 +312,7 @@ async fn a_broker_restart_is_survived_and_recovery_tells_what_was_lost() {
 #[tokio::test]
 #[ignore = "needs nats-server: run by .ci/run"]
 async fn a_client_recovers_on_another_node_what_it_missed() {
-    let dir = TempDir::new("cluster-recover");
-    let broker = Broker::start(&dir);
-    let a = node(&broker, "recover", "a");
-    let b = node(&broker, "recover", "b");
-    let c = node(&broker, "recover", "c");
+    let (_dir, broker, a, b, c) = three_nodes("recover");
     let mut publisher = connect(&a, "/ps").await;
     let mut reader = connect(&b, "/ps?sub=feed").await;
     wait_until_following(&mut publisher, &mut [&mut reader], "feed").await;
@@ -374,4 +347,61 @@ async fn a_client_recovers_on_another_node_what_it_missed() {
     let mut watcher = connect(&b, "/ps").await;
     until(&mut watcher, "count feed", STEP, |r| r == "count 1").await;
     let _ = broker.cpu();
+}
+
+/// A node keeps following a topic for a moment after its last subscriber leaves
+/// (`UNFOLLOW_AFTER`): a connection that leaves a topic and joins it again (what a hot reload's
+/// re-attachment does) gets every message published once it is back, with no reload gap.
+#[tokio::test]
+#[ignore = "needs nats-server: run by .ci/run"]
+async fn a_topic_left_and_joined_again_misses_nothing_after_the_join() {
+    let (_dir, _broker, a, b, _c) = three_nodes("grace");
+    let mut publisher = connect(&a, "/ps").await;
+    let mut reader = connect(&b, "/ps?sub=tick").await;
+    wait_until_following(&mut publisher, &mut [&mut reader], "tick").await;
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    const N: usize = 600;
+    let sending = {
+        let published = published.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                say(&mut publisher, &format!("pub tick m{i}")).await;
+                published.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            publisher
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    say(&mut reader, "unsub tick").await;
+    let mut got = Vec::new();
+    // Drain what was on its way, up to the "ok" of the unsubscription.
+    loop {
+        let m = text(&mut reader).await;
+        if m == "ok" {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    say(&mut reader, "sub tick").await;
+    let mut back_at = None;
+    while got.last() != Some(&(N - 1)) {
+        let m = text(&mut reader).await;
+        if m == "ok" {
+            back_at = Some(published.load(std::sync::atomic::Ordering::SeqCst));
+            continue;
+        }
+        let i: usize = body(&m).trim_start_matches('m').parse().unwrap();
+        if back_at.is_some() {
+            got.push(i);
+        }
+    }
+    sending.await.unwrap();
+    let back_at = back_at.expect("the subscription was confirmed");
+    assert!(back_at < N, "the stream ended before the test joined again");
+    // Every message published after the join came back, once, in order.
+    let after: Vec<usize> = got.into_iter().filter(|i| *i >= back_at).collect();
+    let missing: Vec<usize> = (back_at..N).filter(|i| !after.contains(i)).collect();
+    assert!(missing.is_empty(), "joined again when {back_at} were published; missed {missing:?}");
+    assert!(after.windows(2).all(|w| w[0] + 1 == w[1]), "every message once, in order");
 }

@@ -4,11 +4,7 @@
 //! the Rust plugin (`tests/plugins/pubsub`) and, ignored unless asked for (`.ci/run` builds it
 //! first), its JavaScript twin (`plugins/pubsub-js`, on the SDK's `topics.js`).
 
-use std::time::Duration;
-
-use futures_util::SinkExt;
-use tokio_tungstenite::tungstenite::Message;
-use wsplug_tests::{Client, STEP, TestServer, next_message, plugin_path};
+use wsplug_tests::{Client, STEP, TestServer, ask, ask_until, next_text as text, plugin_path, say};
 
 fn config(plugin: &str, history: usize, presence: &str) -> String {
     format!(
@@ -46,25 +42,12 @@ both! {
     count_mode_tells_counts_and_refuses_members,
 }
 
-async fn text(ws: &mut Client) -> String {
-    match tokio::time::timeout(STEP, next_message(ws)).await.expect("a message in time") {
-        Message::Text(t) => t.to_string(),
-        other => panic!("expected text, got {other:?}"),
-    }
-}
-
 async fn json(ws: &mut Client) -> serde_json::Value {
     serde_json::from_str(&text(ws).await).expect("JSON")
 }
 
-async fn say(ws: &mut Client, line: &str) {
-    ws.send(Message::text(line)).await.unwrap();
-}
-
-/// Sends a command that replies, and returns the reply.
-async fn ask(ws: &mut Client, line: &str) -> String {
-    say(ws, line).await;
-    text(ws).await
+async fn until(ws: &mut Client, line: &str, done: impl Fn(&str) -> bool) -> String {
+    ask_until(ws, line, STEP, done).await
 }
 
 async fn a_reconnecting_client_gets_every_message_it_missed_in_order(plugin: &str) {
@@ -153,19 +136,6 @@ async fn without_history_topic_messages_go_out_as_published(plugin: &str) {
     assert_eq!(ask(&mut reader, "pos plain").await, "pos none");
     say(&mut publisher, "pub plain hello").await;
     assert_eq!(text(&mut reader).await, "hello", "no envelope, no recovery notice");
-}
-
-/// Polls `line` until its reply satisfies `done` (presence is reported every interval).
-async fn until(ws: &mut Client, line: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let reply = ask(ws, line).await;
-        if done(&reply) {
-            return reply;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{line}: last reply {reply:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn presence_counts_members_and_batched_events(plugin: &str) {

@@ -520,3 +520,36 @@ pub async fn check_chat_large_rooms(server: &TestServer, lang: &str) {
     let named = members[0].texts_until_seen(r#""nick":"m49""#, within).await;
     assert!(named.last().is_some_and(|t| kind(t) == "leave"), "{lang}: {named:?}");
 }
+
+/// The next text message (skipping pings), within a step.
+pub async fn next_text(ws: &mut Client) -> String {
+    match tokio::time::timeout(STEP, next_message(ws)).await.expect("a message in time") {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Sends a line of text (the test plugins' line protocols).
+pub async fn say(ws: &mut Client, line: &str) {
+    ws.send(Message::text(line)).await.unwrap();
+}
+
+/// Sends a command that replies, and returns the reply.
+pub async fn ask(ws: &mut Client, line: &str) -> String {
+    say(ws, line).await;
+    next_text(ws).await
+}
+
+/// Asks `line` until its reply satisfies `done`, within `within` (for what the server reports
+/// periodically, like presence).
+pub async fn ask_until(ws: &mut Client, line: &str, within: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let reply = ask(ws, line).await;
+        if done(&reply) {
+            return reply;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{line}: last reply {reply:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -365,11 +365,14 @@ impl Hub {
             let subscribers = inner.topics.entry(topic.to_owned()).or_default();
             let first = subscribers.is_empty();
             subscribers.insert(id);
-            if first && let Some(link) = self.link.get() {
-                if link.keeps_history() {
-                    inner.loading.entry(topic.to_owned()).or_default();
-                }
-                link.interest(topic, true);
+            // Newly followed: its history loads, and recoveries wait for it. (Still followed, after
+            // its last subscriber here left a moment ago: the history kept is current.)
+            if first
+                && let Some(link) = self.link.get()
+                && link.interest(topic, true)
+                && link.keeps_history()
+            {
+                inner.loading.entry(topic.to_owned()).or_default();
             }
             if let Some(from) = from {
                 match inner.loading.get_mut(topic) {
@@ -427,7 +430,7 @@ impl Hub {
     }
 
     /// Removes `id` from a topic's subscribers, and the topic once nobody is left (this node then
-    /// stops following it on the broker, and forgets the history it kept of it).
+    /// stops following it on the broker, after a grace period: see [`Local::unfollowed`]).
     fn drop_subscriber(&self, inner: &mut Inner, topic: &str, id: u64) {
         let Some(subs) = inner.topics.get_mut(topic) else { return };
         subs.remove(&id);
@@ -435,10 +438,6 @@ impl Hub {
             inner.topics.remove(topic);
             if let Some(link) = self.link.get() {
                 link.interest(topic, false);
-                inner.loading.remove(topic);
-                if let Some(history) = inner.history.as_mut() {
-                    history.forget(topic);
-                }
             }
         }
     }
@@ -579,9 +578,8 @@ impl Local for Hub {
         let mut batch = Batch::default();
         {
             let mut inner = self.lock();
-            if !inner.topics.contains_key(topic) {
-                return; // nobody here wants it any more
-            }
+            // (Kept even if nobody here wants the topic any more: this node still follows it, and
+            // forgets it when it stops, `unfollowed`.)
             let loading = inner.loading.remove(topic).unwrap_or_default();
             let now = Instant::now();
             let Some(history) = inner.history.as_mut() else { return };
@@ -626,6 +624,17 @@ impl Local for Hub {
             }
         }
         batch.flush();
+    }
+
+    fn unfollowed(&self, topic: &str) {
+        let mut inner = self.lock();
+        if inner.topics.contains_key(topic) {
+            return; // wanted again since (then it is followed again, with its history loading)
+        }
+        inner.loading.remove(topic);
+        if let Some(history) = inner.history.as_mut() {
+            history.forget(topic);
+        }
     }
 
     fn presence_report(&self, node: &str, snapshot: Snapshot) {

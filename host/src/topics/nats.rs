@@ -64,6 +64,8 @@ pub trait Local: Send + Sync {
     fn history_loaded(&self, topic: &str, epoch: Arc<str>, entries: Vec<(u64, bool, Bytes)>);
     /// Another node's presence snapshot.
     fn presence_report(&self, node: &str, snapshot: Snapshot);
+    /// This node no longer follows `topic` (nobody here wanted it for [`UNFOLLOW_AFTER`]).
+    fn unfollowed(&self, topic: &str);
 }
 
 enum Outgoing {
@@ -237,6 +239,19 @@ async fn publisher(
     }
 }
 
+/// How long a node keeps following a topic its last connection left: a connection re-attached by
+/// a hot reload leaves its topics and joins them again at once, and must not miss what was
+/// published meanwhile.
+pub const UNFOLLOW_AFTER: Duration = Duration::from_secs(5);
+
+/// A topic this node follows.
+struct Interest {
+    task: AbortHandle,
+    wanted: bool,
+    /// Counts the times it became unwanted: a delayed release acts only on the latest.
+    released: u64,
+}
+
 /// A route's presence on the broker.
 pub struct RouteLink {
     cluster: Arc<Cluster>,
@@ -247,8 +262,9 @@ pub struct RouteLink {
     history: usize,
     epoch: Mutex<Arc<str>>,
     local: Weak<dyn Local>,
-    /// A subscription task per topic this node's connections want.
-    interests: Mutex<HashMap<String, AbortHandle>>,
+    /// A subscription task per topic this node follows: wanted by its connections, or unwanted
+    /// for less than [`UNFOLLOW_AFTER`].
+    interests: Mutex<HashMap<String, Interest>>,
     /// The route-wide subscriptions (broadcasts, presence).
     background: Mutex<Vec<AbortHandle>>,
 }
@@ -264,8 +280,8 @@ impl Drop for RouteLink {
         for task in self.background.get_mut().unwrap().drain(..) {
             task.abort();
         }
-        for (_, task) in self.interests.get_mut().unwrap().drain() {
-            task.abort();
+        for (_, interest) in self.interests.get_mut().unwrap().drain() {
+            interest.task.abort();
         }
     }
 }
@@ -403,17 +419,34 @@ impl RouteLink {
     }
 
     /// Starts (`true`) or stops receiving a topic's messages from the broker, as this node's first
-    /// connection subscribes to it or its last one leaves.
-    pub fn interest(self: &Arc<Self>, topic: &str, on: bool) {
+    /// connection subscribes to it or its last one leaves. Stopping takes effect after
+    /// [`UNFOLLOW_AFTER`], unless it is wanted again meanwhile; the hub then hears of it
+    /// ([`Local::unfollowed`]). Returns whether the topic is newly followed: its history is then
+    /// being loaded ([`Local::history_loaded`] follows).
+    pub fn interest(self: &Arc<Self>, topic: &str, on: bool) -> bool {
         let mut interests = self.interests.lock().unwrap();
         if !on {
-            if let Some(task) = interests.remove(topic) {
-                task.abort();
-            }
-            return;
+            let Some(interest) = interests.get_mut(topic) else { return false };
+            interest.wanted = false;
+            interest.released += 1;
+            let (link, topic, released) = (Arc::downgrade(self), topic.to_owned(), interest.released);
+            tokio::spawn(async move {
+                tokio::time::sleep(UNFOLLOW_AFTER).await;
+                let Some(link) = link.upgrade() else { return };
+                let mut interests = link.interests.lock().unwrap();
+                if interests.get(&topic).is_some_and(|i| !i.wanted && i.released == released) {
+                    interests.remove(&topic).expect("present").task.abort();
+                    drop(interests);
+                    if let Some(local) = link.local.upgrade() {
+                        local.unfollowed(&topic);
+                    }
+                }
+            });
+            return false;
         }
-        if interests.contains_key(topic) {
-            return;
+        if let Some(interest) = interests.get_mut(topic) {
+            interest.wanted = true;
+            return false;
         }
         let link = Arc::downgrade(self);
         let topic_owned = topic.to_owned();
@@ -422,7 +455,8 @@ impl RouteLink {
                 tracing::warn!(topic = %topic_owned, "cluster: following a topic failed: {e:#}");
             }
         });
-        interests.insert(topic.to_owned(), task.abort_handle());
+        interests.insert(topic.to_owned(), Interest { task: task.abort_handle(), wanted: true, released: 0 });
+        true
     }
 
     /// Reloads the history of every topic this node follows (after a reconnection), noting an
