@@ -178,6 +178,32 @@ fn bare_lf(head: &[u8]) -> Option<usize> {
 }
 
 /// Whether the request asks for a WebSocket upgrade at all (as opposed to a plain GET).
+/// Percent-decodes a part of a request target (`%XX` escapes; with `plus_is_space`, a query
+/// value's `+` is a space too). `None` for a malformed escape or bytes that are not UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 pub fn wants_upgrade(request: &Request) -> bool {
     request.header_tokens("upgrade").any(|t| t.eq_ignore_ascii_case("websocket"))
 }

@@ -61,7 +61,7 @@ fn ok(path: &Path, body: &[u8]) -> Vec<u8> {
 pub fn resolve(dir: &Path, url_path: &str) -> Option<PathBuf> {
     let mut out = dir.to_path_buf();
     for raw in url_path.split('/') {
-        let segment = percent_decode(raw)?;
+        let segment = crate::protocol::handshake::percent_decode(raw, false)?;
         match segment.as_str() {
             "" | "." => continue,
             ".." => return None,
@@ -70,23 +70,6 @@ pub fn resolve(dir: &Path, url_path: &str) -> Option<PathBuf> {
         }
     }
     Some(out)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn content_type(path: &Path) -> &'static str {

@@ -126,7 +126,7 @@ pub fn recovery_requests(target: &str) -> Vec<(String, Position)> {
         .split('&')
         .filter_map(|pair| {
             let value = pair.strip_prefix("recover=")?;
-            let value = percent_decode(value)?;
+            let value = crate::protocol::handshake::percent_decode(value, true)?;
             let mut parts = value.rsplitn(3, ':');
             let offset = parts.next()?.parse().ok()?;
             let epoch = parts.next()?.to_owned();
@@ -134,30 +134,6 @@ pub fn recovery_requests(target: &str) -> Vec<(String, Position)> {
             Some((topic, Position { epoch, offset }))
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A fresh epoch: unique enough that two lives of a history never share one.
