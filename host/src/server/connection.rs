@@ -294,6 +294,7 @@ async fn handshake(
         waiting: None,
         deferred_close: None,
         accounted: 0,
+        heard: false,
     };
     Some((conn, _slot))
 }
@@ -429,6 +430,21 @@ struct Connection {
     deferred_close: Option<Option<CloseFrame>>,
     /// Bytes this connection has accounted in the server's memory budget.
     accounted: usize,
+    /// Bytes came in since the session was last told (it is, at the top of the next turn).
+    heard: bool,
+}
+
+/// What woke the session's wait.
+enum Wake {
+    /// The outbound side wants a look (a close queued by someone else, room or credit back, the
+    /// socket writable again).
+    Attention,
+    /// The socket is readable (false: it failed).
+    Readable(bool),
+    Timer,
+    /// The handler's instance, waited for, is this connection's now.
+    Instance(OwnedMutexGuard<dyn HandlerInstance>),
+    Shutdown,
 }
 
 /// What the loop does after an output.
@@ -440,10 +456,19 @@ enum Flow {
 impl Connection {
     /// Runs the session to its end: our close frame is on the wire (or cannot be), TCP is
     /// half-closed.
+    ///
+    /// Each turn of the loop takes what the outbound side says under one lock, decodes and hands
+    /// over what is buffered, flushes (and learns where the queue stands, under the same lock), then
+    /// waits for the next thing to do. The wait is one hand-written poll of everything the session
+    /// listens to: each source keeps the task's waker between turns (a readiness slot, a waker in
+    /// the queue's state, futures made once per session), so a message costs no waiter list
+    /// insertion, removal or waker clone.
     async fn run(&mut self) {
         // Two durations, not a copy of every limit: this future is every open connection's.
         let (idle_timeout, write_timeout) = (self.shared.limits.idle_timeout, self.shared.limits.write_timeout);
         let mut shutdown = self.shared.shutdown.clone();
+        let shutdown_signal = async move { while shutdown.changed().await.is_ok() && !*shutdown.borrow() {} };
+        tokio::pin!(shutdown_signal);
         let mut shutdown_seen = false;
         // One timer for the whole session. Deadlines mostly move later (each byte from the peer
         // pushes the idle deadline back), so the timer is moved only when a deadline comes
@@ -451,45 +476,56 @@ impl Connection {
         let timer = tokio::time::sleep_until(Instant::now() + idle_timeout);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
+        // The sources below keep this task's waker once polled; they are polled again only when
+        // they may have something (the timer once set, or elapsed; shutdown once signalled).
+        let mut timer_registered = false;
+        let mut shutdown_registered = false;
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         'session: loop {
             let now = Instant::now();
+            if std::mem::take(&mut self.heard) {
+                self.session.heard(now.into_std());
+            }
+            let view = self.out.session_view();
             // A close queued by someone else (the plugin's close action, a slow-consumer 1013).
-            if let Some(frame) = self.out.take_close_notice() {
+            if let Some(frame) = view.close_notice {
                 self.session.close(frame, now.into_std());
             }
-            if self.out.is_failed() {
+            if view.failed {
                 self.session.end_of_stream();
                 break;
             }
             // Decode what is buffered, as far as the outbound side has room for (and not while
             // throttled for its share of the handler's time: what it already sent waits too).
             let throttled = self.fair.as_mut().is_some_and(|f| f.throttled(now));
-            while !throttled && self.waiting.is_none() && !self.session.is_closed() && self.out.has_room() {
+            let mut room = view.room;
+            while !throttled && room && self.waiting.is_none() && !self.session.is_closed() {
                 let Some(output) = self.session.next_event(&mut self.buf, now.into_std()) else { break };
                 if let Flow::Finish = self.apply(output) {
                     break 'session;
                 }
+                room = self.out.has_room();
             }
             self.hand_over().await;
-            if self.out.flush().is_err() {
+            let Ok(after) = self.out.flush_and_view(&waker) else {
                 self.session.end_of_stream();
                 break;
-            }
+            };
             if self.session.is_closed() {
                 break;
             }
             // Give the buffer back when nothing is pending in it (idle connections hold none).
             if self.buf.is_empty() && self.buf.capacity() > 0 {
-                self.buf = BytesMut::new();
+                spare::give_back(std::mem::take(&mut self.buf));
             }
-            let mut reading = self.waiting.is_none() && self.out.has_room();
+            let mut reading = self.waiting.is_none() && after.room;
             let mut retry = None;
             // Over its byte rate or its share of the handler's time: no reading for a while.
             if let Some(until) = self.fair.as_mut().and_then(|f| f.paused_until(now)) {
                 reading = false;
                 retry = Some(until);
             }
-            match self.account() {
+            match self.account(after.held) {
                 Pressure::Normal => {}
                 Pressure::Pause => {
                     reading = false;
@@ -514,25 +550,56 @@ impl Connection {
             }
             self.session.set_paused(!reading, now.into_std());
             let session_deadline = self.session.next_deadline().map(Instant::from_std);
-            let write_deadline = self.out.stalled_since().map(|t| Instant::from_std(t) + write_timeout);
+            let write_deadline = after.stalled_since.map(|t| Instant::from_std(t) + write_timeout);
             let deadline = [session_deadline, write_deadline, retry].into_iter().flatten().min();
             if let Some(d) = deadline
                 && armed.is_none_or(|a| d < a)
             {
                 timer.as_mut().reset(d);
                 armed = Some(d);
+                timer_registered = false;
             }
-            tokio::select! {
-                biased;
-                _ = self.out.notified() => {}
-                ready = self.reader.readable(), if reading => {
-                    if ready.is_err() || !self.read() {
+            // In this order of priority.
+            let wake = std::future::poll_fn(|cx| {
+                if self.out.poll_attention(cx, &waker).is_ready() {
+                    return Poll::Ready(Wake::Attention);
+                }
+                if reading && let Poll::Ready(ready) = self.reader.poll_readable(cx) {
+                    return Poll::Ready(Wake::Readable(ready.is_ok()));
+                }
+                if write_deadline.is_some() && self.writer.poll_writable(cx).is_ready() {
+                    return Poll::Ready(Wake::Attention);
+                }
+                if armed.is_some() && (!timer_registered || timer.is_elapsed()) {
+                    timer_registered = true;
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Timer);
+                    }
+                }
+                if let Some(wait) = &mut self.waiting
+                    && let Poll::Ready(instance) = wait.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Wake::Instance(instance));
+                }
+                if !shutdown_seen && (!shutdown_registered || !matches!(self.shared.shutdown.has_changed(), Ok(false)))
+                {
+                    shutdown_registered = true;
+                    if shutdown_signal.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Shutdown);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Attention => {}
+                Wake::Readable(ready) => {
+                    if !ready || !self.read() {
                         self.session.end_of_stream();
                         break;
                     }
                 }
-                _ = self.writer.writable(), if write_deadline.is_some() => {}
-                _ = &mut timer, if armed.is_some() => {
+                Wake::Timer => {
                     armed = None;
                     let now = Instant::now();
                     if write_deadline.is_some_and(|d| now >= d) {
@@ -546,17 +613,15 @@ impl Connection {
                         break;
                     }
                 }
-                instance = wait_for(&mut self.waiting), if self.waiting.is_some() => {
+                Wake::Instance(instance) => {
                     self.waiting = None;
                     self.call_handler(instance).await;
                 }
-                changed = shutdown.changed(), if !shutdown_seen => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        shutdown_seen = true;
-                        let frame = CloseFrame { code: CloseCode::GOING_AWAY, reason: "server shutting down".into() };
-                        if let Some(output) = self.session.close(frame, Instant::now().into_std()) {
-                            self.apply(output);
-                        }
+                Wake::Shutdown => {
+                    shutdown_seen = true;
+                    let frame = CloseFrame { code: CloseCode::GOING_AWAY, reason: "server shutting down".into() };
+                    if let Some(output) = self.session.close(frame, Instant::now().into_std()) {
+                        self.apply(output);
                     }
                 }
             }
@@ -573,15 +638,15 @@ impl Connection {
             }
         }
         self.finish().await;
-        self.buf = BytesMut::new();
+        spare::give_back(std::mem::take(&mut self.buf));
         self.shared.budget.reaccount(self.accounted, 0);
         self.accounted = 0;
     }
 
     /// Accounts what this connection holds in the server's memory budget, and says what the
     /// budget allows it.
-    fn account(&mut self) -> Pressure {
-        let held = self.buf.capacity() + self.session.decoder().assembled_bytes() + self.out.held_bytes();
+    fn account(&mut self, queued: usize) -> Pressure {
+        let held = self.buf.capacity() + self.session.decoder().assembled_bytes() + queued;
         self.shared.budget.reaccount(self.accounted, held);
         self.accounted = held;
         self.shared.budget.pressure(held)
@@ -590,6 +655,9 @@ impl Connection {
     /// Reads what the socket has; false at the end of the stream or on an error.
     fn read(&mut self) -> bool {
         let want = self.session.decoder().bytes_wanted(self.buf.len()).clamp(MIN_READ, MAX_READ);
+        if self.buf.capacity() == 0 {
+            self.buf = spare::take();
+        }
         self.buf.reserve(want);
         let allowance = self.fair.as_mut().and_then(|f| f.read_allowance(Instant::now()));
         // Under a byte rate: no more than its budget (at least MIN_READ), so a burst already in
@@ -600,10 +668,9 @@ impl Connection {
             Poll::Pending => true, // the readiness was stale: wait again
             Poll::Ready(Ok(0)) => false,
             Poll::Ready(Ok(n)) => {
-                let now = Instant::now();
-                self.session.heard(now.into_std());
+                self.heard = true; // told to the session at the top of the next turn
                 if let Some(fair) = &mut self.fair {
-                    fair.read(n, now);
+                    fair.read(n, Instant::now());
                 }
                 true
             }
@@ -743,10 +810,37 @@ impl Connection {
 /// The wait for a handler instance's lock.
 type InstanceWait = Pin<Box<dyn Future<Output = OwnedMutexGuard<dyn HandlerInstance>> + Send>>;
 
-/// Waits for the instance being waited for (`waiting` is `Some` whenever this is polled).
-async fn wait_for(waiting: &mut Option<InstanceWait>) -> OwnedMutexGuard<dyn HandlerInstance> {
-    match waiting {
-        Some(wait) => wait.await,
-        None => std::future::pending().await,
+/// Read buffers between reads. Each thread keeps a few spare ones, so that a connection which
+/// reads a message and goes quiet again neither frees nor allocates one, while an idle connection
+/// holds none. At most [`spare::KEEP`] buffers of at most [`MAX_READ`] bytes each per thread.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Spare buffers kept per thread.
+    pub const KEEP: usize = 4;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A spare buffer, or an empty one (it allocates on its first `reserve`).
+    pub fn take() -> BytesMut {
+        SPARE.with_borrow_mut(Vec::pop).unwrap_or_default()
+    }
+
+    /// Keeps `buf` for the next read on this thread, if it is empty, not too large, and there is
+    /// room among the spares; else frees it.
+    pub fn give_back(mut buf: BytesMut) {
+        if !buf.is_empty() || buf.capacity() == 0 || buf.capacity() > super::MAX_READ {
+            return;
+        }
+        buf.clear();
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < KEEP {
+                spare.push(buf);
+            }
+        });
     }
 }

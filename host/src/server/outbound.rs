@@ -26,11 +26,13 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
+use std::task::{Context, Poll, Waker};
+
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use super::socket::Writer;
 use crate::metrics::RouteMetrics;
@@ -43,6 +45,13 @@ use crate::protocol::{CloseCode, CloseFrame};
 const MAX_HEADER: usize = 10;
 /// Slices handed to one `writev` (well under IOV_MAX).
 const MAX_SLICES: usize = 64;
+/// Writes up to this size are copied into one buffer and sent with one `send` rather than `writev`.
+const GATHER: usize = 2048;
+
+thread_local! {
+    /// The buffer small writes are gathered in (see [`Outbound::write_slices`]).
+    static GATHERED: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(GATHER));
+}
 
 /// The bounds of one connection's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +71,25 @@ pub enum QueueError {
     Full,
     /// The connection is closing or gone: nothing more is written.
     Closed,
+}
+
+/// What the session reads of its queue before a step (see [`Outbound::session_view`]).
+#[derive(Debug)]
+pub struct SessionView {
+    pub close_notice: Option<CloseFrame>,
+    pub failed: bool,
+    pub room: bool,
+}
+
+/// Where the queue stands after a flush (see [`Outbound::flush_and_view`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AfterFlush {
+    /// The connection's own traffic may go on.
+    pub room: bool,
+    /// Bytes queued and at the handler.
+    pub held: usize,
+    /// Since when the unwritten bytes have made no progress (the socket is full), if they have not.
+    pub stalled_since: Option<Instant>,
 }
 
 /// One frame waiting to be written: its encoded header and its payload (or a whole pre-encoded
@@ -145,6 +173,9 @@ struct State {
     in_flight_bytes: usize,
     /// The session has stopped reading and wants to hear when room or credit comes back.
     session_waiting: bool,
+    /// The session's task, kept across its waits (registered again only if it changes), so a
+    /// wake-up is a flag ([`Inner::attention`]) and one `wake_by_ref`.
+    session_waker: Option<Waker>,
     /// The compressor this connection keeps (permessage-deflate with server context takeover):
     /// messages are compressed under this lock, so in the order they are queued.
     deflater: Option<Deflater>,
@@ -212,9 +243,10 @@ impl Outgoing<'_> {
 struct Inner {
     socket: Arc<Writer>,
     state: Mutex<State>,
-    /// Wakes the connection's session: a close was queued by someone else, a write met a full
-    /// socket, or room or credit came back while it waits for them.
-    wake: Notify,
+    /// Something needs the session's attention (see [`Outbound::poll_attention`]): a close queued
+    /// by someone else, a write that met a full socket, room or credit come back. Set under the
+    /// state's lock, read by the session without it.
+    attention: AtomicBool,
     limits: QueueLimits,
     compression: Option<Compression>,
     /// The route's counters of frames and bytes queued (none in unit tests).
@@ -272,9 +304,10 @@ impl Outbound {
                 in_flight: 0,
                 in_flight_bytes: 0,
                 session_waiting: false,
+                session_waker: None,
                 deflater: None,
             }),
-            wake: Notify::new(),
+            attention: AtomicBool::new(false),
             limits,
             compression: deflate.map(|p| Compression { threshold: p.threshold, window_bits: p.server_window_bits }),
             metrics,
@@ -395,7 +428,7 @@ impl Outbound {
         st.dirty = true;
         if !by_session {
             st.close_notice = frame;
-            self.0.wake.notify_one();
+            self.wake(st);
         }
     }
 
@@ -428,19 +461,23 @@ impl Outbound {
     /// the session is woken to wait for it. Err when the connection is gone.
     pub fn flush(&self) -> Result<(), QueueError> {
         let mut st = self.lock();
+        self.flush_locked(&mut st)
+    }
+
+    fn flush_locked(&self, st: &mut State) -> Result<(), QueueError> {
         st.dirty = false;
         if st.failed {
             return Err(QueueError::Closed);
         }
         let was_blocked = st.blocked_since.is_some();
         let before = st.bytes;
-        let result = self.write_locked(&mut st);
+        let result = self.write_locked(st);
         if st.blocked_since.is_some() && !was_blocked {
-            self.0.wake.notify_one(); // the session waits for writability from here on
+            self.wake(st); // the session waits for writability from here on
         }
         if st.session_waiting && st.bytes < before && st.bytes < self.0.limits.max_bytes {
             st.session_waiting = false;
-            self.0.wake.notify_one(); // room came back
+            self.wake(st); // room came back
         }
         result
     }
@@ -464,7 +501,7 @@ impl Outbound {
                     break;
                 }
             }
-            match self.0.socket.try_write_vectored(&slices[..n]) {
+            match self.write_slices(&slices[..n]) {
                 Ok(0) => return Err(self.fail(st)),
                 Ok(written) => {
                     st.blocked_since = None;
@@ -498,6 +535,24 @@ impl Outbound {
         }
     }
 
+    /// One non-blocking write of `slices`. Small frames (a chat message, an echo, a batch of them)
+    /// are gathered into one buffer and sent with `send`: on Linux a `writev` of a few small
+    /// slices costs more, in the kernel, than copying them.
+    fn write_slices(&self, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        match slices {
+            [one] => self.0.socket.try_write(one),
+            _ if total <= GATHER => GATHERED.with_borrow_mut(|gathered| {
+                gathered.clear();
+                for slice in slices {
+                    gathered.extend_from_slice(slice);
+                }
+                self.0.socket.try_write(gathered)
+            }),
+            _ => self.0.socket.try_write_vectored(slices),
+        }
+    }
+
     /// Takes `written` bytes off the front of the queue.
     fn advance(st: &mut State, mut written: usize) {
         st.bytes -= written;
@@ -522,7 +577,7 @@ impl Outbound {
         st.frames.clear();
         st.bytes = 0;
         st.front_written = 0;
-        self.0.wake.notify_one();
+        self.wake(st);
         QueueError::Closed
     }
 
@@ -589,13 +644,76 @@ impl Outbound {
         st.in_flight_bytes = st.in_flight_bytes.saturating_sub(len);
         if st.session_waiting && self.room_locked(&st) {
             st.session_waiting = false;
-            self.0.wake.notify_one();
+            self.wake(&mut st);
         }
     }
 
-    /// Waits until something needs the session's attention (see [`Inner::wake`]).
+    /// Tells the session that something needs its attention.
+    fn wake(&self, st: &mut State) {
+        self.0.attention.store(true, Ordering::Release);
+        if let Some(waker) = &st.session_waker {
+            waker.wake_by_ref();
+        }
+    }
+
+    /// Registers the session's task, to be woken when something needs its attention.
+    fn register(st: &mut State, waker: &Waker) {
+        match &mut st.session_waker {
+            Some(kept) => kept.clone_from(waker),
+            none => *none = Some(waker.clone()),
+        }
+    }
+
+    /// Ready once something needs the session's attention since it last looked: a close queued by
+    /// someone else, a write that met a full socket, room or credit come back. Only the session
+    /// polls this (one waker is kept). `registered`: the waker last given to
+    /// [`Self::flush_and_view`] (when it is this task's, polling costs one atomic swap).
+    pub fn poll_attention(&self, cx: &mut Context<'_>, registered: &Waker) -> Poll<()> {
+        if !cx.waker().will_wake(registered) {
+            Self::register(&mut self.lock(), cx.waker());
+        }
+        match self.0.attention.swap(false, Ordering::AcqRel) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Waits until something needs the session's attention (see [`Self::poll_attention`]).
     pub async fn notified(&self) {
-        self.0.wake.notified().await
+        std::future::poll_fn(|cx| {
+            Self::register(&mut self.lock(), cx.waker());
+            match self.0.attention.swap(false, Ordering::AcqRel) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// What the session reads of its queue before each step, under one lock: the close frame
+    /// someone else queued (taken, once), whether the peer is gone, and whether the connection's
+    /// own traffic may go on (see [`Self::has_room`]).
+    pub fn session_view(&self) -> SessionView {
+        let mut st = self.lock();
+        let room = self.room_locked(&st);
+        st.session_waiting = !room;
+        SessionView { close_notice: st.close_notice.take(), failed: st.failed, room }
+    }
+
+    /// Writes what the socket takes now (see [`Self::flush`]) and says where the queue stands
+    /// after it, under the same lock.
+    /// `waker` is the session's task, registered for [`Self::poll_attention`].
+    pub fn flush_and_view(&self, waker: &Waker) -> Result<AfterFlush, QueueError> {
+        let mut st = self.lock();
+        Self::register(&mut st, waker);
+        self.flush_locked(&mut st)?;
+        let room = self.room_locked(&st);
+        st.session_waiting = !room;
+        Ok(AfterFlush {
+            room,
+            held: st.bytes + st.in_flight_bytes,
+            stalled_since: if st.frames.is_empty() { None } else { st.blocked_since },
+        })
     }
 }
 

@@ -159,6 +159,16 @@ pub fn tls(tls: Arc<Tls>) -> (Reader, Arc<Writer>) {
 }
 
 impl Reader {
+    /// Ready when a read may find something. Only the connection's task polls this (tokio keeps
+    /// one waker per direction: no waiter list, no clone of an unchanged waker).
+    pub fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        match self {
+            Self::Plain(r) => r.as_ref().poll_read_ready(cx),
+            Self::Tls(t) if t.has_plaintext() => std::task::Poll::Ready(Ok(())),
+            Self::Tls(t) => t.tcp.poll_read_ready(cx),
+        }
+    }
+
     /// Waits until a read may find something.
     pub async fn readable(&self) -> io::Result<()> {
         match self {
@@ -198,6 +208,11 @@ impl Reader {
 }
 
 impl Writer {
+    /// Ready when the socket takes bytes again (polled by the connection's task only).
+    pub fn poll_writable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.tcp().poll_write_ready(cx)
+    }
+
     pub async fn writable(&self) -> io::Result<()> {
         self.tcp().writable().await
     }
@@ -206,6 +221,14 @@ impl Writer {
         match self {
             Self::Plain(w) => w.as_ref(),
             Self::Tls(t) => &t.tcp,
+        }
+    }
+
+    /// Writes what it can of `bytes` now (`send`); `WouldBlock` when nothing could go.
+    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(w) => w.try_write(bytes),
+            Self::Tls(t) => t.write_vectored(&[IoSlice::new(bytes)]),
         }
     }
 
