@@ -89,7 +89,12 @@ impl Server {
             }
             tokio::spawn(crate::admin::serve(admin, listener.shared().shutdown.clone()))
         });
-        let result = listener.run().await;
+        // On a worker, not on the thread that called `run` (`block_on`'s): connections are spawned
+        // where they are accepted, so a new connection costs no wake-up of another thread.
+        let result = match tokio::spawn(listener.run()).await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("the listener task failed: {e}")),
+        };
         reloading.abort();
         if let Some(admin) = admin {
             admin.abort();

@@ -45,6 +45,10 @@ use crate::protocol::{CloseCode, CloseFrame, Decoder, Limits as FrameLimits, Mes
 const MIN_READ: usize = 4 << 10;
 /// Largest single read reservation, so a huge announced frame does not allocate up front.
 const MAX_READ: usize = 256 << 10;
+/// Bytes a connection's task reads without waiting before it yields to the other tasks of its
+/// thread (tokio's own budget counts polls, not bytes: 128 reads of 256 KiB would hold the thread
+/// for tens of milliseconds).
+const YIELD_AFTER: usize = MAX_READ;
 /// Messages of one connection handed to its handler at once (one read batch), besides the byte
 /// bound.
 pub(crate) const MAX_IN_FLIGHT: usize = 16;
@@ -286,6 +290,9 @@ async fn handshake(
         reader,
         writer,
         buf,
+        holds_buf: true,
+        last_read: 0,
+        read_since_wait: 0,
         session,
         out,
         shared: shared.clone(),
@@ -415,6 +422,12 @@ struct Connection {
     writer: Arc<Writer>,
     /// Bytes read and not yet decoded; no capacity while idle.
     buf: BytesMut,
+    /// `buf` owns an allocation (taken for a read, given back to the spares once empty).
+    holds_buf: bool,
+    /// Bytes the last read brought (the next read makes room for as many).
+    last_read: u32,
+    /// Bytes read since the task last waited (see [`YIELD_AFTER`]).
+    read_since_wait: usize,
     session: Session,
     out: Outbound,
     shared: Arc<Shared>,
@@ -504,6 +517,9 @@ impl Connection {
                 if let Flow::Finish = self.apply(output) {
                     break 'session;
                 }
+                if self.buf.is_empty() {
+                    break; // nothing more to decode (the flush below says where the queue stands)
+                }
                 room = self.out.has_room();
             }
             self.hand_over().await;
@@ -515,7 +531,7 @@ impl Connection {
                 break;
             }
             // Give the buffer back when nothing is pending in it (idle connections hold none).
-            if self.buf.is_empty() && self.buf.capacity() > 0 {
+            if self.buf.is_empty() && std::mem::take(&mut self.holds_buf) {
                 spare::give_back(std::mem::take(&mut self.buf));
             }
             let mut reading = self.waiting.is_none() && after.room;
@@ -588,9 +604,16 @@ impl Connection {
                         return Poll::Ready(Wake::Shutdown);
                     }
                 }
+                self.read_since_wait = 0; // the task goes to sleep: others get their turn
                 Poll::Pending
             })
             .await;
+            // A client that keeps the socket readable would keep this task running: past
+            // YIELD_AFTER bytes without a wait, it lets the other tasks of its thread run first.
+            if self.read_since_wait >= YIELD_AFTER {
+                self.read_since_wait = 0;
+                tokio::task::yield_now().await;
+            }
             match wake {
                 Wake::Attention => {}
                 Wake::Readable(ready) => {
@@ -638,7 +661,9 @@ impl Connection {
             }
         }
         self.finish().await;
-        spare::give_back(std::mem::take(&mut self.buf));
+        if std::mem::take(&mut self.holds_buf) {
+            spare::give_back(std::mem::take(&mut self.buf));
+        }
         self.shared.budget.reaccount(self.accounted, 0);
         self.accounted = 0;
     }
@@ -654,9 +679,15 @@ impl Connection {
 
     /// Reads what the socket has; false at the end of the stream or on an error.
     fn read(&mut self) -> bool {
-        let want = self.session.decoder().bytes_wanted(self.buf.len()).clamp(MIN_READ, MAX_READ);
-        if self.buf.capacity() == 0 {
+        // What the frame being received still needs (or, between frames, what the last read
+        // brought: clients tend to send alike messages), and room for the start of the next one: a
+        // read that fills the buffer leaves the socket marked readable, which costs a `recv` that
+        // only says "would block" before the next wait.
+        let needed = self.session.decoder().bytes_wanted(self.buf.len()).max(self.last_read as usize);
+        let want = (needed + MIN_READ).clamp(MIN_READ, MAX_READ);
+        if !self.holds_buf {
             self.buf = spare::take();
+            self.holds_buf = true;
         }
         self.buf.reserve(want);
         let allowance = self.fair.as_mut().and_then(|f| f.read_allowance(Instant::now()));
@@ -668,6 +699,8 @@ impl Connection {
             Poll::Pending => true, // the readiness was stale: wait again
             Poll::Ready(Ok(0)) => false,
             Poll::Ready(Ok(n)) => {
+                self.last_read = n as u32; // n <= MAX_READ
+                self.read_since_wait += n;
                 self.heard = true; // told to the session at the top of the next turn
                 if let Some(fair) = &mut self.fair {
                     fair.read(n, Instant::now());
@@ -831,9 +864,11 @@ mod spare {
     }
 
     /// Keeps `buf` for the next read on this thread, if it is empty, not too large, and there is
-    /// room among the spares; else frees it.
+    /// room among the spares; else frees it. A buffer whose bytes were all split off (messages that
+    /// share it) has no capacity left but still owns its allocation: kept too, its next `reserve`
+    /// takes the whole allocation back once those messages are gone.
     pub fn give_back(mut buf: BytesMut) {
-        if !buf.is_empty() || buf.capacity() == 0 || buf.capacity() > super::MAX_READ {
+        if !buf.is_empty() || buf.capacity() > super::MAX_READ {
             return;
         }
         buf.clear();
