@@ -534,11 +534,11 @@ impl InstanceSlot {
     /// Several messages of one connection in one `batch.on-messages` call (drains `messages`).
     async fn message_batch(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
         let count = messages.len();
-        let mut lens = Vec::with_capacity(count);
+        let mut bytes = 0;
         let batch: Vec<wit::MessageResult> = messages
             .drain(..)
             .map(|message| {
-                lens.push(message.payload().len());
+                bytes += message.payload().len();
                 match message {
                     Message::Text(b) => wit::MessageResult::Text(
                         String::from_utf8(b.to_vec()).expect("the decoder delivers only valid UTF-8 text"),
@@ -552,9 +552,7 @@ impl InstanceSlot {
             Ok(i) => i.on_messages(id, batch).await,
             Err(e) => Err(e),
         };
-        for len in lens {
-            out.end_event(len);
-        }
+        out.end_events(count, bytes);
         self.outcome(id, out, result, count, "on-messages").await;
     }
 

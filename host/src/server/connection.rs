@@ -293,6 +293,7 @@ async fn handshake(
         holds_buf: true,
         last_read: 0,
         read_since_wait: 0,
+        room_after_event: None,
         session,
         out,
         shared: shared.clone(),
@@ -428,6 +429,8 @@ struct Connection {
     last_read: u32,
     /// Bytes read since the task last waited (see [`YIELD_AFTER`]).
     read_since_wait: usize,
+    /// Whether the outbound side had room after the event just handed over (saves asking again).
+    room_after_event: Option<bool>,
     session: Session,
     out: Outbound,
     shared: Arc<Shared>,
@@ -520,7 +523,7 @@ impl Connection {
                 if self.buf.is_empty() {
                     break; // nothing more to decode (the flush below says where the queue stands)
                 }
-                room = self.out.has_room();
+                room = self.room_after_event.take().unwrap_or_else(|| self.out.has_room());
             }
             self.hand_over().await;
             let Ok(after) = self.out.flush_and_view(&waker) else {
@@ -761,7 +764,7 @@ impl Connection {
             }
             Handler::Events(_) => {
                 // Counted at once (its bytes are held from now on); handed over with the batch.
-                self.out.begin_event(message.payload().len());
+                self.room_after_event = Some(self.out.begin_event(message.payload().len()));
                 self.to_handler.push(message);
                 Flow::Continue
             }
@@ -785,13 +788,14 @@ impl Connection {
     /// Calls the handler with the batch's messages, then queues a close frame decided meanwhile
     /// (after their replies).
     async fn call_handler(&mut self, mut instance: OwnedMutexGuard<dyn HandlerInstance>) {
-        let started = Instant::now();
+        // Timed only for the route's share-of-time limit (the plugin's own histogram times it too).
+        let started = self.fair.is_some().then(Instant::now);
         instance.messages(self.id, &mut self.to_handler, &self.out).await;
         drop(instance);
         if let Some(frame) = self.deferred_close.take() {
             self.out.close(frame, true);
         }
-        if let Some(fair) = &mut self.fair {
+        if let (Some(fair), Some(started)) = (&mut self.fair, started) {
             let now = Instant::now();
             match fair.charge(now - started, now) {
                 Verdict::Fine => {}

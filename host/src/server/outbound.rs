@@ -630,18 +630,27 @@ impl Outbound {
     /// Counts an event of `len` bytes handed to the handler (checked with [`has_room`] first).
     ///
     /// [`has_room`]: Self::has_room
-    pub fn begin_event(&self, len: usize) {
+    /// Returns whether the connection's own traffic may still go on (see [`Self::has_room`]).
+    pub fn begin_event(&self, len: usize) -> bool {
         let mut st = self.lock();
         st.in_flight += 1;
         st.in_flight_bytes += len;
+        let room = self.room_locked(&st);
+        st.session_waiting = !room;
+        room
     }
 
     /// The handler has taken an event of `len` bytes off the books (after its call, before its
     /// actions are queued): credit comes back to the session.
     pub fn end_event(&self, len: usize) {
+        self.end_events(1, len);
+    }
+
+    /// [`Self::end_event`] for `count` events of `bytes` bytes together.
+    pub fn end_events(&self, count: usize, bytes: usize) {
         let mut st = self.lock();
-        st.in_flight = st.in_flight.saturating_sub(1);
-        st.in_flight_bytes = st.in_flight_bytes.saturating_sub(len);
+        st.in_flight = st.in_flight.saturating_sub(count);
+        st.in_flight_bytes = st.in_flight_bytes.saturating_sub(bytes);
         if st.session_waiting && self.room_locked(&st) {
             st.session_waiting = false;
             self.wake(&mut st);
