@@ -2,7 +2,8 @@
 //! `wit/platform/wsplug.wit` (version 0.2.0), which includes the 0.1.0 world `plugin` of
 //! `wit/wsplug.wit` and adds the imports of 0.2.0 (`timers`, `attachments`). Components of either
 //! version are run by these bindings: 0.2.0 only adds interfaces, so every 0.1.0 item keeps its
-//! name and type. The optional exports (`state`, `batch`, `timer-handler`) are looked up by name.
+//! name and type. The optional exports (`state`, `timer-handler`, `presence-handler`) are looked up
+//! by name; `batch` through bindings of its own (see [`batch`]).
 
 wasmtime::component::bindgen!({
     world: "plugin-host",
@@ -23,3 +24,24 @@ pub use self::PluginHostPre as PluginPre;
 /// generated modules carry the version, since the contract's package has two.
 pub use self::wsplug::plugin0_1_0 as v1;
 pub use self::wsplug::plugin0_2_0 as v2;
+
+/// The host's bindings of the optional `batch` export (the world `batch-host`): its generated call
+/// lends the messages (`&[MessageParam]`) to the guest, copied once, where a call through a typed
+/// function looked up by name would need owned values. Every interface but `batch` is the one
+/// generated above.
+pub mod batch {
+    wasmtime::component::bindgen!({
+        world: "batch-host",
+        path: "../wit/platform",
+        exports: { default: async },
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "wsplug:plugin/types@0.1.0": super::v1::types,
+            "wsplug:plugin/host@0.1.0": super::v1::host,
+            "wsplug:plugin/timers@0.2.0": super::v2::timers,
+            "wsplug:plugin/attachments@0.2.0": super::v2::attachments,
+            "wsplug:plugin/kv@0.2.0": super::v2::kv,
+            "wsplug:plugin/topics@0.2.0": super::v2::topics,
+        },
+    });
+}

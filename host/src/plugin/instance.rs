@@ -10,7 +10,8 @@ use wasmtime::component::TypedFunc;
 use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::Plugin;
-use super::bindings::v1::types::{Action, Admission, Connection, MessageParam, MessageResult};
+use super::bindings::batch::exports::wsplug::plugin0_1_0::batch::GuestIndices as BatchIndices;
+use super::bindings::v1::types::{Action, Admission, Connection, MessageParam};
 use super::engine::{EPOCH_TICK, LoadedPlugin, PluginEngine};
 use super::sandbox::{PluginState, SandboxLimits};
 
@@ -41,8 +42,8 @@ impl fmt::Display for CallError {
 /// `state.restore`: snapshot in, the plugin's verdict out.
 type RestoreFunc = TypedFunc<(Vec<u8>,), (Result<(), String>,)>;
 
-/// `batch.on-messages`: a connection's messages in, their actions out.
-type BatchFunc = TypedFunc<(u64, Vec<MessageResult>), (Vec<Action>,)>;
+/// `batch.on-messages`: a connection's messages in (lent), their actions out.
+type BatchFunc = super::bindings::batch::exports::wsplug::plugin0_1_0::batch::Guest;
 
 /// `timer-handler.on-timer`: a timer's name in, actions out.
 type TimerFunc = TypedFunc<(String,), (Vec<Action>,)>;
@@ -117,7 +118,12 @@ impl PluginInstance {
             ),
             None => (None, None),
         };
-        let on_messages = plugin.batch.and_then(|f| instance.get_typed_func(&mut store, f).ok());
+        let on_messages = match plugin.batch {
+            Some(_) => BatchIndices::new(plugin.pre.instance_pre())
+                .and_then(|indices| indices.load(&mut store, &instance))
+                .ok(),
+            None => None,
+        };
         let on_timer = plugin.on_timer.and_then(|f| instance.get_typed_func(&mut store, f).ok());
         let on_presence = plugin.on_presence.and_then(|f| instance.get_typed_func(&mut store, f).ok());
         Ok(Self { store, bindings, deadline_ticks, snapshot, restore, on_messages, on_timer, on_presence })
@@ -199,11 +205,11 @@ impl PluginInstance {
     }
 
     /// `batch.on-messages` (when [`PluginInstance::has_batch`]; else no actions).
-    pub async fn on_messages(&mut self, id: u64, messages: Vec<MessageResult>) -> Result<Vec<Action>, CallError> {
-        let Some(f) = self.on_messages else { return Ok(Vec::new()) };
-        self.arm();
-        let r = f.call_async(&mut self.store, (id, messages)).await;
-        self.settled(r.map(|(actions,)| actions)).await
+    pub async fn on_messages(&mut self, id: u64, messages: &[MessageParam<'_>]) -> Result<Vec<Action>, CallError> {
+        let Some(batch) = &self.on_messages else { return Ok(Vec::new()) };
+        arm(&mut self.store, self.deadline_ticks);
+        let r = batch.call_on_messages(&mut self.store, id, messages).await;
+        self.settled(r).await
     }
 
     pub async fn on_close(&mut self, id: u64, code: u16, reason: &str) -> Result<Vec<Action>, CallError> {

@@ -512,12 +512,7 @@ impl InstanceSlot {
             #[cfg(test)]
             tests::inject_panic(&message);
             // Lent to the call, copied once: straight into the guest's memory.
-            let param = match &message {
-                Message::Text(b) => {
-                    wit::MessageParam::Text(std::str::from_utf8(b).expect("the decoder delivers only valid UTF-8 text"))
-                }
-                Message::Binary(b) => wit::MessageParam::Binary(b),
-            };
+            let param = message_param(&message);
             self.hub.metrics().plugin_calls.inc();
             let result = match self.instance().await {
                 Ok(i) => i.on_message(id, param).await,
@@ -531,27 +526,19 @@ impl InstanceSlot {
         self.batch.flush();
     }
 
-    /// Several messages of one connection in one `batch.on-messages` call (drains `messages`).
+    /// Several messages of one connection in one `batch.on-messages` call (drains `messages`):
+    /// lent to the call like a single message, copied once, into the guest.
     async fn message_batch(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
         let count = messages.len();
-        let mut bytes = 0;
-        let batch: Vec<wit::MessageResult> = messages
-            .drain(..)
-            .map(|message| {
-                bytes += message.payload().len();
-                match message {
-                    Message::Text(b) => wit::MessageResult::Text(
-                        String::from_utf8(b.to_vec()).expect("the decoder delivers only valid UTF-8 text"),
-                    ),
-                    Message::Binary(b) => wit::MessageResult::Binary(b.to_vec()),
-                }
-            })
-            .collect();
+        let bytes = messages.iter().map(|m| m.payload().len()).sum();
+        let batch: Vec<wit::MessageParam<'_>> = messages.iter().map(message_param).collect();
         self.hub.metrics().plugin_calls.inc();
         let result = match self.instance().await {
-            Ok(i) => i.on_messages(id, batch).await,
+            Ok(i) => i.on_messages(id, &batch).await,
             Err(e) => Err(e),
         };
+        drop(batch);
+        messages.clear();
         out.end_events(count, bytes);
         self.outcome(id, out, result, count, "on-messages").await;
     }
@@ -1102,6 +1089,16 @@ async fn on_open(instance: &mut PluginInstance, info: &ConnInfo, resumed: bool) 
         resumed,
     };
     instance.on_open(conn).await
+}
+
+/// A message as lent to a plugin call.
+fn message_param(message: &Message) -> wit::MessageParam<'_> {
+    match message {
+        Message::Text(b) => {
+            wit::MessageParam::Text(std::str::from_utf8(b).expect("the decoder delivers only valid UTF-8 text"))
+        }
+        Message::Binary(b) => wit::MessageParam::Binary(b),
+    }
 }
 
 #[cfg(test)]
