@@ -291,6 +291,7 @@ async fn handshake(
         writer,
         buf,
         holds_buf: true,
+        large_buf: false,
         last_read: 0,
         read_since_wait: 0,
         room_after_event: None,
@@ -425,6 +426,8 @@ struct Connection {
     buf: BytesMut,
     /// `buf` owns an allocation (taken for a read, given back to the spares once empty).
     holds_buf: bool,
+    /// `buf` may have grown past `MAX_READ` since it was taken (see [`Self::give_back_buffer`]).
+    large_buf: bool,
     /// Bytes the last read brought (the next read makes room for as many).
     last_read: u32,
     /// Bytes read since the task last waited (see [`YIELD_AFTER`]).
@@ -534,8 +537,8 @@ impl Connection {
                 break;
             }
             // Give the buffer back when nothing is pending in it (idle connections hold none).
-            if self.buf.is_empty() && std::mem::take(&mut self.holds_buf) {
-                spare::give_back(std::mem::take(&mut self.buf));
+            if self.buf.is_empty() && self.holds_buf {
+                self.give_back_buffer();
             }
             let mut reading = self.waiting.is_none() && after.room;
             let mut retry = None;
@@ -664,11 +667,18 @@ impl Connection {
             }
         }
         self.finish().await;
-        if std::mem::take(&mut self.holds_buf) {
-            spare::give_back(std::mem::take(&mut self.buf));
-        }
+        self.give_back_buffer();
         self.shared.budget.reaccount(self.accounted, 0);
         self.accounted = 0;
+    }
+
+    /// Gives the (empty) read buffer back: to this thread's spares if it never grew large, else
+    /// to the allocator.
+    fn give_back_buffer(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if std::mem::take(&mut self.holds_buf) && !std::mem::take(&mut self.large_buf) {
+            spare::give_back(buf);
+        }
     }
 
     /// Accounts what this connection holds in the server's memory budget, and says what the
@@ -692,6 +702,9 @@ impl Connection {
             self.buf = spare::take();
             self.holds_buf = true;
         }
+        // A buffer that may grow past MAX_READ (a large frame being assembled) is not kept as a
+        // spare: the spares' memory stays bounded whatever the clients send.
+        self.large_buf |= self.buf.len() + want > MAX_READ;
         self.buf.reserve(want);
         let allowance = self.fair.as_mut().and_then(|f| f.read_allowance(Instant::now()));
         // Under a byte rate: no more than its budget (at least MIN_READ), so a burst already in
@@ -849,7 +862,9 @@ type InstanceWait = Pin<Box<dyn Future<Output = OwnedMutexGuard<dyn HandlerInsta
 
 /// Read buffers between reads. Each thread keeps a few spare ones, so that a connection which
 /// reads a message and goes quiet again neither frees nor allocates one, while an idle connection
-/// holds none. At most [`spare::KEEP`] buffers of at most [`MAX_READ`] bytes each per thread.
+/// holds none. At most [`spare::KEEP`] buffers per thread, each one that was never asked to hold
+/// more than [`MAX_READ`] bytes (its allocation is at most twice that, `BytesMut` growing by
+/// doubling).
 mod spare {
     use std::cell::RefCell;
 
