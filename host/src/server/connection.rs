@@ -48,7 +48,7 @@ const MAX_READ: usize = 256 << 10;
 /// Bytes a connection's task reads without waiting before it yields to the other tasks of its
 /// thread (tokio's own budget counts polls, not bytes: 128 reads of 256 KiB would hold the thread
 /// for tens of milliseconds).
-const YIELD_AFTER: usize = MAX_READ;
+const YIELD_AFTER: usize = 128 << 10;
 /// Messages of one connection handed to its handler at once (one read batch), besides the byte
 /// bound.
 pub(crate) const MAX_IN_FLIGHT: usize = 16;
@@ -292,7 +292,7 @@ async fn handshake(
         buf,
         holds_buf: true,
         large_buf: false,
-        last_read: 0,
+        last_message: 0,
         read_since_wait: 0,
         room_after_event: None,
         session,
@@ -428,8 +428,8 @@ struct Connection {
     holds_buf: bool,
     /// `buf` may have grown past `MAX_READ` since it was taken (see [`Self::give_back_buffer`]).
     large_buf: bool,
-    /// Bytes the last read brought (the next read makes room for as many).
-    last_read: u32,
+    /// Payload bytes of the last message received (the next read makes room for as many).
+    last_message: u32,
     /// Bytes read since the task last waited (see [`YIELD_AFTER`]).
     read_since_wait: usize,
     /// Whether the outbound side had room after the event just handed over (saves asking again).
@@ -692,11 +692,12 @@ impl Connection {
 
     /// Reads what the socket has; false at the end of the stream or on an error.
     fn read(&mut self) -> bool {
-        // What the frame being received still needs (or, between frames, what the last read
-        // brought: clients tend to send alike messages), and room for the start of the next one: a
+        // What the frame being received still needs (or, between frames, the size of the last
+        // message: clients tend to send alike ones), and room for the start of the next one: a
         // read that fills the buffer leaves the socket marked readable, which costs a `recv` that
-        // only says "would block" before the next wait.
-        let needed = self.session.decoder().bytes_wanted(self.buf.len()).max(self.last_read as usize);
+        // only says "would block" before the next wait. A stream of small frames is read 4 KiB
+        // at a time, so a flood of them is served in small steps.
+        let needed = self.session.decoder().bytes_wanted(self.buf.len()).max(self.last_message as usize);
         let want = (needed + MIN_READ).clamp(MIN_READ, MAX_READ);
         if !self.holds_buf {
             self.buf = spare::take();
@@ -715,7 +716,6 @@ impl Connection {
             Poll::Pending => true, // the readiness was stale: wait again
             Poll::Ready(Ok(0)) => false,
             Poll::Ready(Ok(n)) => {
-                self.last_read = n as u32; // n <= MAX_READ
                 self.read_since_wait += n;
                 self.heard = true; // told to the session at the top of the next turn
                 if let Some(fair) = &mut self.fair {
@@ -761,6 +761,7 @@ impl Connection {
 
     /// Hands a message to the route's handler.
     fn deliver(&mut self, message: Message) -> Flow {
+        self.last_message = message.payload().len().min(MAX_READ) as u32;
         let metrics = self.route.hub.metrics();
         metrics.messages_in.inc();
         metrics.bytes_in.inc_by(message.payload().len() as u64);
