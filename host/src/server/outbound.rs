@@ -451,12 +451,6 @@ impl Outbound {
         self.queue_close(st, Some(frame), false);
     }
 
-    /// The close frame someone other than the session queued (a plugin's close action, a slow
-    /// consumer's 1013), once.
-    pub fn take_close_notice(&self) -> Option<CloseFrame> {
-        self.lock().close_notice.take()
-    }
-
     /// Writes as much of the queue as the socket takes now, without waiting. When the socket is full
     /// the session is woken to wait for it. Err when the connection is gone.
     pub fn flush(&self) -> Result<(), QueueError> {
@@ -581,11 +575,6 @@ impl Outbound {
         QueueError::Closed
     }
 
-    /// Whether the peer is gone (a write failed).
-    pub fn is_failed(&self) -> bool {
-        self.lock().failed
-    }
-
     /// Whether the close frame is on the wire (or can never be: the peer is gone).
     pub fn close_done(&self) -> bool {
         let st = self.lock();
@@ -602,12 +591,6 @@ impl Outbound {
     pub fn stalled_since(&self) -> Option<Instant> {
         let st = self.lock();
         if st.frames.is_empty() { None } else { st.blocked_since }
-    }
-
-    /// Bytes queued and at the handler (what this connection's outbound side holds).
-    pub fn held_bytes(&self) -> usize {
-        let st = self.lock();
-        st.bytes + st.in_flight_bytes
     }
 
     /// Whether the connection's own traffic may go on: its queue and its events at the handler
@@ -681,6 +664,11 @@ impl Outbound {
         if !cx.waker().will_wake(registered) {
             Self::register(&mut self.lock(), cx.waker());
         }
+        self.take_attention()
+    }
+
+    /// Ready (once) if something asked for the session's attention.
+    fn take_attention(&self) -> Poll<()> {
         match self.0.attention.swap(false, Ordering::AcqRel) {
             true => Poll::Ready(()),
             false => Poll::Pending,
@@ -691,10 +679,7 @@ impl Outbound {
     pub async fn notified(&self) {
         std::future::poll_fn(|cx| {
             Self::register(&mut self.lock(), cx.waker());
-            match self.0.attention.swap(false, Ordering::AcqRel) {
-                true => Poll::Ready(()),
-                false => Poll::Pending,
-            }
+            self.take_attention()
         })
         .await
     }
@@ -872,7 +857,7 @@ mod tests {
         out.deliver(Outgoing::Shared(&SharedMessage::new(OpCode::Binary, Bytes::from_static(b"two")))).unwrap();
         out.close(Some(close_frame(CloseCode::NORMAL, "bye")), false);
         assert_eq!(out.reply(OpCode::Text, Bytes::from_static(b"late")), Err(QueueError::Closed));
-        assert_eq!(out.take_close_notice().map(|f| f.code), Some(CloseCode::NORMAL));
+        assert_eq!(out.session_view().close_notice.map(|f| f.code), Some(CloseCode::NORMAL));
         out.flush().unwrap();
         assert!(out.close_done());
         let got = read_all(&mut client).await;
@@ -901,7 +886,7 @@ mod tests {
         out.reply(OpCode::Binary, Bytes::from(vec![2u8; 1500])).unwrap();
         // 4500 queued; the hard bound is 1000 + 4000.
         assert_eq!(out.reply(OpCode::Binary, Bytes::from(vec![3u8; 600])), Err(QueueError::Full));
-        assert_eq!(out.take_close_notice().map(|f| f.code), Some(CloseCode::TRY_AGAIN_LATER));
+        assert_eq!(out.session_view().close_notice.map(|f| f.code), Some(CloseCode::TRY_AGAIN_LATER));
         out.flush().unwrap();
         let got = read_all(&mut client).await;
         assert_eq!(got, vec![(OpCode::Close, vec![])], "queued frames are dropped ahead of the 1013");
