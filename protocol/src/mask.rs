@@ -5,6 +5,26 @@
 
 /// XORs `buf` with the 4-byte `key`, as if `buf` started at byte `offset` of the payload.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    // Large payloads with AVX2 where the CPU has it (the default target stops at SSE2): twice the
+    // bytes per instruction, a few percent of the server's CPU at 1 MiB messages.
+    #[cfg(target_arch = "x86_64")]
+    if buf.len() >= 256 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { apply_mask_avx2(buf, key, offset) };
+        return;
+    }
+    apply_mask_words(buf, key, offset);
+}
+
+/// [`apply_mask_words`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn apply_mask_avx2(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    apply_mask_words(buf, key, offset);
+}
+
+#[inline(always)]
+fn apply_mask_words(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let mut key = key;
     key.rotate_left(offset % 4);
     // Word-at-a-time: the compiler turns this into SIMD; the head/tail loops stay tiny.
@@ -41,9 +61,10 @@ mod tests {
     #[test]
     fn matches_naive_for_every_length_and_offset() {
         let key = [0xde, 0xad, 0xbe, 0xef];
-        for len in 0..40 {
+        // Short ones, and long ones on both sides of the AVX2 path's threshold.
+        for len in (0..40).chain(250..300).chain([4096, 4099]) {
             for offset in 0..8 {
-                let data: Vec<u8> = (0..len as u8).collect();
+                let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
                 let mut fast = data.clone();
                 let mut slow = data.clone();
                 apply_mask(&mut fast, key, offset);

@@ -284,6 +284,7 @@ async fn handshake(
         Instant::now().into_std(),
     );
     let fair = route.connection_limits().state(route.events().is_some(), Instant::now());
+    let buf_asked = buf.len() + buf.capacity() + head_len;
     let conn = Connection {
         id,
         fair,
@@ -291,7 +292,7 @@ async fn handshake(
         writer,
         buf,
         holds_buf: true,
-        large_buf: false,
+        buf_asked,
         last_message: 0,
         read_since_wait: 0,
         room_after_event: None,
@@ -426,8 +427,9 @@ struct Connection {
     buf: BytesMut,
     /// `buf` owns an allocation (taken for a read, given back to the spares once empty).
     holds_buf: bool,
-    /// `buf` may have grown past `MAX_READ` since it was taken (see [`Self::give_back_buffer`]).
-    large_buf: bool,
+    /// The most bytes `buf` was asked to hold since it was taken (its allocation is at most twice
+    /// that: see [`spare`]).
+    buf_asked: usize,
     /// Payload bytes of the last message received (the next read makes room for as many).
     last_message: u32,
     /// Bytes read since the task last waited (see [`YIELD_AFTER`]).
@@ -672,12 +674,13 @@ impl Connection {
         self.accounted = 0;
     }
 
-    /// Gives the (empty) read buffer back: to this thread's spares if it never grew large, else
+    /// Gives the (empty) read buffer back: to this thread's spares if they have room for it, else
     /// to the allocator.
     fn give_back_buffer(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        if std::mem::take(&mut self.holds_buf) && !std::mem::take(&mut self.large_buf) {
-            spare::give_back(buf);
+        let asked = std::mem::take(&mut self.buf_asked);
+        if std::mem::take(&mut self.holds_buf) {
+            spare::give_back(buf, asked);
         }
     }
 
@@ -697,15 +700,20 @@ impl Connection {
         // read that fills the buffer leaves the socket marked readable, which costs a `recv` that
         // only says "would block" before the next wait. A stream of small frames is read 4 KiB
         // at a time, so a flood of them is served in small steps.
-        let needed = self.session.decoder().bytes_wanted(self.buf.len()).max(self.last_message as usize);
-        let want = (needed + MIN_READ).clamp(MIN_READ, MAX_READ);
+        let last = self.last_message as usize;
+        let frame_rest = self.session.decoder().bytes_wanted(self.buf.len());
+        // Room for a whole message no larger than the last one at once: no copy as the buffer
+        // grows, and a reused buffer starts again at the front of its allocation (else a partly
+        // read message is moved there). A larger frame, which the client has not paid for yet,
+        // gets MAX_READ at a time.
+        let needed = if frame_rest <= last { frame_rest } else { frame_rest.min(MAX_READ) };
+        let want = needed.max(last) + MIN_READ;
         if !self.holds_buf {
-            self.buf = spare::take();
+            (self.buf, self.buf_asked) = spare::take(want);
             self.holds_buf = true;
         }
-        // A buffer that may grow past MAX_READ (a large frame being assembled) is not kept as a
-        // spare: the spares' memory stays bounded whatever the clients send.
-        self.large_buf |= self.buf.len() + want > MAX_READ;
+        // Remembered so that the spares' memory stays bounded whatever the clients send.
+        self.buf_asked = self.buf_asked.max(self.buf.len() + want);
         self.buf.reserve(want);
         let allowance = self.fair.as_mut().and_then(|f| f.read_allowance(Instant::now()));
         // Under a byte rate: no more than its budget (at least MIN_READ), so a burst already in
@@ -761,7 +769,7 @@ impl Connection {
 
     /// Hands a message to the route's handler.
     fn deliver(&mut self, message: Message) -> Flow {
-        self.last_message = message.payload().len().min(MAX_READ) as u32;
+        self.last_message = u32::try_from(message.payload().len()).unwrap_or(u32::MAX);
         let metrics = self.route.hub.metrics();
         metrics.messages_in.inc();
         metrics.bytes_in.inc_by(message.payload().len() as u64);
@@ -862,10 +870,10 @@ impl Connection {
 type InstanceWait = Pin<Box<dyn Future<Output = OwnedMutexGuard<dyn HandlerInstance>> + Send>>;
 
 /// Read buffers between reads. Each thread keeps a few spare ones, so that a connection which
-/// reads a message and goes quiet again neither frees nor allocates one, while an idle connection
-/// holds none. At most [`spare::KEEP`] buffers per thread, each one that was never asked to hold
-/// more than [`MAX_READ`] bytes (its allocation is at most twice that, `BytesMut` growing by
-/// doubling).
+/// reads a message and goes quiet again neither frees nor allocates one (for a large message, a
+/// fresh allocation costs a page fault per 4 KiB), while an idle connection holds none. At most
+/// [`spare::KEEP`] buffers per thread, together asked to hold at most [`spare::BYTES`] (their
+/// allocations are at most twice that, `BytesMut` growing by doubling).
 mod spare {
     use std::cell::RefCell;
 
@@ -873,28 +881,49 @@ mod spare {
 
     /// Spare buffers kept per thread.
     pub const KEEP: usize = 4;
+    /// The bytes they may have been asked to hold, together.
+    pub const BYTES: usize = 8 << 20;
+
+    /// The spares, each with the most it was asked to hold, and their sum.
+    struct Spares {
+        bufs: Vec<(BytesMut, usize)>,
+        asked: usize,
+    }
 
     thread_local! {
-        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static SPARE: RefCell<Spares> = const { RefCell::new(Spares { bufs: Vec::new(), asked: 0 }) };
     }
 
-    /// A spare buffer, or an empty one (it allocates on its first `reserve`).
-    pub fn take() -> BytesMut {
-        SPARE.with_borrow_mut(Vec::pop).unwrap_or_default()
+    /// A spare buffer and the most it was asked to hold, or an empty one (it allocates on its
+    /// first `reserve`). Preferably one that can hold `want` bytes without allocating: a buffer
+    /// whose last message is still queued (an echo being written) cannot take its memory back yet.
+    pub fn take(want: usize) -> (BytesMut, usize) {
+        SPARE
+            .with_borrow_mut(|spares| {
+                let found = spares.bufs.iter_mut().rposition(|(buf, _)| buf.try_reclaim(want));
+                let (buf, asked) = match found {
+                    Some(i) => spares.bufs.swap_remove(i),
+                    None => spares.bufs.pop()?,
+                };
+                spares.asked -= asked;
+                Some((buf, asked))
+            })
+            .unwrap_or_default()
     }
 
-    /// Keeps `buf` for the next read on this thread, if it is empty, not too large, and there is
-    /// room among the spares; else frees it. A buffer whose bytes were all split off (messages that
-    /// share it) has no capacity left but still owns its allocation: kept too, its next `reserve`
-    /// takes the whole allocation back once those messages are gone.
-    pub fn give_back(mut buf: BytesMut) {
-        if !buf.is_empty() || buf.capacity() > super::MAX_READ {
+    /// Keeps `buf` (asked to hold at most `asked` bytes) for the next read on this thread, if it
+    /// is empty and the spares have room for it; else frees it. A buffer whose bytes were all
+    /// split off (messages that share it) has no capacity left but still owns its allocation: kept
+    /// too, its next `reserve` takes the whole allocation back once those messages are gone.
+    pub fn give_back(mut buf: BytesMut, asked: usize) {
+        if !buf.is_empty() {
             return;
         }
         buf.clear();
-        SPARE.with_borrow_mut(|spare| {
-            if spare.len() < KEEP {
-                spare.push(buf);
+        SPARE.with_borrow_mut(|spares| {
+            if spares.bufs.len() < KEEP && spares.asked + asked <= BYTES {
+                spares.asked += asked;
+                spares.bufs.push((buf, asked));
             }
         });
     }
