@@ -927,4 +927,63 @@ mod spare {
             }
         });
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// How many spares this thread keeps, and the bytes they were asked to hold.
+        fn kept() -> (usize, usize) {
+            SPARE.with_borrow(|spares| (spares.bufs.len(), spares.asked))
+        }
+
+        fn buffer(asked: usize) -> BytesMut {
+            BytesMut::with_capacity(asked)
+        }
+
+        #[test]
+        fn at_most_keep_buffers_and_bytes_are_kept() {
+            for _ in 0..KEEP + 2 {
+                give_back(buffer(64 << 10), 64 << 10);
+            }
+            assert_eq!(kept(), (KEEP, KEEP * (64 << 10)));
+            while take(0).1 > 0 {}
+            assert_eq!(kept(), (0, 0));
+            // Two buffers asked for 5 MiB each: the second would pass BYTES.
+            give_back(buffer(5 << 20), 5 << 20);
+            give_back(buffer(5 << 20), 5 << 20);
+            assert_eq!(kept(), (1, 5 << 20));
+            // One asked for more than BYTES on its own is never kept.
+            let _ = take(0);
+            give_back(buffer(BYTES + 1), BYTES + 1);
+            assert_eq!(kept(), (0, 0));
+        }
+
+        #[test]
+        fn a_buffer_with_bytes_pending_is_not_kept() {
+            let mut buf = buffer(4096);
+            buf.extend_from_slice(b"half a frame");
+            give_back(buf, 4096);
+            assert_eq!(kept(), (0, 0));
+        }
+
+        #[test]
+        fn a_spare_that_can_take_its_memory_back_is_preferred() {
+            // `shared` lent its bytes to a message still queued; `free` is not lent.
+            let mut shared = buffer(64 << 10);
+            shared.resize(1000, 7);
+            let message = shared.split().freeze();
+            let free = buffer(64 << 10);
+            let free_ptr = free.as_ptr();
+            give_back(free, 64 << 10);
+            give_back(shared, 64 << 10); // on top: taken first if it could hold the read
+            // More than what `shared` has left after the lent bytes: it would have to allocate.
+            let want = 65_000;
+            let (buf, asked) = take(want);
+            assert_eq!((buf.as_ptr(), asked), (free_ptr, 64 << 10));
+            assert!(buf.capacity() >= want);
+            assert_eq!(kept(), (1, 64 << 10));
+            drop(message);
+        }
+    }
 }
