@@ -45,6 +45,11 @@ use crate::protocol::{CloseCode, CloseFrame, Decoder, Limits as FrameLimits, Mes
 const MIN_READ: usize = 4 << 10;
 /// Largest single read reservation, so a huge announced frame does not allocate up front.
 const MAX_READ: usize = 256 << 10;
+/// Messages up to this size get room for the whole of the next one like them at once (see
+/// `Connection::read`). Larger ones are read MAX_READ at a time: a buffer reserved this large is
+/// still kept among the spares, so a client that sent one huge message and then small frames does
+/// not make every read allocate and free a huge buffer.
+const WHOLE_UP_TO: usize = 2 << 20;
 /// Bytes a connection's task reads without waiting before it yields to the other tasks of its
 /// thread (tokio's own budget counts polls, not bytes: 128 reads of 256 KiB would hold the thread
 /// for tens of milliseconds).
@@ -700,12 +705,12 @@ impl Connection {
         // read that fills the buffer leaves the socket marked readable, which costs a `recv` that
         // only says "would block" before the next wait. A stream of small frames is read 4 KiB
         // at a time, so a flood of them is served in small steps.
-        let last = self.last_message as usize;
+        let last = (self.last_message as usize).min(WHOLE_UP_TO);
         let frame_rest = self.session.decoder().bytes_wanted(self.buf.len());
         // Room for a whole message no larger than the last one at once: no copy as the buffer
         // grows, and a reused buffer starts again at the front of its allocation (else a partly
-        // read message is moved there). A larger frame, which the client has not paid for yet,
-        // gets MAX_READ at a time.
+        // read message is moved there). A larger frame, which the client has not paid for yet
+        // (or one past WHOLE_UP_TO), gets MAX_READ at a time.
         let needed = if frame_rest <= last { frame_rest } else { frame_rest.min(MAX_READ) };
         let want = needed.max(last) + MIN_READ;
         if !self.holds_buf {
