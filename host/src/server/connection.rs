@@ -296,7 +296,6 @@ async fn handshake(
         reader,
         writer,
         buf,
-        holds_buf: true,
         buf_asked,
         last_message: 0,
         read_since_wait: 0,
@@ -430,12 +429,11 @@ struct Connection {
     writer: Arc<Writer>,
     /// Bytes read and not yet decoded; no capacity while idle.
     buf: BytesMut,
-    /// `buf` owns an allocation (taken for a read, given back to the spares once empty).
-    holds_buf: bool,
     /// The most bytes `buf` was asked to hold since it was taken (its allocation is at most twice
-    /// that: see [`spare`]).
+    /// that: see [`spare`]); 0 while it holds none (taken for a read, given back once empty).
     buf_asked: usize,
-    /// Payload bytes of the last message received (the next read makes room for as many).
+    /// Payload bytes of the last message received, up to `WHOLE_UP_TO` (the next read makes room
+    /// for as many).
     last_message: u32,
     /// Bytes read since the task last waited (see [`YIELD_AFTER`]).
     read_since_wait: usize,
@@ -544,7 +542,7 @@ impl Connection {
                 break;
             }
             // Give the buffer back when nothing is pending in it (idle connections hold none).
-            if self.buf.is_empty() && self.holds_buf {
+            if self.buf.is_empty() && self.buf_asked > 0 {
                 self.give_back_buffer();
             }
             let mut reading = self.waiting.is_none() && after.room;
@@ -684,7 +682,7 @@ impl Connection {
     fn give_back_buffer(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         let asked = std::mem::take(&mut self.buf_asked);
-        if std::mem::take(&mut self.holds_buf) {
+        if asked > 0 {
             spare::give_back(buf, asked);
         }
     }
@@ -705,7 +703,7 @@ impl Connection {
         // read that fills the buffer leaves the socket marked readable, which costs a `recv` that
         // only says "would block" before the next wait. A stream of small frames is read 4 KiB
         // at a time, so a flood of them is served in small steps.
-        let last = (self.last_message as usize).min(WHOLE_UP_TO);
+        let last = self.last_message as usize;
         let frame_rest = self.session.decoder().bytes_wanted(self.buf.len());
         // Room for a whole message no larger than the last one at once: no copy as the buffer
         // grows, and a reused buffer starts again at the front of its allocation (else a partly
@@ -713,9 +711,8 @@ impl Connection {
         // (or one past WHOLE_UP_TO), gets MAX_READ at a time.
         let needed = if frame_rest <= last { frame_rest } else { frame_rest.min(MAX_READ) };
         let want = needed.max(last) + MIN_READ;
-        if !self.holds_buf {
+        if self.buf_asked == 0 {
             (self.buf, self.buf_asked) = spare::take(want);
-            self.holds_buf = true;
         }
         // Remembered so that the spares' memory stays bounded whatever the clients send.
         self.buf_asked = self.buf_asked.max(self.buf.len() + want);
@@ -774,7 +771,7 @@ impl Connection {
 
     /// Hands a message to the route's handler.
     fn deliver(&mut self, message: Message) -> Flow {
-        self.last_message = u32::try_from(message.payload().len()).unwrap_or(u32::MAX);
+        self.last_message = message.payload().len().min(WHOLE_UP_TO) as u32;
         let metrics = self.route.hub.metrics();
         metrics.messages_in.inc();
         metrics.bytes_in.inc_by(message.payload().len() as u64);
@@ -920,11 +917,10 @@ mod spare {
     /// is empty and the spares have room for it; else frees it. A buffer whose bytes were all
     /// split off (messages that share it) has no capacity left but still owns its allocation: kept
     /// too, its next `reserve` takes the whole allocation back once those messages are gone.
-    pub fn give_back(mut buf: BytesMut, asked: usize) {
+    pub fn give_back(buf: BytesMut, asked: usize) {
         if !buf.is_empty() {
             return;
         }
-        buf.clear();
         SPARE.with_borrow_mut(|spares| {
             if spares.bufs.len() < KEEP && spares.asked + asked <= BYTES {
                 spares.asked += asked;
