@@ -917,23 +917,25 @@ impl InstanceSlot {
         }
         let max_topics = limits.max_topics_per_connection;
         let id = sender.map(|(id, _)| id);
-        // A run of replies (a batch's echoes) goes onto the sender's queue under one lock; any
-        // other action first flushes the run, so the list's order holds on every queue.
+        // A run of valid replies (a batch's echoes) goes onto the sender's queue under one lock;
+        // anything else (another action, a violation's close) first flushes the run, so the
+        // list's order holds on every queue.
         let mut replies = Vec::new();
         for action in actions {
-            if let Err(what) = check_action(&action, self.settings.max_message_size) {
-                self.violation(sender, &what);
-                continue;
-            }
-            let action = match (action, sender) {
-                (Action::Reply(m), Some(_)) => {
+            let verdict = check_action(&action, self.settings.max_message_size);
+            let action = match (action, sender, &verdict) {
+                (Action::Reply(m), Some(_), Ok(())) => {
                     replies.push(frame_of(m));
                     continue;
                 }
-                (action, _) => action,
+                (action, _, _) => action,
             };
             if let (false, Some((_, out))) = (replies.is_empty(), sender) {
                 let _ = out.replies(replies.drain(..));
+            }
+            if let Err(what) = verdict {
+                self.violation(sender, &what);
+                continue;
             }
             match action {
                 Action::Reply(m) => self.send(sender, Target::Sender, m),
