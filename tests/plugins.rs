@@ -163,6 +163,17 @@ async fn every_action_kind_reaches_its_targets() {
     assert_eq!(expect_close(&mut a).await, (4001, "bye now".into()));
 }
 
+/// The actions of one call keep their order on the wire even when one of them is refused: the
+/// replies before a contract violation are written before its 1011.
+#[tokio::test]
+async fn replies_before_a_refused_action_are_written_before_its_close() {
+    let server = server().await;
+    let mut a = server.connect("/probe").await;
+    say(&mut a, "reply-then-close 1005").await;
+    assert_eq!(text(&mut a).await, "before");
+    assert_eq!(expect_close(&mut a).await.0, 1011);
+}
+
 #[tokio::test]
 async fn first_actions_follow_the_handshake() {
     let server = server().await;

@@ -917,8 +917,23 @@ impl InstanceSlot {
         }
         let max_topics = limits.max_topics_per_connection;
         let id = sender.map(|(id, _)| id);
+        // A run of valid replies (a batch's echoes) goes onto the sender's queue under one lock;
+        // anything else (another action, a violation's close) first flushes the run, so the
+        // list's order holds on every queue.
+        let mut replies = Vec::new();
         for action in actions {
-            if let Err(what) = check_action(&action, self.settings.max_message_size) {
+            let verdict = check_action(&action, self.settings.max_message_size);
+            let action = match (action, sender, &verdict) {
+                (Action::Reply(m), Some(_), Ok(())) => {
+                    replies.push(frame_of(m));
+                    continue;
+                }
+                (action, _, _) => action,
+            };
+            if let (false, Some((_, out))) = (replies.is_empty(), sender) {
+                let _ = out.replies(replies.drain(..));
+            }
+            if let Err(what) = verdict {
                 self.violation(sender, &what);
                 continue;
             }
@@ -945,6 +960,9 @@ impl InstanceSlot {
                 }
             }
         }
+        if let (false, Some((_, out))) = (replies.is_empty(), sender) {
+            let _ = out.replies(replies);
+        }
         self.recovering_subscriptions(max_topics);
     }
 
@@ -960,10 +978,7 @@ impl InstanceSlot {
     }
 
     fn send(&mut self, sender: Sender, to: Target, message: wit::MessageResult) {
-        let (opcode, payload) = match message {
-            wit::MessageResult::Text(s) => (OpCode::Text, Bytes::from(s.into_bytes())),
-            wit::MessageResult::Binary(b) => (OpCode::Binary, Bytes::from(b)),
-        };
+        let (opcode, payload) = frame_of(message);
         let id = sender.map(|(id, _)| id);
         match to {
             // Straight onto the sender's own queue: no hub lookup. A full queue closes itself
@@ -987,6 +1002,14 @@ impl InstanceSlot {
             Target::Others => self.hub.broadcast(&SharedMessage::new(opcode, payload), id, id, &mut self.batch),
             Target::Topic(topic) => self.hub.publish(&topic, &SharedMessage::new(opcode, payload), id, &mut self.batch),
         }
+    }
+}
+
+/// A returned message as the opcode and payload of its frame (the payload taken over, not copied).
+fn frame_of(message: wit::MessageResult) -> (OpCode, Bytes) {
+    match message {
+        wit::MessageResult::Text(s) => (OpCode::Text, Bytes::from(s.into_bytes())),
+        wit::MessageResult::Binary(b) => (OpCode::Binary, Bytes::from(b)),
     }
 }
 

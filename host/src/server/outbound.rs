@@ -361,6 +361,21 @@ impl Outbound {
     /// (`max_bytes + max_message_size`), in which case the connection is closed with 1013. Returns whether the queue became dirty (needs a flush).
     pub fn reply(&self, opcode: OpCode, payload: Bytes) -> Result<bool, QueueError> {
         let mut st = self.lock();
+        self.reply_locked(&mut st, opcode, payload)
+    }
+
+    /// [`Outbound::reply`] for several frames in order under one lock (a batch's replies): stops
+    /// at the first refusal and returns it.
+    pub fn replies(&self, frames: impl IntoIterator<Item = (OpCode, Bytes)>) -> Result<bool, QueueError> {
+        let mut st = self.lock();
+        let mut dirtied = false;
+        for (opcode, payload) in frames {
+            dirtied |= self.reply_locked(&mut st, opcode, payload)?;
+        }
+        Ok(dirtied)
+    }
+
+    fn reply_locked(&self, st: &mut State, opcode: OpCode, payload: Bytes) -> Result<bool, QueueError> {
         let limits = self.0.limits;
         let held = st.bytes + st.in_flight_bytes;
         if held > 0 && held + payload.len() > limits.max_bytes + limits.max_message_size {
@@ -368,14 +383,14 @@ impl Outbound {
             if let Some(m) = &self.0.metrics {
                 m.queue_full.inc();
             }
-            self.close_now_locked(&mut st, frame);
+            self.close_now_locked(st, frame);
             return Err(QueueError::Full);
         }
         if st.closing != Closing::Open || st.failed {
             return Err(QueueError::Closed); // before compressing what would be dropped
         }
-        let frame = self.frame_for(&mut st, opcode, payload);
-        self.accept(&mut st, frame)
+        let frame = self.frame_for(st, opcode, payload);
+        self.accept(st, frame)
     }
 
     /// Queues fan-out from another connection: refused with [`QueueError::Full`] when the queue is
@@ -864,6 +879,30 @@ mod tests {
         assert_eq!(
             got,
             vec![(OpCode::Text, b"one".to_vec()), (OpCode::Binary, b"two".to_vec()), (OpCode::Close, vec![])]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_of_replies_is_queued_in_order_and_stops_at_the_hard_bound() {
+        let (out, mut client) = pair().await;
+        let run = [(OpCode::Text, &b"a"[..]), (OpCode::Binary, b"b"), (OpCode::Text, b"c")];
+        assert_eq!(out.replies(run.iter().map(|(op, p)| (*op, Bytes::copy_from_slice(p)))), Ok(true));
+        out.flush().unwrap();
+        // The hard bound is 1000 + 4000: the second frame passes it, so the connection closes with
+        // 1013 (what is queued dropped ahead of it) and the third is never looked at.
+        let big = [(OpCode::Binary, vec![1u8; 3000]), (OpCode::Binary, vec![2u8; 3000]), (OpCode::Text, vec![b'x'])];
+        assert_eq!(out.replies(big.into_iter().map(|(op, p)| (op, Bytes::from(p)))), Err(QueueError::Full));
+        assert_eq!(out.session_view().close_notice.map(|f| f.code), Some(CloseCode::TRY_AGAIN_LATER));
+        out.flush().unwrap();
+        let got = read_all(&mut client).await;
+        assert_eq!(
+            got,
+            vec![
+                (OpCode::Text, b"a".to_vec()),
+                (OpCode::Binary, b"b".to_vec()),
+                (OpCode::Text, b"c".to_vec()),
+                (OpCode::Close, vec![])
+            ]
         );
     }
 

@@ -308,7 +308,12 @@ impl<T: Plugin> Guest for T {
 
 impl<T: Plugin> BatchGuest for T {
     fn on_messages(conn: ConnectionId, msgs: Vec<Message>) -> Vec<Action> {
-        msgs.into_iter().flat_map(|msg| <T as Plugin>::on_message(conn, msg)).collect()
+        // Sized for one action per message (an echo, a relay): no regrowth while collecting.
+        let mut actions = Vec::with_capacity(msgs.len());
+        for msg in msgs {
+            actions.extend(<T as Plugin>::on_message(conn, msg));
+        }
+        actions
     }
 }
 

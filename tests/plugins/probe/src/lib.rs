@@ -69,6 +69,8 @@ impl Plugin for Probe {
             }
             "sub" => vec![Action::subscribe(rest), Action::reply_text("ok")],
             "unsub" => vec![Action::unsubscribe(rest), Action::reply_text("ok")],
+            // A reply, then a close the host must refuse (e.g. 1005): the reply still goes first.
+            "reply-then-close" => vec![Action::reply_text("before"), Action::close(rest.parse().unwrap_or(1000), "")],
             "close" => {
                 let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
                 vec![Action::close(code.parse().unwrap_or(1000), reason)]
