@@ -162,7 +162,23 @@ async fn messages_published_on_one_node_reach_every_node_exactly_once_in_order()
             let mut got: Vec<String> = Vec::new();
             let mut offsets = Vec::new();
             while got.len() < 2 * N {
-                let message = text(ws).await;
+                // On a timeout, say what is missing (a lost message, or a late one).
+                let message = match tokio::time::timeout(STEP, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                    other => {
+                        let missing: Vec<String> = (0..N)
+                            .flat_map(|i| [format!("a-{i}"), format!("c-{i}")])
+                            .filter(|m| !got.contains(m))
+                            .collect();
+                        let extra: Vec<&String> = got.iter().filter(|m| !m.starts_with(['a', 'c'])).collect();
+                        panic!(
+                            "{path}: node {name}: {other:?} after {} of {} messages; missing {missing:?}, unexpected {extra:?}",
+                            got.len(),
+                            2 * N
+                        )
+                    }
+                };
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&message)
                     && let Some(o) = v["offset"].as_u64()
                 {

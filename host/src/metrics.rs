@@ -67,8 +67,10 @@ pub struct Metrics {
     pub cluster_disconnects: Counter,
     /// Messages the broker never got or never stored (each a logged gap).
     pub cluster_dropped: Counter,
-    /// Gaps seen in a topic's offsets (messages this node missed; filled from history when held).
+    /// Gaps seen in a topic's offsets (messages this node missed and the stream no longer held).
     pub history_gaps: Counter,
+    /// Messages of a topic this node missed live and fetched from the stream before what followed.
+    pub history_filled: Counter,
 }
 
 /// The process's metrics.
@@ -108,6 +110,7 @@ impl Metrics {
             cluster_disconnects: Counter::default(),
             cluster_dropped: Counter::default(),
             history_gaps: Counter::default(),
+            history_filled: Counter::default(),
         };
         let mut registry = Registry::with_prefix("wsplug");
         registry.register(
@@ -121,6 +124,11 @@ impl Metrics {
             m.cluster_dropped.clone(),
         );
         registry.register("history_gaps", "Gaps seen in a topic's offsets by this node", m.history_gaps.clone());
+        registry.register(
+            "history_filled",
+            "Topic messages missed live and fetched from the history stream in order",
+            m.history_filled.clone(),
+        );
         registry.register("connections_open", "WebSocket connections open", m.connections_open.clone());
         registry.register("connections", "WebSocket connections opened", m.connections.clone());
         registry.register("messages_in", "Messages received (complete, after decompression)", m.messages_in.clone());

@@ -376,7 +376,11 @@ impl ServerProcess {
             .args(["child_server", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
             .env(env, &path)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            // WSPLUG_CHILD_LOG (a log filter, e.g. "warn") shows the child's log on the test's stderr.
+            .stderr(match std::env::var_os("WSPLUG_CHILD_LOG") {
+                Some(_) => std::process::Stdio::inherit(),
+                None => std::process::Stdio::null(),
+            })
             .spawn()
             .expect("start the child server");
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
@@ -437,6 +441,10 @@ impl Drop for ServerProcess {
 /// `listening ADDR` and serves until killed; otherwise returns at once.
 pub async fn run_child_server(env: &str) {
     let Ok(path) = std::env::var(env) else { return };
+    if let Ok(filter) = std::env::var("WSPLUG_CHILD_LOG") {
+        let filter = tracing_subscriber::EnvFilter::new(filter);
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let config = Config::from_file(std::path::Path::new(&path)).expect("child config");
     let server = Server::bind(&config).await.expect("bind");
     println!("listening {}", server.local_addr().unwrap());

@@ -545,7 +545,7 @@ impl Local for Hub {
         batch.flush();
     }
 
-    fn stored_message(&self, topic: &str, offset: u64, prev: u64, text: bool, payload: Bytes) {
+    fn stored_message(&self, topic: &str, offset: u64, prev: u64, text: bool, payload: Bytes, fill: bool) -> Option<u64> {
         let mut batch = Batch::default();
         {
             let mut inner = self.lock();
@@ -553,14 +553,17 @@ impl Local for Hub {
                 if loading.live.len() < MAX_LOADING_BUFFER {
                     loading.live.push((offset, prev, text, payload));
                 }
-                return;
+                return None;
             }
             let now = Instant::now();
-            let Some(history) = inner.history.as_mut() else { return };
-            let Some(log) = history.get(topic) else { return };
+            let history = inner.history.as_mut()?;
+            let log = history.get(topic)?;
             let last = log.last();
             if offset <= last {
-                return; // already had it (from the history load)
+                return None; // already had it (from the history load)
+            }
+            if prev > last && fill {
+                return Some(last); // the ones in between first (fetched from the stream)
             }
             if prev != last {
                 crate::metrics::metrics().history_gaps.inc();
@@ -572,6 +575,7 @@ impl Local for Hub {
             self.deliver_to_topic(&mut inner, topic, &entry.message, None, &mut batch);
         }
         batch.flush();
+        None
     }
 
     fn history_loaded(&self, topic: &str, epoch: Arc<str>, entries: Vec<(u64, bool, Bytes)>) {

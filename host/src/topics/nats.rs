@@ -57,8 +57,12 @@ pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 pub trait Local: Send + Sync {
     /// A topic message (`Some(topic)`) or broadcast (`None`) published on another node.
     fn remote_message(&self, topic: Option<&str>, text: bool, payload: Bytes);
-    /// A message of a topic with history, with its offset and the offset before it on the topic.
-    fn stored_message(&self, topic: &str, offset: u64, prev: u64, text: bool, payload: Bytes);
+    /// A message of a topic with history, with its offset and the offset before it on the topic
+    /// (`u64::MAX`: not known). With `fill`, a message whose predecessor this node never got is
+    /// not delivered: the topic's last offset here is returned instead, so that the missing ones
+    /// are fetched from the stream and handed over first (then this one again, without `fill`).
+    fn stored_message(&self, topic: &str, offset: u64, prev: u64, text: bool, payload: Bytes, fill: bool)
+    -> Option<u64>;
     /// A topic's history as the broker holds it (oldest first, each with its offset), loaded when
     /// this node became interested in the topic or reconnected to the broker.
     fn history_loaded(&self, topic: &str, epoch: Arc<str>, entries: Vec<(u64, bool, Bytes)>);
@@ -522,6 +526,62 @@ impl RouteLink {
     }
 }
 
+/// The longest a node waits for the stream to hand over the messages of a gap (then it delivers
+/// what follows the gap, which stays a gap: recovering clients are told).
+const FILL_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RouteLink {
+    /// Fetches a topic's messages after offset `last` up to `upto` from the stream and hands them
+    /// to `local` in order: messages this node should have received live and did not.
+    async fn fill_gap(&self, topic: &str, local: &dyn Local, last: u64, upto: u64) {
+        let Some(config) = &self.stream else { return };
+        let subject = format!("{}.pub.{}", self.base, token(topic));
+        let mut delivered = 0;
+        let fetched = async {
+            let stream = self.cluster.js.get_stream(&config.name).await?;
+            // From `last` itself: if the stream still holds it, it holds everything after it (the
+            // oldest go first), so each fetched message's predecessor is known exactly.
+            let mut prev = last;
+            let mut from = last;
+            while delivered < self.history {
+                let m = stream.direct_get_next_for_subject(subject.as_str(), Some(from)).await?;
+                if m.sequence > upto {
+                    break;
+                }
+                if m.sequence == last {
+                    from = last + 1;
+                    continue;
+                }
+                if from == last {
+                    prev = u64::MAX; // `last` is gone: what came between it and this is unknown
+                }
+                if let Some((text, payload)) = unframe(m.payload) {
+                    local.stored_message(topic, m.sequence, prev, text, payload, false);
+                }
+                delivered += 1;
+                (prev, from) = (m.sequence, m.sequence + 1);
+                if m.sequence == upto {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        };
+        let outcome = tokio::time::timeout(FILL_TIMEOUT, fetched).await;
+        crate::metrics::metrics().history_filled.inc_by(delivered as u64);
+        match outcome {
+            Ok(Ok(())) => {
+                tracing::info!(route = %self.route, topic, last, upto, delivered, "cluster: filled a gap in a topic's live messages from the stream")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %self.route, topic, last, upto, delivered, "cluster: filling a gap from the stream failed: {e:#}")
+            }
+            Err(_) => {
+                tracing::warn!(route = %self.route, topic, last, upto, delivered, "cluster: filling a gap from the stream timed out after {FILL_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
 /// Receives one topic's messages for as long as this node follows it.
 async fn follow(link: Weak<RouteLink>, topic: String) -> anyhow::Result<()> {
     use futures_util::StreamExt as _;
@@ -562,7 +622,12 @@ async fn follow(link: Weak<RouteLink>, topic: String) -> anyhow::Result<()> {
             };
             let Some(offset) = header("Nats-Sequence") else { continue };
             let prev = header("Nats-Last-Sequence").unwrap_or(0);
-            local.stored_message(&topic, offset, prev, text, payload);
+            if let Some(last) = local.stored_message(&topic, offset, prev, text, payload.clone(), true) {
+                // A gap: the broker's republication of a message can be lost (seen under load on
+                // loopback), or this node was away. What the stream still holds comes first.
+                l.fill_gap(&topic, &*local, last, prev).await;
+                local.stored_message(&topic, offset, prev, text, payload, false);
+            }
         } else {
             local.remote_message(Some(&topic), text, payload);
         }
