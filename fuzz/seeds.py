@@ -102,7 +102,17 @@ paths = {str(i): p.encode() for i, p in enumerate([
 actions = {f"kind{k}": bytes([k, 2]) + b"abcdef" for k in range(7)}
 actions["close_1000"] = bytes([6 + 7 * 0, 0]) + bytes([0x03, 0xE8])
 actions["mixed"] = b"".join(bytes([k, 1]) + b"xyz" for k in range(7))
-for target, seeds in [("config", configs), ("static_path", paths), ("actions", actions)]:
+# packed: [replies | actions << 4, data length (u16 LE), replies' ends (u16 LE, bit 15: text),
+# actions' positions (u16 LE)] (see fuzz/host/src/lib.rs)
+def words(*ws):
+    return b"".join(w.to_bytes(2, "little") for w in ws)
+packed = {
+    "two_replies_three_actions": bytes([2 | 3 << 4]) + words(6, 2, 6 | 0x8000, 0, 1, 2),
+    "empty": bytes([0]) + words(0),
+    "backwards": bytes([2]) + words(6, 4, 2),
+    "actions_out_of_order": bytes([1 | 2 << 4]) + words(3, 3, 1, 0),
+}
+for target, seeds in [("config", configs), ("static_path", paths), ("actions", actions), ("packed", packed)]:
     d = os.path.join(host_root, target)
     os.makedirs(d, exist_ok=True)
     for name, data in seeds.items():

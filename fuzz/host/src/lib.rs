@@ -93,3 +93,44 @@ pub fn actions(data: &[u8]) {
         }
     }
 }
+
+/// Fuzz target: a packed call result (`packed-batch.on-packed`) built from the bytes; the check
+/// never panics, and what it lets through can be cut into its replies and merged with its actions
+/// the way the host does it, within the limits.
+pub fn packed(data: &[u8]) {
+    use wsplug::plugin::actions::{TEXT_BIT, action_bytes, check_packed};
+    use wsplug::plugin::bindings::v1::types::Action;
+    use wsplug::plugin::instance::{PackedActions, PackedResult};
+
+    let limits = wsplug::plugin::sandbox::SandboxLimits { max_actions: 8, max_action_bytes: 600, ..Default::default() };
+    let Some((&head, rest)) = data.split_first() else { return };
+    let (replies, actions) = (usize::from(head & 0x0f), usize::from(head >> 4));
+    let mut words = rest.chunks_exact(2).map(|w| u16::from_le_bytes([w[0], w[1]]));
+    let len = usize::from(words.next().unwrap_or(0) % 1024);
+    let ends: Vec<u32> = (0..replies)
+        .map_while(|_| words.next())
+        .map(|w| u32::from(w & 0x7fff) | if w & 0x8000 != 0 { TEXT_BIT } else { 0 })
+        .collect();
+    let actions: Vec<(u32, Action)> = (0..actions)
+        .map_while(|_| words.next())
+        .map(|w| (u32::from(w % 20), Action::Subscribe("t".repeat(usize::from(w >> 12)))))
+        .collect();
+    let packed = PackedActions { replies: PackedResult { data: vec![b'x'; len], ends }, actions };
+    let count = usize::from(head % 3) + 1;
+    if check_packed(&packed, &limits, count).is_err() {
+        return;
+    }
+    let (data, ends) = (&packed.replies.data, &packed.replies.ends);
+    let mut start = 0;
+    for end in ends {
+        let end = (end & !TEXT_BIT) as usize;
+        assert!(start <= end && end <= data.len(), "{start}..{end} of {}", data.len());
+        start = end;
+    }
+    assert_eq!(start, data.len());
+    assert!(packed.actions.windows(2).all(|w| w[0].0 <= w[1].0));
+    assert!(packed.actions.iter().all(|(at, _)| *at as usize <= ends.len()));
+    assert!(ends.len() + packed.actions.len() <= limits.max_actions * count);
+    let bytes = data.len() + packed.actions.iter().map(|(_, a)| action_bytes(a)).sum::<usize>();
+    assert!(bytes <= limits.max_action_bytes * count);
+}

@@ -3,7 +3,7 @@
 //! `wit/wsplug.wit` and adds the imports of 0.2.0 (`timers`, `attachments`). Components of either
 //! version are run by these bindings: 0.2.0 only adds interfaces, so every 0.1.0 item keeps its
 //! name and type. The optional exports (`state`, `timer-handler`, `presence-handler`) are looked up
-//! by name; `batch` through bindings of its own (see [`batch`]).
+//! by name; `batch` and `packed-batch` through bindings of their own (see [`batch`], [`packed`]).
 
 wasmtime::component::bindgen!({
     world: "plugin-host",
@@ -32,6 +32,25 @@ pub use self::wsplug::plugin0_2_0 as v2;
 pub mod batch {
     wasmtime::component::bindgen!({
         world: "batch-host",
+        path: "../wit/platform",
+        exports: { default: async },
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "wsplug:plugin/types@0.1.0": super::v1::types,
+            "wsplug:plugin/host@0.1.0": super::v1::host,
+            "wsplug:plugin/timers@0.2.0": super::v2::timers,
+            "wsplug:plugin/attachments@0.2.0": super::v2::attachments,
+            "wsplug:plugin/kv@0.2.0": super::v2::kv,
+            "wsplug:plugin/topics@0.2.0": super::v2::topics,
+        },
+    });
+}
+
+/// The host's bindings of the optional `packed-batch` export (the world `packed-host`): a
+/// connection's messages lent to the guest as one buffer, its replies lifted as one.
+pub mod packed {
+    wasmtime::component::bindgen!({
+        world: "packed-host",
         path: "../wit/platform",
         exports: { default: async },
         ownership: Borrowing { duplicate_if_necessary: true },

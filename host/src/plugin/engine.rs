@@ -72,6 +72,10 @@ impl PluginEngine {
         // Calls are made with `call_async` (on a fiber, on the connection's own task: no thread hop
         // per message), so a long call can yield at every epoch tick instead of holding its worker.
         config.epoch_interruption(true);
+        // WSPLUG_PERFMAP=1: plugins' compiled functions named in /tmp/perf-PID.map, for `perf`.
+        if std::env::var_os("WSPLUG_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let ticker = engine.clone();
         std::thread::Builder::new()
@@ -199,6 +203,9 @@ impl PluginEngine {
         let batch = component
             .get_export_index(None, BATCH_INTERFACE)
             .and_then(|iface| component.get_export_index(Some(&iface), "on-messages"));
+        let packed = component
+            .get_export_index(None, PACKED_INTERFACE)
+            .and_then(|iface| component.get_export_index(Some(&iface), "on-packed"));
         let on_timer = component
             .get_export_index(None, super::platform::TIMER_HANDLER_INTERFACE)
             .and_then(|iface| component.get_export_index(Some(&iface), "on-timer"));
@@ -218,6 +225,7 @@ impl PluginEngine {
             hash: content_hash(bytes),
             state,
             batch,
+            packed,
             on_timer,
             on_presence,
             contract,
@@ -245,6 +253,8 @@ pub struct LoadedPlugin {
     pub state: Option<StateExports>,
     /// The optional `batch` interface's `on-messages`, when exported.
     pub batch: Option<ComponentExportIndex>,
+    /// The optional `packed-batch` interface's `on-packed` (contract 0.2.0), when exported.
+    pub packed: Option<ComponentExportIndex>,
     /// The optional `timer-handler` interface's `on-timer` (contract 0.2.0), when exported.
     pub on_timer: Option<ComponentExportIndex>,
     /// `presence-handler.on-presence`, when exported (contract 0.2.0, topics).
@@ -260,6 +270,9 @@ pub const STATE_INTERFACE: &str = "wsplug:plugin/state@0.1.0";
 
 /// The optional `batch` interface (a connection's pipelined messages in one call).
 pub const BATCH_INTERFACE: &str = "wsplug:plugin/batch@0.1.0";
+
+/// The optional `packed-batch` interface (the same, packed into single buffers).
+pub const PACKED_INTERFACE: &str = "wsplug:plugin/packed-batch@0.2.0";
 
 /// Where the `state` functions are in a component.
 #[derive(Clone, Debug)]
@@ -363,9 +376,10 @@ pub fn check_report(plugin: &LoadedPlugin) -> String {
         Some(_) => "  state hand-over on reload: yes (exports wsplug:plugin/state)\n",
         None => "  state hand-over on reload: no (state is lost when the plugin is reloaded)\n",
     });
-    out.push_str(match plugin.batch {
-        Some(_) => "  pipelined messages in one call: yes (exports wsplug:plugin/batch)\n",
-        None => "  pipelined messages in one call: no (one call per message)\n",
+    out.push_str(match (plugin.packed, plugin.batch) {
+        (Some(_), _) => "  pipelined messages in one call: yes, packed (exports wsplug:plugin/packed-batch)\n",
+        (None, Some(_)) => "  pipelined messages in one call: yes (exports wsplug:plugin/batch)\n",
+        (None, None) => "  pipelined messages in one call: no (one call per message)\n",
     });
     if plugin.on_timer.is_some() {
         out.push_str("  timer events: yes (exports wsplug:plugin/timer-handler)\n");

@@ -11,6 +11,10 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::bindings::Plugin;
 use super::bindings::batch::exports::wsplug::plugin0_1_0::batch::GuestIndices as BatchIndices;
+use super::bindings::packed::exports::wsplug::plugin0_2_0::packed_batch::GuestIndices as PackedIndices;
+pub use super::bindings::packed::exports::wsplug::plugin0_2_0::packed_batch::{
+    PackedActions, PackedParam, PackedResult,
+};
 use super::bindings::v1::types::{Action, Admission, Connection, MessageParam};
 use super::engine::{EPOCH_TICK, LoadedPlugin, PluginEngine};
 use super::sandbox::{PluginState, SandboxLimits};
@@ -45,6 +49,9 @@ type RestoreFunc = TypedFunc<(Vec<u8>,), (Result<(), String>,)>;
 /// `batch.on-messages`: a connection's messages in (lent), their actions out.
 type BatchFunc = super::bindings::batch::exports::wsplug::plugin0_1_0::batch::Guest;
 
+/// `packed-batch.on-packed`: a connection's messages in one buffer (lent), replies out in one.
+type PackedFunc = super::bindings::packed::exports::wsplug::plugin0_2_0::packed_batch::Guest;
+
 /// `timer-handler.on-timer`: a timer's name in, actions out.
 type TimerFunc = TypedFunc<(String,), (Vec<Action>,)>;
 
@@ -72,6 +79,7 @@ pub struct PluginInstance {
     snapshot: Option<TypedFunc<(), (Vec<u8>,)>>,
     restore: Option<RestoreFunc>,
     on_messages: Option<BatchFunc>,
+    on_packed: Option<PackedFunc>,
     on_timer: Option<TimerFunc>,
     on_presence: Option<PresenceFunc>,
 }
@@ -124,9 +132,15 @@ impl PluginInstance {
                 .ok(),
             None => None,
         };
+        let on_packed = match plugin.packed {
+            Some(_) => PackedIndices::new(plugin.pre.instance_pre())
+                .and_then(|indices| indices.load(&mut store, &instance))
+                .ok(),
+            None => None,
+        };
         let on_timer = plugin.on_timer.and_then(|f| instance.get_typed_func(&mut store, f).ok());
         let on_presence = plugin.on_presence.and_then(|f| instance.get_typed_func(&mut store, f).ok());
-        Ok(Self { store, bindings, deadline_ticks, snapshot, restore, on_messages, on_timer, on_presence })
+        Ok(Self { store, bindings, deadline_ticks, snapshot, restore, on_messages, on_packed, on_timer, on_presence })
     }
 
     /// [`PluginInstance::new`] for callers outside the async workers (`wsplug check`, start-up).
@@ -209,6 +223,22 @@ impl PluginInstance {
         let Some(batch) = &self.on_messages else { return Ok(Vec::new()) };
         arm(&mut self.store, self.deadline_ticks);
         let r = batch.call_on_messages(&mut self.store, id, messages).await;
+        self.settled(r).await
+    }
+
+    /// Whether the plugin takes several messages packed in one call (`packed-batch.on-packed`).
+    pub fn has_packed(&self) -> bool {
+        self.on_packed.is_some()
+    }
+
+    /// `packed-batch.on-packed` (when [`PluginInstance::has_packed`]; else nothing).
+    pub async fn on_packed(&mut self, id: u64, messages: PackedParam<'_>) -> Result<PackedActions, CallError> {
+        let Some(packed) = &self.on_packed else {
+            let replies = PackedResult { data: Vec::new(), ends: Vec::new() };
+            return Ok(PackedActions { replies, actions: Vec::new() });
+        };
+        arm(&mut self.store, self.deadline_ticks);
+        let r = packed.call_on_packed(&mut self.store, id, messages).await;
         self.settled(r).await
     }
 

@@ -29,10 +29,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
-use super::actions::{check_action, check_totals};
+use super::actions::{TEXT_BIT, check_action, check_packed, check_totals};
 use super::bindings::v1::types::{self as wit, Action, Admission, Target};
 use super::engine::LoadedPlugin;
-use super::instance::{CallError, PluginInstance};
+use super::instance::{CallError, PackedActions, PackedParam, PluginInstance};
 use super::platform::{Grants, Shared};
 use super::recovery::{Checkpoints, Health};
 use super::sandbox::SandboxLimits;
@@ -499,9 +499,18 @@ impl InstanceSlot {
     async fn handle_messages_timed(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
         self.counted(messages.len() as u64);
         self.resume(id, out).await;
-        let batched = messages.len() > 1 && matches!(self.instance().await, Ok(i) if i.has_batch());
-        if batched && !self.detached.contains(&id) {
-            self.message_batch(id, messages, out).await;
+        if messages.len() > 1 && !self.detached.contains(&id) {
+            let (packed, batch) = match self.instance().await {
+                Ok(i) => (i.has_packed(), i.has_batch()),
+                Err(_) => (false, false),
+            };
+            // Packed end offsets leave bit 31 for the kind (the limits keep a batch far below).
+            let bytes: usize = messages.iter().map(|m| m.payload().len()).sum();
+            if packed && bytes < TEXT_BIT as usize {
+                self.message_packed(id, messages, bytes, out).await;
+            } else if batch {
+                self.message_batch(id, messages, out).await;
+            }
         }
         for message in messages.drain(..) {
             let len = message.payload().len();
@@ -541,6 +550,35 @@ impl InstanceSlot {
         messages.clear();
         out.end_events(count, bytes);
         self.outcome(id, out, result, count, "on-messages").await;
+    }
+
+    /// Several messages of one connection (`bytes` in all) in one `packed-batch.on-packed` call
+    /// (drains `messages`): copied into one buffer, which is copied once into the guest; the
+    /// replies come back in one buffer, shared by their frames (not copied again).
+    async fn message_packed(&mut self, id: u64, messages: &mut Vec<Message>, bytes: usize, out: &Outbound) {
+        let count = messages.len();
+        let mut data = Vec::with_capacity(bytes);
+        let mut ends = Vec::with_capacity(count);
+        for message in messages.iter() {
+            data.extend_from_slice(message.payload());
+            let text = if matches!(message, Message::Text(_)) { TEXT_BIT } else { 0 };
+            ends.push(data.len() as u32 | text);
+        }
+        messages.clear();
+        self.hub.metrics().plugin_calls.inc();
+        let result = match self.instance().await {
+            Ok(i) => i.on_packed(id, PackedParam { data: &data, ends: &ends }).await,
+            Err(e) => Err(e),
+        };
+        drop(data);
+        out.end_events(count, bytes);
+        match result {
+            Ok(packed) => self.apply_packed(id, out, packed, count),
+            Err(e) => {
+                self.failed("on-packed", &e);
+                self.detach(id);
+            }
+        }
     }
 
     /// Carries out what a message call returned for `count` messages, or recovers from its failure.
@@ -916,7 +954,6 @@ impl InstanceSlot {
             return self.violation(sender, &what);
         }
         let max_topics = limits.max_topics_per_connection;
-        let id = sender.map(|(id, _)| id);
         // A run of valid replies (a batch's echoes) goes onto the sender's queue under one lock;
         // anything else (another action, a violation's close) first flushes the run, so the
         // list's order holds on every queue.
@@ -933,37 +970,97 @@ impl InstanceSlot {
             if let (false, Some((_, out))) = (replies.is_empty(), sender) {
                 let _ = out.replies(replies.drain(..));
             }
-            if let Err(what) = verdict {
-                self.violation(sender, &what);
-                continue;
-            }
-            match action {
-                Action::Reply(m) => self.send(sender, Target::Sender, m),
-                Action::Broadcast(m) => self.send(sender, Target::Everyone, m),
-                Action::Send(o) => self.send(sender, o.to, o.message),
-                Action::Subscribe(topic) => {
-                    let Some(id) = id else { continue };
-                    if let Err(e) = self.hub.subscribe(id, &topic, max_topics) {
-                        tracing::warn!(plugin = &*self.plugin.name, id, "subscribe {topic:?} refused: {e}");
-                    }
-                }
-                Action::Unsubscribe(topic) => {
-                    if let Some(id) = id {
-                        self.hub.unsubscribe(id, &topic);
-                    }
-                }
-                Action::Close(frame) => {
-                    let Some(id) = id else { continue };
-                    let code = CloseCode(frame.code);
-                    let reason = crate::protocol::close::truncate_reason(&frame.reason).to_owned();
-                    self.hub.close(id, CloseFrame { code, reason });
-                }
+            match verdict {
+                Ok(()) => self.carry_out(sender, action, max_topics),
+                Err(what) => self.violation(sender, &what),
             }
         }
         if let (false, Some((_, out))) = (replies.is_empty(), sender) {
             let _ = out.replies(replies);
         }
         self.recovering_subscriptions(max_topics);
+    }
+
+    /// Validates and carries out what a packed call returned for `count` messages: the same as
+    /// the list it stands for (replies and actions merged in order), each reply a slice of the
+    /// one buffer the replies came in.
+    fn apply_packed(&mut self, id: u64, out: &Outbound, packed: PackedActions, count: usize) {
+        let sender = Some((id, out));
+        let limits = &self.settings.sandbox;
+        if let Err(what) = check_packed(&packed, limits, count) {
+            return self.violation(sender, &what);
+        }
+        let max_topics = limits.max_topics_per_connection;
+        let max_message = self.settings.max_message_size;
+        let PackedActions { replies, actions } = packed;
+        let data = Bytes::from(replies.data);
+        let mut actions = actions.into_iter().peekable();
+        // As in `apply_for`: a run of valid replies is queued under one lock, flushed before
+        // anything else.
+        let mut run = Vec::with_capacity(replies.ends.len());
+        let mut start = 0;
+        for i in 0..=replies.ends.len() {
+            while let Some((_, action)) = actions.next_if(|(at, _)| *at as usize == i) {
+                if !run.is_empty() {
+                    let _ = out.replies(run.drain(..));
+                }
+                match check_action(&action, max_message) {
+                    Ok(()) => self.carry_out(sender, action, max_topics),
+                    Err(what) => self.violation(sender, &what),
+                }
+            }
+            let Some(&end) = replies.ends.get(i) else { break };
+            let (text, end) = (end & TEXT_BIT != 0, (end & !TEXT_BIT) as usize);
+            let payload = data.slice(start..end);
+            start = end;
+            let verdict = if payload.len() > max_message {
+                Err(format!("message of {} bytes (limit {max_message})", payload.len()))
+            } else if text && std::str::from_utf8(&payload).is_err() {
+                Err(format!("packed reply {i} is text but not valid UTF-8"))
+            } else {
+                Ok(())
+            };
+            match verdict {
+                Ok(()) => run.push((if text { OpCode::Text } else { OpCode::Binary }, payload)),
+                Err(what) => {
+                    if !run.is_empty() {
+                        let _ = out.replies(run.drain(..));
+                    }
+                    self.violation(sender, &what);
+                }
+            }
+        }
+        if !run.is_empty() {
+            let _ = out.replies(run);
+        }
+        self.recovering_subscriptions(max_topics);
+    }
+
+    /// Carries out one valid action (`check_action` passed).
+    fn carry_out(&mut self, sender: Sender, action: Action, max_topics: usize) {
+        let id = sender.map(|(id, _)| id);
+        match action {
+            Action::Reply(m) => self.send(sender, Target::Sender, m),
+            Action::Broadcast(m) => self.send(sender, Target::Everyone, m),
+            Action::Send(o) => self.send(sender, o.to, o.message),
+            Action::Subscribe(topic) => {
+                let Some(id) = id else { return };
+                if let Err(e) = self.hub.subscribe(id, &topic, max_topics) {
+                    tracing::warn!(plugin = &*self.plugin.name, id, "subscribe {topic:?} refused: {e}");
+                }
+            }
+            Action::Unsubscribe(topic) => {
+                if let Some(id) = id {
+                    self.hub.unsubscribe(id, &topic);
+                }
+            }
+            Action::Close(frame) => {
+                let Some(id) = id else { return };
+                let code = CloseCode(frame.code);
+                let reason = crate::protocol::close::truncate_reason(&frame.reason).to_owned();
+                self.hub.close(id, CloseFrame { code, reason });
+            }
+        }
     }
 
     /// Carries out the recovering subscriptions the call asked for (`topics.subscribe-from`),

@@ -545,7 +545,15 @@ impl Local for Hub {
         batch.flush();
     }
 
-    fn stored_message(&self, topic: &str, offset: u64, prev: u64, text: bool, payload: Bytes, fill: bool) -> Option<u64> {
+    fn stored_message(
+        &self,
+        topic: &str,
+        offset: u64,
+        prev: u64,
+        text: bool,
+        payload: Bytes,
+        fill: bool,
+    ) -> Option<u64> {
         let mut batch = Batch::default();
         {
             let mut inner = self.lock();

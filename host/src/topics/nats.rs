@@ -61,8 +61,15 @@ pub trait Local: Send + Sync {
     /// (`u64::MAX`: not known). With `fill`, a message whose predecessor this node never got is
     /// not delivered: the topic's last offset here is returned instead, so that the missing ones
     /// are fetched from the stream and handed over first (then this one again, without `fill`).
-    fn stored_message(&self, topic: &str, offset: u64, prev: u64, text: bool, payload: Bytes, fill: bool)
-    -> Option<u64>;
+    fn stored_message(
+        &self,
+        topic: &str,
+        offset: u64,
+        prev: u64,
+        text: bool,
+        payload: Bytes,
+        fill: bool,
+    ) -> Option<u64>;
     /// A topic's history as the broker holds it (oldest first, each with its offset), loaded when
     /// this node became interested in the topic or reconnected to the broker.
     fn history_loaded(&self, topic: &str, epoch: Arc<str>, entries: Vec<(u64, bool, Bytes)>);

@@ -201,6 +201,10 @@ pub use bindings::exports::wsplug::plugin0_1_0::handler::Guest;
 /// The generated trait of the contract's `state` interface; [`Plugin`] implementors get it for
 /// free.
 pub use bindings::exports::wsplug::plugin0_1_0::state::Guest as StateGuest;
+/// The generated trait of the contract's `packed-batch` interface (0.2.0); [`Plugin`]
+/// implementors get it for free (each message goes to [`Plugin::on_message`], in order, and the
+/// replies among its actions are packed into one buffer).
+pub use bindings::exports::wsplug::plugin0_2_0::packed_batch::Guest as PackedGuest;
 /// The generated trait of the contract's `presence-handler` interface (0.2.0); [`Plugin`]
 /// implementors get it for free (events go to [`Plugin::on_presence`]).
 pub use bindings::exports::wsplug::plugin0_2_0::presence_handler::Guest as PresenceGuest;
@@ -314,6 +318,50 @@ impl<T: Plugin> BatchGuest for T {
             actions.extend(<T as Plugin>::on_message(conn, msg));
         }
         actions
+    }
+}
+
+/// Bit 31 of an end offset in `packed-batch`: the message is text.
+const TEXT_BIT: u32 = 1 << 31;
+
+impl<T: Plugin> PackedGuest for T {
+    fn on_packed(
+        conn: ConnectionId,
+        msgs: bindings::exports::wsplug::plugin0_2_0::packed_batch::Packed,
+    ) -> bindings::exports::wsplug::plugin0_2_0::packed_batch::PackedActions {
+        use bindings::exports::wsplug::plugin0_2_0::packed_batch::{Packed, PackedActions};
+        // Sized for one reply per message of the same size (an echo): no regrowth.
+        let mut replies =
+            Packed { data: Vec::with_capacity(msgs.data.len()), ends: Vec::with_capacity(msgs.ends.len()) };
+        let mut actions = Vec::new();
+        let mut start = 0;
+        for &end in &msgs.ends {
+            let (text, end) = (end & TEXT_BIT != 0, (end & !TEXT_BIT) as usize);
+            let bytes = msgs.data.get(start..end).unwrap_or_default();
+            start = end;
+            let msg = match text {
+                false => Message::Binary(bytes.to_vec()),
+                // The host sends valid UTF-8 only. (Not from_utf8_lossy first: its byte-wise walk
+                // cost more than the rest of the call.)
+                true => match std::str::from_utf8(bytes) {
+                    Ok(text) => Message::Text(text.to_owned()),
+                    Err(_) => Message::Text(String::from_utf8_lossy(bytes).into_owned()),
+                },
+            };
+            for action in <T as Plugin>::on_message(conn, msg) {
+                let (bytes, bit) = match &action {
+                    Action::Reply(Message::Text(t)) => (t.as_bytes(), TEXT_BIT),
+                    Action::Reply(Message::Binary(b)) => (b.as_slice(), 0),
+                    _ => {
+                        actions.push((replies.ends.len() as u32, action));
+                        continue;
+                    }
+                };
+                replies.data.extend_from_slice(bytes);
+                replies.ends.push(replies.data.len() as u32 | bit);
+            }
+        }
+        PackedActions { replies, actions }
     }
 }
 
