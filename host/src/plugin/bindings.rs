@@ -25,42 +25,35 @@ pub use self::PluginHostPre as PluginPre;
 pub use self::wsplug::plugin0_1_0 as v1;
 pub use self::wsplug::plugin0_2_0 as v2;
 
-/// The host's bindings of the optional `batch` export (the world `batch-host`): its generated call
-/// lends the messages (`&[MessageParam]`) to the guest, copied once, where a call through a typed
-/// function looked up by name would need owned values. Every interface but `batch` is the one
-/// generated above.
-pub mod batch {
-    wasmtime::component::bindgen!({
-        world: "batch-host",
-        path: "../wit/platform",
-        exports: { default: async },
-        ownership: Borrowing { duplicate_if_necessary: true },
-        with: {
-            "wsplug:plugin/types@0.1.0": super::v1::types,
-            "wsplug:plugin/host@0.1.0": super::v1::host,
-            "wsplug:plugin/timers@0.2.0": super::v2::timers,
-            "wsplug:plugin/attachments@0.2.0": super::v2::attachments,
-            "wsplug:plugin/kv@0.2.0": super::v2::kv,
-            "wsplug:plugin/topics@0.2.0": super::v2::topics,
-        },
-    });
+/// Bindings of a world `NAME-host` that adds one optional export to `plugin-host`: its generated
+/// call lends the messages to the guest (copied once), where a call through a typed function looked
+/// up by name would need owned values. Every other interface is the one generated above.
+macro_rules! optional_export {
+    ($world:literal) => {
+        wasmtime::component::bindgen!({
+            world: $world,
+            path: "../wit/platform",
+            exports: { default: async },
+            ownership: Borrowing { duplicate_if_necessary: true },
+            with: {
+                "wsplug:plugin/types@0.1.0": super::v1::types,
+                "wsplug:plugin/host@0.1.0": super::v1::host,
+                "wsplug:plugin/timers@0.2.0": super::v2::timers,
+                "wsplug:plugin/attachments@0.2.0": super::v2::attachments,
+                "wsplug:plugin/kv@0.2.0": super::v2::kv,
+                "wsplug:plugin/topics@0.2.0": super::v2::topics,
+            },
+        });
+    };
 }
 
-/// The host's bindings of the optional `packed-batch` export (the world `packed-host`): a
-/// connection's messages lent to the guest as one buffer, its replies lifted as one.
+/// The optional `batch` export (`on-messages`: a connection's messages as a list).
+pub mod batch {
+    optional_export!("batch-host");
+}
+
+/// The optional `packed-batch` export (`on-packed`: a connection's messages in one buffer, the
+/// replies out in one).
 pub mod packed {
-    wasmtime::component::bindgen!({
-        world: "packed-host",
-        path: "../wit/platform",
-        exports: { default: async },
-        ownership: Borrowing { duplicate_if_necessary: true },
-        with: {
-            "wsplug:plugin/types@0.1.0": super::v1::types,
-            "wsplug:plugin/host@0.1.0": super::v1::host,
-            "wsplug:plugin/timers@0.2.0": super::v2::timers,
-            "wsplug:plugin/attachments@0.2.0": super::v2::attachments,
-            "wsplug:plugin/kv@0.2.0": super::v2::kv,
-            "wsplug:plugin/topics@0.2.0": super::v2::topics,
-        },
-    });
+    optional_export!("packed-host");
 }
