@@ -1,10 +1,11 @@
 //! A thin SDK for writing wsplug plugins in Rust.
 //!
-//! A wsplug plugin is a WebAssembly component (target `wasm32-wasip2`) that implements the
-//! `batched-plugin` world of `wit/wsplug.wit`: the host calls it once per event (a connection
+//! A wsplug plugin is a WebAssembly component (target `wasm32-wasip2`); this SDK builds the
+//! `full-plugin` world of `wit/platform/wsplug.wit` (contract 0.2.0, which includes the 0.1.0
+//! world `batched-plugin` of `wit/wsplug.wit`): the host calls it once per event (a connection
 //! asks to open, a message arrives, a connection has closed; a client's pipelined messages come
-//! in one call, each passed to [`Plugin::on_message`] in order) and the plugin answers with a list
-//! of [`Action`]s. This crate runs `wit_bindgen::generate!` over that contract, re-exports the
+//! packed in one `on-packed` call, each passed to [`Plugin::on_message`] in order) and the plugin
+//! answers with a list of [`Action`]s. This crate runs `wit_bindgen::generate!` over that contract, re-exports the
 //! generated types and adds a few conveniences:
 //!
 //! * the [`Plugin`] trait (the contract's `handler` and `state` interfaces, with defaults for all
