@@ -46,13 +46,7 @@ pub fn check_totals(actions: &[Action], limits: &SandboxLimits, count: usize) ->
 
 /// The rules one action must follow; `max_message_size` bounds a message it sends.
 pub fn check_action(action: &Action, max_message_size: usize) -> Result<(), String> {
-    let message = |m: &wit::MessageResult| {
-        let len = message_len(m);
-        if len > max_message_size {
-            return Err(format!("message of {len} bytes (limit {max_message_size})"));
-        }
-        Ok(())
-    };
+    let message = |m: &wit::MessageResult| check_message_len(message_len(m), max_message_size);
     let topic = |t: &str| {
         if t.len() > MAX_TOPIC {
             return Err(format!("topic name of {} bytes (limit {MAX_TOPIC})", t.len()));
@@ -73,6 +67,14 @@ pub fn check_action(action: &Action, max_message_size: usize) -> Result<(), Stri
             Ok(())
         }
     }
+}
+
+/// The rule on a returned message's size: at most the route's `max_message_size`.
+pub fn check_message_len(len: usize, max_message_size: usize) -> Result<(), String> {
+    if len > max_message_size {
+        return Err(format!("message of {len} bytes (limit {max_message_size})"));
+    }
+    Ok(())
 }
 
 /// Bit 31 of an end offset of `packed-batch`: the message is text.

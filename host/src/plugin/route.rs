@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Mutex;
 
-use super::actions::{TEXT_BIT, check_action, check_packed, check_totals};
+use super::actions::{TEXT_BIT, check_action, check_message_len, check_packed, check_totals};
 use super::bindings::v1::types::{self as wit, Action, Admission, Target};
 use super::engine::LoadedPlugin;
 use super::instance::{CallError, PackedActions, PackedParam, PluginInstance};
@@ -509,7 +509,7 @@ impl InstanceSlot {
             if packed && bytes < TEXT_BIT as usize {
                 self.message_packed(id, messages, bytes, out).await;
             } else if batch {
-                self.message_batch(id, messages, out).await;
+                self.message_batch(id, messages, bytes, out).await;
             }
         }
         for message in messages.drain(..) {
@@ -535,11 +535,10 @@ impl InstanceSlot {
         self.batch.flush();
     }
 
-    /// Several messages of one connection in one `batch.on-messages` call (drains `messages`):
-    /// lent to the call like a single message, copied once, into the guest.
-    async fn message_batch(&mut self, id: u64, messages: &mut Vec<Message>, out: &Outbound) {
+    /// Several messages of one connection (`bytes` in all) in one `batch.on-messages` call (drains
+    /// `messages`): lent to the call like a single message, copied once, into the guest.
+    async fn message_batch(&mut self, id: u64, messages: &mut Vec<Message>, bytes: usize, out: &Outbound) {
         let count = messages.len();
-        let bytes = messages.iter().map(|m| m.payload().len()).sum();
         let batch: Vec<wit::MessageParam<'_>> = messages.iter().map(message_param).collect();
         self.hub.metrics().plugin_calls.inc();
         let result = match self.instance().await {
@@ -967,16 +966,16 @@ impl InstanceSlot {
                 }
                 (action, _, _) => action,
             };
-            if let (false, Some((_, out))) = (replies.is_empty(), sender) {
-                let _ = out.replies(replies.drain(..));
+            if let Some((_, out)) = sender {
+                queue_replies(out, &mut replies);
             }
             match verdict {
                 Ok(()) => self.carry_out(sender, action, max_topics),
                 Err(what) => self.violation(sender, &what),
             }
         }
-        if let (false, Some((_, out))) = (replies.is_empty(), sender) {
-            let _ = out.replies(replies);
+        if let Some((_, out)) = sender {
+            queue_replies(out, &mut replies);
         }
         self.recovering_subscriptions(max_topics);
     }
@@ -1001,9 +1000,7 @@ impl InstanceSlot {
         let mut start = 0;
         for i in 0..=replies.ends.len() {
             while let Some((_, action)) = actions.next_if(|(at, _)| *at as usize == i) {
-                if !run.is_empty() {
-                    let _ = out.replies(run.drain(..));
-                }
+                queue_replies(out, &mut run);
                 match check_action(&action, max_message) {
                     Ok(()) => self.carry_out(sender, action, max_topics),
                     Err(what) => self.violation(sender, &what),
@@ -1013,26 +1010,19 @@ impl InstanceSlot {
             let (text, end) = (end & TEXT_BIT != 0, (end & !TEXT_BIT) as usize);
             let payload = data.slice(start..end);
             start = end;
-            let verdict = if payload.len() > max_message {
-                Err(format!("message of {} bytes (limit {max_message})", payload.len()))
-            } else if text && std::str::from_utf8(&payload).is_err() {
-                Err(format!("packed reply {i} is text but not valid UTF-8"))
-            } else {
-                Ok(())
-            };
+            let verdict = check_message_len(payload.len(), max_message).and_then(|()| {
+                let bad_text = text && std::str::from_utf8(&payload).is_err();
+                if bad_text { Err(format!("packed reply {i} is text but not valid UTF-8")) } else { Ok(()) }
+            });
             match verdict {
                 Ok(()) => run.push((if text { OpCode::Text } else { OpCode::Binary }, payload)),
                 Err(what) => {
-                    if !run.is_empty() {
-                        let _ = out.replies(run.drain(..));
-                    }
+                    queue_replies(out, &mut run);
                     self.violation(sender, &what);
                 }
             }
         }
-        if !run.is_empty() {
-            let _ = out.replies(run);
-        }
+        queue_replies(out, &mut run);
         self.recovering_subscriptions(max_topics);
     }
 
@@ -1099,6 +1089,14 @@ impl InstanceSlot {
             Target::Others => self.hub.broadcast(&SharedMessage::new(opcode, payload), id, id, &mut self.batch),
             Target::Topic(topic) => self.hub.publish(&topic, &SharedMessage::new(opcode, payload), id, &mut self.batch),
         }
+    }
+}
+
+/// Queues a run of replies on the sender's queue under one lock, in order, and empties the run (a
+/// full queue closes itself with 1013, as for one reply; a closing one takes nothing).
+fn queue_replies(out: &Outbound, run: &mut Vec<(OpCode, Bytes)>) {
+    if !run.is_empty() {
+        let _ = out.replies(run.drain(..));
     }
 }
 

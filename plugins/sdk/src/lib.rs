@@ -5,8 +5,8 @@
 //! world `batched-plugin` of `wit/wsplug.wit`): the host calls it once per event (a connection
 //! asks to open, a message arrives, a connection has closed; a client's pipelined messages come
 //! packed in one `on-packed` call, each passed to [`Plugin::on_message`] in order) and the plugin
-//! answers with a list of [`Action`]s. This crate runs `wit_bindgen::generate!` over that contract, re-exports the
-//! generated types and adds a few conveniences:
+//! answers with a list of [`Action`]s. This crate runs `wit_bindgen::generate!` over that
+//! contract, re-exports the generated types and adds a few conveniences:
 //!
 //! * the [`Plugin`] trait (the contract's `handler` and `state` interfaces, with defaults for all
 //!   but `on_message`) and the [`export_plugin!`] macro;
